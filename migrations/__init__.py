@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of pg_beat (installed as ``pg_beat.migrations``)."""

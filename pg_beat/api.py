@@ -1,0 +1,372 @@
+"""The schedule management API: validate first, then write in one transaction.
+
+>>> schedules = ScheduleManager("postgresql://localhost/app")
+>>> schedules.create("nightly-report", "reports.nightly", crontab="0 3 * * *",
+...                  timezone="Europe/Berlin")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from pg_beat import schedules, store
+from pg_beat.config import Settings
+from pg_beat.exceptions import (
+    DatabaseUnavailable,
+    InvalidSchedule,
+    ScheduleExists,
+    ScheduleNotFound,
+)
+from pg_beat.schedules import ScheduleSpec
+from pg_beat.urls import redact_url
+
+CRON_FIELDS = (
+    "cron_minute",
+    "cron_hour",
+    "cron_day_of_month",
+    "cron_month_of_year",
+    "cron_day_of_week",
+)
+_SPEC_FIELDS = {f.name for f in fields(ScheduleSpec)}
+_EDITABLE = set(store.SCHEDULE_COLUMNS) - {"name"}
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule as stored, with its run state (times are aware, UTC)."""
+
+    name: str
+    task: str
+    kind: str
+    spec: ScheduleSpec
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    enabled: bool
+    one_off: bool
+    description: str
+    misfire_policy: str | None
+    catch_up_limit: int | None
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    total_run_count: int
+    last_error: str | None
+    source: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def schedule_text(self) -> str:
+        return schedules.describe(self.spec)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (ISO-8601 times); the CLI's ``--json`` output."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name == "spec":
+                continue
+            value = getattr(self, item.name)
+            out[item.name] = value.isoformat() if isinstance(value, datetime) else value
+        spec = {k: getattr(self.spec, k) for k in _SPEC_FIELDS if k != "name"}
+        out["schedule"] = {
+            k: (v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in spec.items()
+            if v is not None
+        }
+        out["schedule_text"] = self.schedule_text
+        return out
+
+
+def spec_from_row(row: Mapping[Any, Any]) -> ScheduleSpec:
+    """The pure schedule definition of a stored row."""
+    return ScheduleSpec(**{k: row[k] for k in _SPEC_FIELDS if k in row})
+
+
+def info_from_row(row: RowMapping) -> ScheduleInfo:
+    names = {f.name for f in fields(ScheduleInfo)} - {"spec"}
+    return ScheduleInfo(spec=spec_from_row(row), **{k: row[k] for k in names})
+
+
+def split_crontab(expression: str, name: str | None = None) -> dict[str, str]:
+    """``'*/5 * * * *'`` (minute hour day-of-month month day-of-week) to the five columns."""
+    parts = expression.split()
+    if len(parts) != 5:
+        raise InvalidSchedule(
+            name,
+            f"crontab {expression!r} must have 5 fields "
+            "(minute hour day-of-month month day-of-week)",
+            field="crontab",
+        )
+    return dict(zip(CRON_FIELDS, parts, strict=True))
+
+
+def definition(
+    name: str,
+    *,
+    every: float | timedelta | str | None = None,
+    crontab: str | None = None,
+    clocked: datetime | None = None,
+    solar: tuple[str, float, float] | None = None,
+) -> dict[str, Any]:
+    """The kind-specific columns for one of the four ways to say when a schedule runs."""
+    given = [
+        k
+        for k, v in (("every", every), ("crontab", crontab), ("clocked", clocked), ("solar", solar))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise InvalidSchedule(name, f"give only one of {', '.join(given)}", field="kind")
+    if every is not None:
+        seconds = _seconds(name, every)
+        return {"kind": "interval", "interval_seconds": seconds}
+    if crontab is not None:
+        return {"kind": "crontab", **split_crontab(crontab, name)}
+    if clocked is not None:
+        return {"kind": "clocked", "clocked_at": clocked}
+    if solar is not None:
+        event, latitude, longitude = solar
+        return {"kind": "solar", "solar_event": event, "latitude": latitude, "longitude": longitude}
+    return {}
+
+
+def _seconds(name: str, every: float | timedelta | str) -> float:
+    try:
+        if isinstance(every, str):
+            return schedules.parse_duration(every)
+        seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSchedule(name, str(exc), field="interval_seconds") from exc
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidSchedule(
+            name,
+            f"interval must be a positive number of seconds, got {every!r}",
+            field="interval_seconds",
+        )
+    return seconds
+
+
+def validate_values(name: str, values: Mapping[str, Any]) -> None:
+    """Check a complete set of column values before anything is written."""
+    unknown = set(values) - set(store.SCHEDULE_COLUMNS)
+    if unknown:
+        raise InvalidSchedule(
+            name, f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0]
+        )
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise InvalidSchedule(str(name), "name must be 1 to 200 characters", field="name")
+    task = values.get("task")
+    if not isinstance(task, str) or not task.strip():
+        raise InvalidSchedule(name, "task must be a non-empty task name", field="task")
+    spec = ScheduleSpec(name=name, **{k: v for k, v in values.items() if k in _SPEC_FIELDS})
+    schedules.validate(spec)
+    schedules.validate_payload(
+        name, values.get("args", []), values.get("kwargs", {}), values.get("options", {})
+    )
+    policy = values.get("misfire_policy")
+    if policy is not None and policy not in schedules.MISFIRE_POLICIES:
+        raise InvalidSchedule(
+            name,
+            f"unknown misfire policy {policy!r} (one of {', '.join(schedules.MISFIRE_POLICIES)})",
+            field="misfire_policy",
+        )
+    limit = values.get("catch_up_limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InvalidSchedule(
+            name, f"catch_up_limit must be >= 1, got {limit!r}", field="catch_up_limit"
+        )
+
+
+_DEFAULTS: dict[str, Any] = {
+    "cron_minute": "*",
+    "cron_hour": "*",
+    "cron_day_of_week": "*",
+    "cron_day_of_month": "*",
+    "cron_month_of_year": "*",
+    "timezone": "UTC",
+    "args": [],
+    "kwargs": {},
+    "options": {},
+    "enabled": True,
+    "one_off": False,
+    "description": "",
+}
+
+
+class ScheduleManager:
+    """Create, read, update and delete the schedules of one scheduler group."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        group: str = "default",
+        schema: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if settings is None:
+            if database_url is None:
+                raise TypeError("ScheduleManager needs a database_url or settings")
+            settings = Settings(database_url=database_url, group=group, schema=schema)
+        self.settings = settings
+        self.group = settings.group
+        self._engine: Engine = store.make_engine(settings, "api", pool_size=2)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> ScheduleManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            if isinstance(exc, IntegrityError) or (
+                not exc.connection_invalidated
+                and not (isinstance(exc.orig, Exception) and "connect" in str(exc.orig).lower())
+            ):
+                raise
+            raise DatabaseUnavailable(
+                f"database at {redact_url(self.settings.database_url)} is unavailable: {exc.orig}"
+            ) from exc
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, name: str) -> ScheduleInfo:
+        with self._begin() as conn:
+            row = store.get_schedule(conn, self.group, name)
+        if row is None:
+            raise ScheduleNotFound(name)
+        return info_from_row(row)
+
+    def list(self, *, limit: int | None = None) -> list[ScheduleInfo]:
+        with self._begin() as conn:
+            return [info_from_row(r) for r in store.list_schedules(conn, self.group, limit=limit)]
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        task: str,
+        *,
+        every: float | timedelta | str | None = None,
+        crontab: str | None = None,
+        clocked: datetime | None = None,
+        solar: tuple[str, float, float] | None = None,
+        **values: Any,
+    ) -> ScheduleInfo:
+        """Add a schedule; exactly one of ``every`` (seconds), ``crontab``, ``clocked``, ``solar``
+        (or the raw ``kind`` columns). Raises :class:`InvalidSchedule` or :class:`ScheduleExists`
+        and writes nothing on bad input."""
+        full = {
+            **_DEFAULTS,
+            **values,
+            "task": task,
+            **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
+        }
+        if "kind" not in full:
+            raise InvalidSchedule(
+                name, "say when it runs: every=, crontab=, clocked= or solar=", field="kind"
+            )
+        validate_values(name, full)
+        try:
+            with self._begin() as conn:
+                row = store.insert_schedule(conn, self.group, {"name": name, **full})
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "23505":
+                raise ScheduleExists(name) from exc
+            raise InvalidSchedule(name, f"rejected by the database: {exc.orig}") from exc
+        return info_from_row(row)
+
+    def update(
+        self,
+        name: str,
+        *,
+        every: float | timedelta | str | None = None,
+        crontab: str | None = None,
+        clocked: datetime | None = None,
+        solar: tuple[str, float, float] | None = None,
+        **values: Any,
+    ) -> ScheduleInfo:
+        """Change some fields; the result is validated as a whole before it is written."""
+        changes = {
+            **values,
+            **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
+        }
+        unknown = set(changes) - _EDITABLE
+        if unknown:
+            raise InvalidSchedule(
+                name,
+                f"cannot update field(s): {', '.join(sorted(unknown))}",
+                field=sorted(unknown)[0],
+            )
+        with self._begin() as conn:
+            row = store.lock_schedule(conn, self.group, name)
+            if row is None:
+                raise ScheduleNotFound(name)
+            merged = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}
+            if "kind" in changes:
+                # A new kind drops the old kind's columns instead of validating stale ones.
+                for key in (
+                    "interval_seconds",
+                    "solar_event",
+                    "latitude",
+                    "longitude",
+                    "clocked_at",
+                ):
+                    merged[key] = None
+                merged.update({k: "*" for k in CRON_FIELDS})
+            merged.update(changes)
+            validate_values(name, merged)
+            written = store.update_schedule(conn, self.group, name, changes)
+            assert written is not None
+        return info_from_row(written)
+
+    def enable(self, name: str) -> ScheduleInfo:
+        return self.update(name, enabled=True)
+
+    def disable(self, name: str) -> ScheduleInfo:
+        return self.update(name, enabled=False)
+
+    def delete(self, name: str) -> None:
+        with self._begin() as conn:
+            if not store.delete_schedules(conn, self.group, [name]):
+                raise ScheduleNotFound(name)
+
+    def run_now(self, name: str) -> None:
+        """Make the schedule due now (and enabled); its grid resumes after this run."""
+        with self._begin() as conn:
+            if not store.run_now(conn, self.group, name):
+                raise ScheduleNotFound(name)
+
+    def sync_config(self, entries: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+        """Make the ``source='config'`` rows match ``entries`` (name -> column values).
+
+        Returns (upserted, removed). Rows made through the API or SQL are left alone.
+        """
+        checked = []
+        for name, values in entries.items():
+            full = {**_DEFAULTS, **values}
+            validate_values(name, full)
+            checked.append((name, full))
+        with self._begin() as conn:
+            for name, full in checked:
+                store.upsert_config_schedule(conn, self.group, {"name": name, **full})
+            stale = store.schedule_names(conn, self.group, "config") - set(entries)
+            removed = store.delete_schedules(conn, self.group, stale) if stale else 0
+        return len(checked), removed

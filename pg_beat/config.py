@@ -1,0 +1,124 @@
+"""Typed settings, read from Celery's configuration (``pg_beat_*`` keys) and the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pg_beat.exceptions import ConfigurationError
+from pg_beat.schedules import MISFIRE_POLICIES
+from pg_beat.urls import normalise_url
+
+ON_HANG_CHOICES = ("exit", "release")
+
+
+def default_replica_name() -> str:
+    """``host:pid``, unique per process on a host and readable in ``pg_stat_activity``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``pg_beat_*`` setting; durations are seconds (floats). See the README's table."""
+
+    database_url: str
+    schema: str | None = None
+    group: str = "default"
+    replica_name: str = field(default_factory=default_replica_name)
+    lease_ttl: float = 5.0
+    heartbeat_interval: float = 1.0
+    hang_timeout: float = 5.0
+    on_hang: str = "exit"
+    publish_margin: float = 0.5
+    terminate_hung_leader: bool = True
+    misfire_policy: str = "fire_once"
+    misfire_grace_time: float = 1.0
+    catch_up_limit: int = 100
+    batch_size: int = 500
+    statement_timeout: float = 5.0
+    lock_timeout: float = 2.0
+    idle_in_transaction_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    run_retention: float = 7 * 24 * 3600.0
+    replica_stale_after: float = 60.0
+    sync_config: bool = True
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        normalise_url(self.database_url)
+        for name in (
+            "lease_ttl",
+            "heartbeat_interval",
+            "hang_timeout",
+            "misfire_grace_time",
+            "statement_timeout",
+            "lock_timeout",
+            "idle_in_transaction_timeout",
+            "connect_timeout",
+            "run_retention",
+            "replica_stale_after",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(
+                    f"pg_beat_{name} must be a positive number of seconds, got {value!r}"
+                )
+        if self.lease_ttl < 3 * self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
+                f"pg_beat_heartbeat_interval ({self.heartbeat_interval:g}s), so that one "
+                "late heartbeat does not cost the lease"
+            )
+        if not 0 <= self.publish_margin < self.lease_ttl - self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_publish_margin ({self.publish_margin:g}s) must be >= 0 and leave room "
+                f"in the lease: below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
+            )
+        if self.on_hang not in ON_HANG_CHOICES:
+            raise ConfigurationError(
+                f"pg_beat_on_hang must be one of {', '.join(ON_HANG_CHOICES)}, got {self.on_hang!r}"
+            )
+        if self.misfire_policy not in MISFIRE_POLICIES:
+            raise ConfigurationError(
+                f"pg_beat_misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, "
+                f"got {self.misfire_policy!r}"
+            )
+        for name in ("catch_up_limit", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"pg_beat_{name} must be a whole number >= 1, got {value!r}"
+                )
+        if not self.group or not self.replica_name:
+            raise ConfigurationError("pg_beat_group and pg_beat_replica_name must not be empty")
+
+    @classmethod
+    def from_celery(cls, conf: Mapping[str, Any]) -> Settings:
+        """Read the ``pg_beat_*`` keys of a Celery app's ``conf`` (env vars fill the gaps)."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            key = f"pg_beat_{item.name}"
+            value = conf.get(key)
+            if value is not None:
+                values[item.name] = value
+        values.setdefault("database_url", os.environ.get("PG_BEAT_DATABASE_URL"))
+        if not values["database_url"]:
+            raise ConfigurationError(
+                "no database URL: set pg_beat_database_url in the Celery config "
+                "or the PG_BEAT_DATABASE_URL environment variable"
+            )
+        for env_name, key in (
+            ("PG_BEAT_REPLICA_NAME", "replica_name"),
+            ("PG_BEAT_SCHEMA", "schema"),
+            ("PG_BEAT_GROUP", "group"),
+        ):
+            if key not in values and os.environ.get(env_name):
+                values[key] = os.environ[env_name]
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigurationError(f"invalid pg_beat setting: {exc}") from exc

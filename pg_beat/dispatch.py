@@ -1,0 +1,353 @@
+"""The dispatch loop: plan, claim (fenced), publish, mark sent; then sleep until the next due time.
+
+One call of :meth:`Dispatcher.step` claims at most ``pg_beat_batch_size`` due ticks in one
+transaction that also proves the lease epoch (invariant 2), publishes them after the commit,
+checking the local deadline before every message (invariant 4), and marks them sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError
+
+from pg_beat import schedules, store
+from pg_beat.api import spec_from_row
+from pg_beat.config import Settings
+from pg_beat.lease import LeaderState
+
+logger = logging.getLogger("pg_beat.dispatch")
+
+TASK_ID_NAMESPACE = uuid.UUID("6f1c7a52-4b8e-4c53-9a57-2d0b5f3e8a11")
+LOCKED_ROW_RETRY = 0.25  # seconds between retries of a due row someone else holds locked
+ORPHAN_RECHECK = 0.5
+
+
+def task_id_for(group: str, schedule: str, due_at: datetime) -> str:
+    """The deterministic task id of one tick: the same (schedule, due time) gives the same id."""
+    due = due_at.astimezone(timezone.utc).isoformat()
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{group}\x1f{schedule}\x1f{due}"))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed tick, ready to publish."""
+
+    run_id: int
+    schedule: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    due_at: datetime
+    task_id: str
+    epoch: int
+
+
+Send = Callable[[Claim, int], None]
+
+
+class Dispatcher:
+    """Runs in the beat process's main thread, driven by ``Scheduler.tick``."""
+
+    def __init__(self, settings: Settings, state: LeaderState, send: Send) -> None:
+        self.settings = settings
+        self.state = state
+        self.send = send
+        self.engine = store.make_engine(settings, "dispatch", dispatch=True, pool_size=1)
+        self._listen: psycopg.Connection[Any] | None = None
+        self._unsent: list[Claim] = []
+        self._orphan_check_at = 0.0
+        self._orphan_epoch: int | None = None
+        self._prune_at = 0.0
+        self._failing: str | None = None
+        self._deadline_logged: int | None = None
+        self.progress_at = time.monotonic()
+        self.thread_id: int | None = None
+        self.backend_pid: int | None = None
+        self.sent_total = 0
+        self.on_sent: Callable[[Claim, float], None] | None = None
+
+    # --- progress, for the watchdog ------------------------------------------------------------
+
+    def progress(self) -> None:
+        self.progress_at = time.monotonic()
+        self.thread_id = threading.get_ident()
+
+    # --- one step ------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Do what is due now; return how long to wait before the next step (seconds)."""
+        self.progress()
+        epoch = self.state.epoch
+        if epoch is None:
+            self._unsent.clear()  # the next leader re-publishes them after our lease expires
+            return self.settings.heartbeat_interval
+        try:
+            delay = self._lead(epoch)
+        except (DBAPIError, psycopg.Error) as exc:
+            self._database_failed(exc, epoch)
+            return min(self.settings.heartbeat_interval, 1.0)
+        if self._failing:
+            logger.info(
+                "dispatch: database reachable again (epoch %s)",
+                epoch,
+                extra={"action": "db_recovered", "epoch": epoch},
+            )
+            self._failing = None
+        return delay
+
+    def _lead(self, epoch: int) -> float:
+        if self._orphan_epoch != epoch:
+            self._orphan_epoch, self._orphan_check_at = epoch, 0.0
+        if self._unsent:
+            self._publish(self._unsent, epoch)
+        claims, full, pending_plan = self._claim(epoch)
+        if claims:
+            self._publish(claims, epoch)
+        self._housekeeping()
+        if full or pending_plan:
+            return 0.0
+        with self.engine.connect() as conn:
+            now, next_due, unplanned = store.next_wake(conn, self.settings.group)
+        if unplanned:
+            return 0.0
+        wait = self.settings.heartbeat_interval
+        if next_due is not None:
+            until = (next_due - now).total_seconds()
+            # A due row we could not claim is locked by someone else: retry it shortly.
+            wait = min(wait, LOCKED_ROW_RETRY if until <= 0 else until)
+        if self._orphan_check_at and self._orphan_check_at != float("inf"):
+            wait = min(wait, max(0.0, self._orphan_check_at - time.monotonic()))
+        return max(wait, 0.0)
+
+    def _claim(self, epoch: int) -> tuple[list[Claim], bool, bool]:
+        """One fenced transaction: re-claim orphans, plan new rows, claim due ticks."""
+        group, settings = self.settings.group, self.settings
+        with self.engine.begin() as conn:
+            if self.backend_pid is None:
+                self.backend_pid = store.backend_pid(conn)
+            if not store.fence(conn, group, epoch, settings.replica_name):
+                self.state.step_down()
+                logger.warning(
+                    "dispatch: lease epoch %s is no longer ours; standing by",
+                    epoch,
+                    extra={
+                        "action": "fenced_out",
+                        "epoch": epoch,
+                        "replica": settings.replica_name,
+                    },
+                )
+                return [], False, False
+            now = store.db_now(conn)
+            claims = self._orphans(conn, epoch)
+            unplanned = store.select_unplanned(conn, group, settings.batch_size)
+            self._plan(conn, unplanned, now)
+            due = store.select_due(conn, group, settings.batch_size)
+            claims.extend(self._claim_due(conn, due, now, epoch))
+        return claims, len(due) >= settings.batch_size, len(unplanned) >= settings.batch_size
+
+    def _orphans(self, conn: Connection, epoch: int) -> list[Claim]:
+        if time.monotonic() < self._orphan_check_at:
+            return []
+        group = self.settings.group
+        rows = store.orphaned_claims(conn, group, epoch, self.settings.batch_size)
+        left = store.pending_orphans(conn, group, epoch) - len(rows)
+        self._orphan_check_at = (
+            time.monotonic() + ORPHAN_RECHECK if left > 0 or rows else float("inf")
+        )
+        if rows:
+            logger.warning(
+                "dispatch: re-publishing %d tick(s) claimed by an earlier epoch but never "
+                "marked sent (same task ids)",
+                len(rows),
+                extra={"action": "republish", "epoch": epoch, "count": len(rows)},
+            )
+        return [
+            Claim(
+                r["id"],
+                r["schedule_name"],
+                r["task"],
+                r["args"],
+                r["kwargs"],
+                r["options"],
+                r["due_at"],
+                r["task_id"],
+                r["epoch"],
+            )
+            for r in rows
+        ]
+
+    def _plan(self, conn: Connection, rows: Sequence[RowMapping], now: datetime) -> None:
+        plans: list[tuple[int, datetime | None]] = []
+        for row in rows:
+            try:
+                spec = spec_from_row(row)
+                schedules.validate(spec)
+                plans.append((row["id"], schedules.first_due(spec, now, row["last_due_at"])))
+            except Exception as exc:
+                self._park(conn, row, exc)
+        store.set_planned(conn, plans)
+
+    def _claim_due(
+        self, conn: Connection, rows: Sequence[RowMapping], now: datetime, epoch: int
+    ) -> list[Claim]:
+        settings = self.settings
+        runs: list[tuple[int, str, datetime, str, str]] = []
+        updates: list[tuple[int, datetime | None, datetime, bool]] = []
+        candidates: dict[tuple[int, datetime], Claim] = {}
+        for row in rows:
+            due: datetime = row["next_run_at"]
+            try:
+                spec = spec_from_row(row)
+                decision = schedules.resolve_misfire(
+                    spec,
+                    due,
+                    now,
+                    row["misfire_policy"] or settings.misfire_policy,
+                    settings.misfire_grace_time,
+                    row["catch_up_limit"] or settings.catch_up_limit,
+                )
+            except Exception as exc:
+                self._park(conn, row, exc)
+                continue
+            task_id = task_id_for(settings.group, row["name"], due)
+            runs.append(
+                (row["id"], row["name"], due, task_id, "claimed" if decision.fire else "skipped")
+            )
+            updates.append((row["id"], decision.next_due, due, decision.fire))
+            if decision.fire:
+                candidates[(row["id"], due)] = Claim(
+                    0,
+                    row["name"],
+                    row["task"],
+                    row["args"],
+                    row["kwargs"],
+                    row["options"],
+                    due,
+                    task_id,
+                    epoch,
+                )
+        new = store.insert_runs(conn, settings.group, epoch, settings.replica_name, runs)
+        store.update_after_claim(conn, updates)
+        # A tick whose run row already existed was claimed before: never send it twice.
+        return [replace(c, run_id=new[key]) for key, c in candidates.items() if key in new]
+
+    def _park(self, conn: Connection, row: RowMapping, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "dispatch: schedule %r skipped until it is edited: %s",
+            row["name"],
+            message,
+            extra={"action": "parked", "schedule": row["name"]},
+        )
+        store.park_schedule(conn, row["id"], message)
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def _publish(self, claims: list[Claim], epoch: int) -> None:
+        sent: list[int] = []
+        unsent: list[Claim] = []
+        for index, claim in enumerate(claims):
+            if not self.state.may_publish(epoch):
+                if self._deadline_logged != epoch:
+                    self._deadline_logged = epoch
+                    logger.warning(
+                        "dispatch: lease deadline passed; %d claimed tick(s) left for the next "
+                        "leader (epoch %s)",
+                        len(claims) - index,
+                        epoch,
+                        extra={"action": "deadline", "epoch": epoch},
+                    )
+                break
+            try:
+                self.send(claim, epoch)
+            except Exception as exc:
+                logger.error(
+                    "dispatch: publishing %r due %s failed, will retry: %s",
+                    claim.schedule,
+                    claim.due_at.isoformat(),
+                    exc,
+                    extra={"action": "publish_failed", "schedule": claim.schedule, "epoch": epoch},
+                )
+                unsent = claims[index:]
+                break
+            sent.append(claim.run_id)
+            self.progress()
+            if self.on_sent is not None:
+                self.on_sent(claim, time.time())
+        self._unsent = unsent
+        self.sent_total += len(sent)
+        if sent:
+            with self.engine.begin() as conn:
+                store.mark_sent(conn, sent)
+
+    def _housekeeping(self) -> None:
+        if time.monotonic() < self._prune_at:
+            return
+        self._prune_at = time.monotonic() + 60.0
+        with self.engine.begin() as conn:
+            store.prune_runs(conn, self.settings.run_retention)
+
+    def _database_failed(self, exc: Exception, epoch: int) -> None:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self._failing is None:
+            logger.error(
+                "dispatch: database error, not dispatching until it recovers (epoch %s): %s",
+                epoch,
+                reason,
+                extra={"action": "db_error", "epoch": epoch, "replica": self.settings.replica_name},
+            )
+        self._failing = reason
+        self.engine.dispose()
+        self.backend_pid = None
+        self._close_listen()
+
+    # --- waiting -------------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` s; a schedule change (NOTIFY) or leadership change wakes us."""
+        if timeout <= 0:
+            return
+        if self.state.epoch is None or self._failing:
+            self.state.changed.wait(timeout)
+            self.state.changed.clear()
+            return
+        try:
+            if self._listen is None or self._listen.closed:
+                self._listen = store.listen_connection(self.settings, "listen")
+            for _ in self._listen.notifies(timeout=timeout, stop_after=1):
+                break
+            # Drain whatever else arrived, so a burst of edits costs one wake-up.
+            for _ in self._listen.notifies(timeout=0.0):
+                pass
+        except psycopg.Error as exc:
+            self._close_listen()
+            if self._failing is None:
+                logger.warning(
+                    "dispatch: LISTEN connection lost: %s", exc, extra={"action": "listen_lost"}
+                )
+            time.sleep(min(timeout, 0.5))
+        finally:
+            self.progress()
+
+    def _close_listen(self) -> None:
+        if self._listen is not None:
+            try:
+                self._listen.close()
+            except Exception:
+                logger.debug("dispatch: closing LISTEN connection failed", exc_info=True)
+            self._listen = None
+
+    def close(self) -> None:
+        self._close_listen()
+        self.engine.dispose()

@@ -1,0 +1,103 @@
+"""The lease as this replica sees it: who holds it, whether it is alive, and the local fence.
+
+``LeaderState`` is shared by the watchdog thread (which wins, renews and loses the lease) and
+the dispatch loop (which may publish only while ``may_publish`` says so). The deadline is on
+the monotonic clock, which keeps running through SIGSTOP, a VM freeze or a long GC pause.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class LeaseStatus(str, Enum):
+    """What a standby concludes from the lease row and ``pg_stat_activity``."""
+
+    FREE = "free"  # never held
+    RELEASED = "released"  # handed over on purpose (graceful shutdown, hang release)
+    HELD = "held"  # a live holder with a fresh heartbeat
+    HOLDER_GONE = "holder_gone"  # the holder's backend no longer exists (process or link died)
+    STALE = "stale"  # backend alive but no heartbeat for a whole TTL: a hung or paused holder
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    status: LeaseStatus
+    epoch: int
+    holder: str | None
+    backend_pid: int | None
+    heartbeat_age: float | None
+    expires_in: float | None
+
+
+def lease_state(row: Mapping[str, Any] | None, now: datetime) -> LeaseView:
+    """Classify a ``store.read_lease`` row at database time ``now``."""
+    if row is None or row["holder"] is None:
+        return LeaseView(
+            LeaseStatus.FREE, 0 if row is None else row["epoch"], None, None, None, None
+        )
+    heartbeat: datetime | None = row["heartbeat_at"]
+    expires: datetime | None = row["expires_at"]
+    heartbeat_age = None if heartbeat is None else (now - heartbeat).total_seconds()
+    expires_in = None if expires is None else (expires - now).total_seconds()
+    expired = expires_in is None or expires_in <= 0
+    if row["backend_pid"] is None and expired:
+        status = LeaseStatus.RELEASED
+    elif not row["backend_alive"]:
+        status = LeaseStatus.HOLDER_GONE
+    elif expired:
+        status = LeaseStatus.STALE
+    else:
+        status = LeaseStatus.HELD
+    return LeaseView(
+        status, row["epoch"], row["holder"], row["backend_pid"], heartbeat_age, expires_in
+    )
+
+
+class LeaderState:
+    """This replica's leadership: the epoch it holds and the monotonic deadline of its fence."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch: int | None = None
+        self._deadline = 0.0
+        self.changed = threading.Event()
+
+    def become_leader(self, epoch: int, renewed_at: float, lifetime: float) -> None:
+        with self._lock:
+            self._epoch = epoch
+            self._deadline = renewed_at + lifetime
+        self.changed.set()
+
+    def extend(self, epoch: int, renewed_at: float, lifetime: float) -> None:
+        """Move the deadline after a renewal that *started* at ``renewed_at`` (monotonic)."""
+        with self._lock:
+            if self._epoch == epoch:
+                self._deadline = max(self._deadline, renewed_at + lifetime)
+
+    def step_down(self) -> int | None:
+        with self._lock:
+            epoch, self._epoch, self._deadline = self._epoch, None, 0.0
+        if epoch is not None:
+            self.changed.set()
+        return epoch
+
+    @property
+    def epoch(self) -> int | None:
+        with self._lock:
+            return self._epoch if time.monotonic() < self._deadline else None
+
+    def may_publish(self, epoch: int) -> bool:
+        """True only while ``epoch`` is ours and its local deadline has not passed."""
+        with self._lock:
+            return self._epoch == epoch and time.monotonic() < self._deadline
+
+    def remaining(self) -> float:
+        with self._lock:
+            return max(0.0, self._deadline - time.monotonic()) if self._epoch else 0.0

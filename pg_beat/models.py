@@ -1,0 +1,200 @@
+"""SQLAlchemy models of pg_beat's tables. The schema itself is created only by Alembic."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Schedule(Base):
+    """One periodic task; ``next_run_at`` is the only thing the due query reads."""
+
+    __tablename__ = "pg_beat_schedules"
+    __table_args__ = (
+        UniqueConstraint("group_name", "name"),
+        CheckConstraint("kind IN ('interval', 'crontab', 'solar', 'clocked')", name="kind"),
+        CheckConstraint(
+            "kind <> 'interval' OR (interval_seconds IS NOT NULL AND interval_seconds > 0)",
+            name="interval_positive",
+        ),
+        CheckConstraint("kind <> 'clocked' OR clocked_at IS NOT NULL", name="clocked_at"),
+        CheckConstraint(
+            "kind <> 'solar' OR (solar_event IS NOT NULL AND latitude BETWEEN -90 AND 90"
+            " AND longitude BETWEEN -180 AND 180)",
+            name="solar",
+        ),
+        CheckConstraint("jsonb_typeof(args) = 'array'", name="args_array"),
+        CheckConstraint("jsonb_typeof(kwargs) = 'object'", name="kwargs_object"),
+        CheckConstraint("jsonb_typeof(options) = 'object'", name="options_object"),
+        CheckConstraint(
+            "misfire_policy IS NULL OR misfire_policy IN ('fire_once', 'skip', 'catch_up')",
+            name="misfire_policy",
+        ),
+        CheckConstraint("catch_up_limit IS NULL OR catch_up_limit > 0", name="catch_up_limit"),
+        CheckConstraint("source IN ('config', 'api')", name="source"),
+        CheckConstraint(
+            "start_time IS NULL OR end_time IS NULL OR start_time < end_time", name="window"
+        ),
+        CheckConstraint("length(name) BETWEEN 1 AND 200", name="name_length"),
+        CheckConstraint("length(task) > 0", name="task_nonempty"),
+        Index(
+            "ix_pg_beat_schedules_due",
+            "group_name",
+            "next_run_at",
+            postgresql_where=text("enabled AND next_run_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_pg_beat_schedules_unplanned",
+            "group_name",
+            postgresql_where=text("enabled AND next_run_at IS NULL AND last_error IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    group_name: Mapped[str] = mapped_column(Text, server_default="default")
+    name: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    interval_seconds: Mapped[float | None] = mapped_column(Double)
+    cron_minute: Mapped[str] = mapped_column(Text, server_default="*")
+    cron_hour: Mapped[str] = mapped_column(Text, server_default="*")
+    cron_day_of_week: Mapped[str] = mapped_column(Text, server_default="*")
+    cron_day_of_month: Mapped[str] = mapped_column(Text, server_default="*")
+    cron_month_of_year: Mapped[str] = mapped_column(Text, server_default="*")
+    timezone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    solar_event: Mapped[str | None] = mapped_column(Text)
+    latitude: Mapped[float | None] = mapped_column(Double)
+    longitude: Mapped[float | None] = mapped_column(Double)
+    clocked_at: Mapped[datetime | None] = mapped_column(TZ)
+    args: Mapped[Any] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    kwargs: Mapped[Any] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    options: Mapped[Any] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    one_off: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    start_time: Mapped[datetime | None] = mapped_column(TZ)
+    end_time: Mapped[datetime | None] = mapped_column(TZ)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    misfire_policy: Mapped[str | None] = mapped_column(Text)
+    catch_up_limit: Mapped[int | None] = mapped_column(Integer)
+    next_run_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_due_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_run_at: Mapped[datetime | None] = mapped_column(TZ)
+    total_run_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text, server_default="api")
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class Run(Base):
+    """One claimed tick; the unique key is what makes a tick claimable only once."""
+
+    __tablename__ = "pg_beat_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "due_at"),
+        CheckConstraint("status IN ('claimed', 'sent', 'skipped', 'failed')", name="status"),
+        Index(
+            "ix_pg_beat_runs_unsent",
+            "group_name",
+            "epoch",
+            postgresql_where=text("status = 'claimed'"),
+        ),
+        Index("ix_pg_beat_runs_claimed_at", "claimed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    group_name: Mapped[str] = mapped_column(Text)
+    schedule_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pg_beat_schedules.id", ondelete="CASCADE")
+    )
+    schedule_name: Mapped[str] = mapped_column(Text)
+    due_at: Mapped[datetime] = mapped_column(TZ)
+    task_id: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    replica: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(TZ)
+    status: Mapped[str] = mapped_column(Text, server_default="claimed")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """The leadership lease of one scheduler group; ``epoch`` is the fencing token."""
+
+    __tablename__ = "pg_beat_leases"
+
+    group_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    holder: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    backend_pid: Mapped[int | None] = mapped_column(Integer)
+    acquired_at: Mapped[datetime | None] = mapped_column(TZ)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZ)
+    expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    progress_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class LeaderTerm(Base):
+    """One row per epoch: who led, from when, until when and why it ended (failover history)."""
+
+    __tablename__ = "pg_beat_leader_terms"
+
+    group_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    reason: Mapped[str] = mapped_column(Text)
+    previous_holder: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    ended_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Replica(Base):
+    """A beat process of a group, heartbeating its role so ``pg-beat status`` can show it."""
+
+    __tablename__ = "pg_beat_replicas"
+
+    group_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(Text)
+    backend_pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

@@ -1,0 +1,373 @@
+"""The watchdog thread: wins, renews and gives up the lease, and watches the holder.
+
+Every replica runs one. On the leader it renews the lease on its own connection, but only
+while the dispatch loop makes progress (invariant 6); on a standby it waits for the advisory
+lock and watches the lease row and ``pg_stat_activity`` for a holder that died or hung.
+Each iteration is guarded: the thread logs state changes once and never dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from pg_beat import __version__, store
+from pg_beat.config import Settings
+from pg_beat.exceptions import SessionPoolingDetected
+from pg_beat.lease import LeaderState, LeaseStatus, lease_state
+
+logger = logging.getLogger("pg_beat.watchdog")
+
+HANG_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts us
+
+
+class Watchdog(threading.Thread):
+    """Leadership for one replica. ``progress`` returns the dispatch loop's last progress."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: LeaderState,
+        progress: Callable[[], float],
+        *,
+        dispatch_thread: Callable[[], int | None] = lambda: None,
+        dispatch_backend: Callable[[], int | None] = lambda: None,
+        exit_process: Callable[[int], None] = os._exit,
+    ) -> None:
+        super().__init__(name=f"pg_beat-watchdog[{settings.replica_name}]", daemon=True)
+        self.settings = settings
+        self.state = state
+        self.progress = progress
+        self.dispatch_thread = dispatch_thread
+        self.dispatch_backend = dispatch_backend
+        self.exit_process = exit_process
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.engine: Engine = store.make_engine(settings, "standby")
+        self.conn: Connection | None = None
+        self.backend_pid: int | None = None
+        self.epoch: int | None = None
+        self.stopping = threading.Event()
+        self.failovers = 0
+        self.renewal_failures = 0
+        self._said: dict[str, str] = {}
+        self._replica_seen_at = 0.0
+        self._hung = False
+
+    # --- logging once per state change ---------------------------------------------------
+
+    def _say(
+        self, topic: str, state: str, level: int, message: str, *args: Any, **extra: Any
+    ) -> None:
+        if self._said.get(topic) == state:
+            return
+        self._said[topic] = state
+        logger.log(
+            level,
+            message,
+            *args,
+            extra={
+                "action": topic,
+                "replica": self.settings.replica_name,
+                "epoch": self.epoch,
+                **extra,
+            },
+        )
+
+    # --- thread ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.iterate()
+                self._say("db", "ok", logging.INFO, "watchdog: connected to the database")
+            except SessionPoolingDetected as exc:
+                self._say("db", "pooling", logging.CRITICAL, "watchdog: %s", exc)
+                self._drop_connection()
+            except DBAPIError as exc:
+                self._lost_database(exc)
+            except Exception:  # never let the thread die
+                logger.exception(
+                    "watchdog: unexpected error (replica %s, epoch %s)",
+                    self.settings.replica_name,
+                    self.epoch,
+                )
+                self._drop_connection()
+            elapsed = time.monotonic() - started
+            pause = self.settings.heartbeat_interval - elapsed
+            if self.epoch is None and self.conn is None:
+                pause = max(pause, 0.5)  # reconnect backoff
+            if pause > 0:
+                self.stopping.wait(pause)
+
+    def iterate(self) -> None:
+        conn = self._connection()
+        if self.epoch is not None:
+            self._lead(conn)
+        else:
+            self._stand_by(conn)
+        self._heartbeat_replica(conn)
+
+    def _connection(self) -> Connection:
+        if self.conn is None:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self.backend_pid = store.backend_pid(conn)
+            store.ensure_lease(conn, self.settings.group)
+            self.conn = conn
+        return self.conn
+
+    def _drop_connection(self) -> None:
+        """Close our session, which releases the advisory lock if we still hold it."""
+        if self.conn is not None:
+            try:
+                self.conn.invalidate()
+                self.conn.close()
+            except Exception:
+                logger.debug("watchdog: closing the lease connection failed", exc_info=True)
+        self.conn = None
+        self.backend_pid = None
+
+    def _lost_database(self, exc: DBAPIError) -> None:
+        first_line = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        if self.epoch is not None:
+            self.renewal_failures += 1
+            self._step_down(f"lease connection failed: {first_line}")
+        self._say(
+            "db",
+            "down",
+            logging.ERROR,
+            "watchdog: database unreachable, retrying (replica %s): %s",
+            self.settings.replica_name,
+            first_line,
+        )
+        self._drop_connection()
+
+    # --- leader --------------------------------------------------------------------------
+
+    def _lead(self, conn: Connection) -> None:
+        assert self.epoch is not None
+        settings = self.settings
+        stuck_for = time.monotonic() - self.progress()
+        if stuck_for > settings.hang_timeout:
+            self._hang_detected(conn, stuck_for)
+            return
+        started = time.monotonic()
+        expires = store.renew(
+            conn, settings.group, self.epoch, settings.replica_name, settings.lease_ttl, stuck_for
+        )
+        if expires is None:
+            self.renewal_failures += 1
+            self._step_down("lease taken over by another replica")
+            return
+        self.state.extend(self.epoch, started, settings.lease_ttl - settings.publish_margin)
+
+    def _hang_detected(self, conn: Connection, stuck_for: float) -> None:
+        """The dispatch loop made no progress for too long: say why, and let go of the lease."""
+        self._hung = True
+        thread_id = self.dispatch_thread()
+        frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+        backend = self.dispatch_backend()
+        waits = "(dispatch backend unknown)"
+        if backend is not None:
+            rows = store.backend_diagnostics(conn, [backend])
+            waits = "; ".join(_describe_backend(row) for row in rows) or "(backend idle or gone)"
+        logger.critical(
+            "watchdog: dispatch loop stuck for %.1fs (replica %s, epoch %s); releasing the lease."
+            "\nDatabase: %s\nStack of the stuck thread:\n%s",
+            stuck_for,
+            self.settings.replica_name,
+            self.epoch,
+            waits,
+            stack,
+            extra={"action": "hang", "replica": self.settings.replica_name, "epoch": self.epoch},
+        )
+        self.release(conn)
+        if self.settings.on_hang == "exit":
+            logger.critical(
+                "watchdog: exiting with status %d for the supervisor to restart us", HANG_EXIT_CODE
+            )
+            logging.shutdown()
+            self.exit_process(HANG_EXIT_CODE)
+
+    def release(self, conn: Connection | None = None) -> None:
+        """Give the lease up now: expire it, drop the lock, stop publishing."""
+        epoch = self.state.step_down()
+        epoch = epoch if epoch is not None else self.epoch
+        self.epoch = None
+        conn = conn or self.conn
+        if epoch is not None and conn is not None:
+            try:
+                store.release(conn, self.settings.group, epoch, self.settings.replica_name)
+                store.unlock_all(conn)
+            except DBAPIError:
+                self._drop_connection()
+            logger.info(
+                "watchdog: released the lease (epoch %s)",
+                epoch,
+                extra={"action": "released", "epoch": epoch},
+            )
+
+    def _step_down(self, why: str) -> None:
+        epoch = self.epoch
+        self.state.step_down()
+        self.epoch = None
+        self._said.pop("standby", None)
+        logger.warning(
+            "watchdog: no longer the leader (epoch %s): %s; standing by",
+            epoch,
+            why,
+            extra={"action": "step_down", "epoch": epoch, "replica": self.settings.replica_name},
+        )
+        self._drop_connection()
+
+    # --- standby -------------------------------------------------------------------------
+
+    def _stand_by(self, conn: Connection) -> None:
+        settings = self.settings
+        if self._hung:
+            if time.monotonic() - self.progress() > settings.hang_timeout:
+                return  # our own loop is still stuck: never lead with it
+            self._hung = False
+        lease = store.read_lease(conn, settings.group)
+        view = lease_state(lease, lease["db_now"] if lease else None)  # type: ignore[arg-type]
+        if view.status is LeaseStatus.STALE and view.holder != settings.replica_name:
+            self._terminate_hung_holder(conn, view.backend_pid, view.holder, view.heartbeat_age)
+        if (
+            view.status is LeaseStatus.HELD
+            and view.holder == settings.replica_name
+            and (view.backend_pid == self.backend_pid)
+        ):
+            return
+        self._say(
+            "standby",
+            str(view.holder),
+            logging.INFO,
+            "watchdog: standing by; leader is %s (epoch %s)",
+            view.holder,
+            view.epoch,
+        )
+        wait = min(settings.heartbeat_interval, 1.0)
+        if store.wait_lock(conn, settings.group, wait):
+            self._take_over(conn, view.status.value)
+
+    def _terminate_hung_holder(
+        self, conn: Connection, pid: int | None, holder: str | None, age: float | None
+    ) -> None:
+        if pid is None or not self.settings.terminate_hung_leader:
+            return
+        try:
+            done = store.terminate_backend(conn, pid)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+                raise
+            self._say(
+                "terminate",
+                f"denied:{pid}",
+                logging.WARNING,
+                "watchdog: leader %s looks hung (no heartbeat for %.1fs) but this role may "
+                "not terminate its backend %s (grant pg_signal_backend); waiting for it "
+                "to release the lease",
+                holder,
+                age or 0.0,
+                pid,
+            )
+            return
+        if done:
+            logger.warning(
+                "watchdog: leader %s hung (no heartbeat for %.1fs): terminated its backend %s",
+                holder,
+                age or 0.0,
+                pid,
+                extra={
+                    "action": "terminate",
+                    "replica": self.settings.replica_name,
+                    "holder": holder,
+                },
+            )
+
+    def _take_over(self, conn: Connection, reason: str) -> None:
+        settings = self.settings
+        holders = store.lock_holders(conn, settings.group)
+        if not any(h["granted"] and h["pid"] == self.backend_pid for h in holders):
+            store.unlock_all(conn)
+            raise SessionPoolingDetected(
+                "the advisory lock is held by another backend than this session's: the database "
+                "URL goes through a transaction-pooling proxy (e.g. PgBouncer pool_mode="
+                "transaction); point pg_beat at PostgreSQL directly or at a session pool"
+            )
+        started = time.monotonic()
+        row = store.take_over(
+            conn,
+            settings.group,
+            settings.replica_name,
+            self.host,
+            self.pid,
+            settings.lease_ttl,
+            reason,
+        )
+        self.epoch = int(row["epoch"])
+        self.failovers += 1
+        self.state.become_leader(self.epoch, started, settings.lease_ttl - settings.publish_margin)
+        store.set_application_name(conn, f"pg_beat:{settings.replica_name}:leader")
+        store.notify_schedules(conn, "leader")
+        self._said.pop("standby", None)
+        logger.warning(
+            "watchdog: now the leader, epoch %s (previous holder %s, %s)",
+            self.epoch,
+            row["previous_holder"],
+            reason,
+            extra={"action": "take_over", "epoch": self.epoch, "replica": settings.replica_name},
+        )
+
+    # --- replica registry ----------------------------------------------------------------
+
+    def _heartbeat_replica(self, conn: Connection) -> None:
+        settings = self.settings
+        store.heartbeat_replica(
+            conn,
+            settings.group,
+            {
+                "name": settings.replica_name,
+                "host": self.host,
+                "pid": self.pid,
+                "role": "leader" if self.epoch is not None else "standby",
+                "version": __version__,
+                "started_at": datetime.fromtimestamp(self.started_at, tz=timezone.utc),
+            },
+        )
+        if time.monotonic() - self._replica_seen_at > 30.0:
+            self._replica_seen_at = time.monotonic()
+            store.prune_replicas(conn, settings.group, settings.replica_stale_after)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _describe_backend(row: Any) -> str:
+    text = (
+        f"backend {row['pid']} ({row['application_name']}) state={row['state']} "
+        f"wait={row['wait_event_type']}/{row['wait_event']} query={row['query']!r}"
+    )
+    for blocker in row["blocked_by"] or []:
+        text += (
+            f"; blocked by pid {blocker['pid']} ({blocker['application_name']}, "
+            f"{blocker['state']}, {blocker['age']:.1f}s): {blocker['query']!r}"
+        )
+    return text
