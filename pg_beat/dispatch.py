@@ -66,6 +66,7 @@ class Dispatcher:
         self.engine = store.make_engine(settings, "dispatch", dispatch=True, pool_size=1)
         self._listen: psycopg.Connection[Any] | None = None
         self._unsent: list[Claim] = []
+        self._behind = False
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
         self._prune_at = 0.0
@@ -111,26 +112,26 @@ class Dispatcher:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
         if self._unsent:
             self._publish(self._unsent, epoch)
-        claims, full, pending_plan = self._claim(epoch)
+        claims, more, pending_plan, claimed_at = self._claim(epoch)
         if claims:
             self._publish(claims, epoch)
         self._housekeeping()
-        if full or pending_plan:
-            return 0.0
+        if more or pending_plan or claimed_at is None:
+            return 0.0 if claimed_at is not None else self.settings.heartbeat_interval
         with self.engine.connect() as conn:
-            now, next_due, unplanned = store.next_wake(conn, self.settings.group)
-        if unplanned:
+            wake = store.next_wake(conn, self.settings.group, claimed_at)
+        if wake.unplanned:
             return 0.0
         wait = self.settings.heartbeat_interval
-        if next_due is not None:
-            until = (next_due - now).total_seconds()
-            # A due row we could not claim is locked by someone else: retry it shortly.
-            wait = min(wait, LOCKED_ROW_RETRY if until <= 0 else until)
-        if self._orphan_check_at and self._orphan_check_at != float("inf"):
-            wait = min(wait, max(0.0, self._orphan_check_at - time.monotonic()))
+        if wake.next_due is not None:
+            wait = min(wait, (wake.next_due - wake.now).total_seconds())
+        if wake.locked_due:
+            wait = min(wait, LOCKED_ROW_RETRY)
+        if self._orphan_check_at != float("inf"):
+            wait = min(wait, self._orphan_check_at - time.monotonic())
         return max(wait, 0.0)
 
-    def _claim(self, epoch: int) -> tuple[list[Claim], bool, bool]:
+    def _claim(self, epoch: int) -> tuple[list[Claim], bool, bool, datetime | None]:
         """One fenced transaction: re-claim orphans, plan new rows, claim due ticks."""
         group, settings = self.settings.group, self.settings
         with self.engine.begin() as conn:
@@ -147,14 +148,16 @@ class Dispatcher:
                         "replica": settings.replica_name,
                     },
                 )
-                return [], False, False
+                return [], False, False, None
             now = store.db_now(conn)
             claims = self._orphans(conn, epoch)
             unplanned = store.select_unplanned(conn, group, settings.batch_size)
             self._plan(conn, unplanned, now)
-            due = store.select_due(conn, group, settings.batch_size)
+            due = store.select_due(conn, group, now, settings.batch_size)
             claims.extend(self._claim_due(conn, due, now, epoch))
-        return claims, len(due) >= settings.batch_size, len(unplanned) >= settings.batch_size
+        # Full batch, or a schedule still behind (catching up): there is more to do right now.
+        more = len(due) >= settings.batch_size or self._behind
+        return claims, more, len(unplanned) >= settings.batch_size, now
 
     def _orphans(self, conn: Connection, epoch: int) -> list[Claim]:
         if time.monotonic() < self._orphan_check_at:
@@ -215,7 +218,8 @@ class Dispatcher:
                     now,
                     row["misfire_policy"] or settings.misfire_policy,
                     settings.misfire_grace_time,
-                    row["catch_up_limit"] or settings.catch_up_limit,
+                    # The limit counts every late tick sent, this one included.
+                    (row["catch_up_limit"] or settings.catch_up_limit) - 1,
                 )
             except Exception as exc:
                 self._park(conn, row, exc)
@@ -237,6 +241,7 @@ class Dispatcher:
                     task_id,
                     epoch,
                 )
+        self._behind = any(n is not None and n <= now for _, n, _, _ in updates)
         new = store.insert_runs(conn, settings.group, epoch, settings.replica_name, runs)
         store.update_after_claim(conn, updates)
         # A tick whose run row already existed was claimed before: never send it twice.

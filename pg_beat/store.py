@@ -8,6 +8,7 @@ Statements are plain text so that what runs is what a DBA reads in ``pg_stat_act
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -260,7 +261,7 @@ SELECT_DUE = text(
     """
     SELECT * FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
-      AND next_run_at <= clock_timestamp()
+      AND next_run_at <= :now
     ORDER BY next_run_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -276,11 +277,15 @@ SELECT_UNPLANNED = text(
     """
 )
 
+# After a claim at :claimed_at, rows still due by then are locked by someone else (an admin's
+# open transaction): they must not set the pace for the others, so they are reported apart.
 NEXT_WAKE = text(
     """
     SELECT clock_timestamp() AS now,
            (SELECT min(next_run_at) FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL) AS next_due,
+             WHERE group_name = :group AND enabled AND next_run_at > :claimed_at) AS next_due,
+           EXISTS (SELECT 1 FROM pg_beat_schedules
+             WHERE group_name = :group AND enabled AND next_run_at <= :claimed_at) AS locked_due,
            EXISTS (SELECT 1 FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at IS NULL
                AND last_error IS NULL) AS unplanned
@@ -340,17 +345,28 @@ def fence(conn: Connection, group: str, epoch: int, holder: str) -> bool:
     )
 
 
-def select_due(conn: Connection, group: str, limit: int) -> Sequence[RowMapping]:
-    return conn.execute(SELECT_DUE, {"group": group, "limit": limit}).mappings().all()
+def select_due(
+    conn: Connection, group: str, now: datetime, limit: int
+) -> Sequence[RowMapping]:
+    """Up to ``limit`` rows due at ``now``, locked; rows someone else holds are skipped."""
+    return conn.execute(SELECT_DUE, {"group": group, "now": now, "limit": limit}).mappings().all()
 
 
 def select_unplanned(conn: Connection, group: str, limit: int) -> Sequence[RowMapping]:
     return conn.execute(SELECT_UNPLANNED, {"group": group, "limit": limit}).mappings().all()
 
 
-def next_wake(conn: Connection, group: str) -> tuple[datetime, datetime | None, bool]:
-    row = conn.execute(NEXT_WAKE, {"group": group}).one()
-    return row.now, row.next_due, bool(row.unplanned)
+@dataclass(frozen=True)
+class Wake:
+    now: datetime
+    next_due: datetime | None
+    locked_due: bool
+    unplanned: bool
+
+
+def next_wake(conn: Connection, group: str, claimed_at: datetime) -> Wake:
+    row = conn.execute(NEXT_WAKE, {"group": group, "claimed_at": claimed_at}).one()
+    return Wake(row.now, row.next_due, bool(row.locked_due), bool(row.unplanned))
 
 
 def insert_runs(
@@ -792,3 +808,54 @@ def list_replicas(conn: Connection, group: str) -> Sequence[RowMapping]:
         .mappings()
         .all()
     )
+
+
+# --- status and CLI ------------------------------------------------------------------------
+
+DUE_SCHEDULES = text(
+    """
+    SELECT *, next_run_at - clock_timestamp() AS due_in FROM pg_beat_schedules
+    WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
+    ORDER BY next_run_at, name
+    LIMIT :limit
+    """
+)
+
+# A prefix match that treats '_' and '%' in replica names literally (LIKE would not).
+REPLICA_BACKENDS = text(
+    """
+    SELECT pid FROM pg_stat_activity
+    WHERE left(application_name, length(:prefix)) = :prefix AND pid <> pg_backend_pid()
+    ORDER BY backend_start
+    """
+)
+
+METRICS_SNAPSHOT = text(
+    """
+    SELECT clock_timestamp() AS db_now,
+           (SELECT count(*) FROM pg_beat_schedules
+             WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
+               AND next_run_at <= clock_timestamp()) AS due_backlog,
+           l.epoch, l.holder,
+           CAST(extract(epoch FROM clock_timestamp() - l.heartbeat_at) AS double precision)
+               AS heartbeat_age
+    FROM (SELECT 1) AS one
+    LEFT JOIN pg_beat_leases l ON l.group_name = :group
+    """
+)
+
+
+def due_schedules(conn: Connection, group: str, limit: int = 5) -> Sequence[RowMapping]:
+    """The enabled schedules that fall due next, soonest first, with ``due_in`` (an interval)."""
+    return conn.execute(DUE_SCHEDULES, {"group": group, "limit": limit}).mappings().all()
+
+
+def replica_backend_pids(conn: Connection, replica: str) -> list[int]:
+    """Backends whose application_name says they belong to ``replica`` (any role)."""
+    prefix = f"pg_beat:{replica}:"[:63]
+    return [int(row[0]) for row in conn.execute(REPLICA_BACKENDS, {"prefix": prefix})]
+
+
+def metrics_snapshot(conn: Connection, group: str) -> RowMapping:
+    """Due backlog and the lease's epoch, holder and heartbeat age (s), on the database clock."""
+    return conn.execute(METRICS_SNAPSHOT, {"group": group}).mappings().one()

@@ -1,0 +1,613 @@
+"""Pure schedule math: validation, next due times, misfire handling and payload checks.
+
+Nothing here touches the clock or the database: every function takes ``now`` or ``after``
+as an argument, so the DST, leap-day and misfire rules can be tested with plain tables.
+All datetimes are timezone-aware; every datetime returned is in UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import ParseException, crontab_parser, solar
+from celery.utils.time import WEEKDAYS, YEARMONTHS
+
+from pg_beat.exceptions import InvalidSchedule
+
+Kind = Literal["interval", "crontab", "solar", "clocked"]
+MisfirePolicy = Literal["fire_once", "skip", "catch_up"]
+KINDS: tuple[str, ...] = get_args(Kind)
+MISFIRE_POLICIES: tuple[str, ...] = get_args(MisfirePolicy)
+
+UTC = timezone.utc
+_US = timedelta(microseconds=1)
+_1M, _59M = timedelta(minutes=1), timedelta(minutes=59)
+#: Most due times counted one by one when a crontab or solar schedule fell far behind.
+_SCAN_LIMIT = 10_000
+#: Crontab search horizon: the longest gap between two Feb 29ths is 8 years (2096 -> 2104).
+_CRON_YEARS = 9
+# Field -> (label in messages, lowest, highest, names accepted besides numbers).
+_CRON_FIELDS: dict[str, tuple[str, int, int, dict[str, int]]] = {
+    "cron_minute": ("minute", 0, 59, {}),
+    "cron_hour": ("hour", 0, 23, {}),
+    "cron_day_of_week": ("day of week", 0, 6, WEEKDAYS),
+    "cron_day_of_month": ("day of month", 1, 31, {}),
+    "cron_month_of_year": ("month", 1, 12, YEARMONTHS),
+}
+_CRON_PART = re.compile(r"(?:\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/[0-9]+)?")
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One schedule's timing definition; which fields matter depends on ``kind``."""
+
+    name: str
+    kind: str
+    interval_seconds: float | None = None
+    cron_minute: str = "*"
+    cron_hour: str = "*"
+    cron_day_of_week: str = "*"
+    cron_day_of_month: str = "*"
+    cron_month_of_year: str = "*"
+    timezone: str = "UTC"
+    solar_event: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    clocked_at: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Misfire:
+    """What to do with a claimed tick: send it or not, the next due time, ticks dropped."""
+
+    fire: bool
+    next_due: datetime | None
+    skipped: int
+
+
+@dataclass(frozen=True)
+class _Cron:
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days_of_week: frozenset[int]  # 0 = Sunday, as in cron
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    either_day: bool  # both day fields restricted: a day matches when either does (Vixie cron)
+    every_hour: bool  # both occurrences of a repeated (fall-back) hour fire
+
+
+class _BadCronField(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(spec: ScheduleSpec) -> None:
+    """Raise :class:`InvalidSchedule` naming the bad field unless ``spec`` is usable."""
+    if not isinstance(spec.name, str) or not spec.name:
+        raise InvalidSchedule(None, "name must be a non-empty string", field="name")
+    if spec.kind not in KINDS:
+        raise _bad(spec, "kind", f"unknown kind {spec.kind!r} (one of: {', '.join(KINDS)})")
+    _zone(spec)
+    for field in ("clocked_at", "start_time", "end_time"):
+        value = getattr(spec, field)
+        if value is not None and not _is_aware(value):
+            raise _bad(spec, field, f"{value!r} must be a timezone-aware datetime")
+    start, end = spec.start_time, spec.end_time
+    if start and end and start >= end:
+        raise _bad(spec, "end_time", f"{end.isoformat()} is not after {start.isoformat()}")
+    if spec.kind == "interval":
+        _interval(spec)
+    elif spec.kind == "crontab":
+        _check_crontab_can_match(spec, _cron(spec))
+    elif spec.kind == "solar":
+        _solar_params(spec)
+        _ephem(spec)
+    else:
+        _clocked_at(spec)
+
+
+def _bad(spec: ScheduleSpec, field: str, message: str) -> InvalidSchedule:
+    return InvalidSchedule(spec.name, message, field=field)
+
+
+def _is_aware(value: object) -> bool:
+    return isinstance(value, datetime) and value.utcoffset() is not None
+
+
+def _zone(spec: ScheduleSpec) -> ZoneInfo:
+    try:
+        return ZoneInfo(spec.timezone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise _bad(spec, "timezone", f"unknown timezone {spec.timezone!r}") from exc
+
+
+def _interval(spec: ScheduleSpec) -> timedelta:
+    value = spec.interval_seconds
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        step = timedelta(seconds=value)
+        if step > timedelta(0):
+            return step
+    raise _bad(spec, "interval_seconds", f"interval {value!r} must be a number of seconds > 0")
+
+
+def _cron(spec: ScheduleSpec) -> _Cron:
+    texts = tuple(getattr(spec, field) for field in _CRON_FIELDS)
+    try:
+        return _parse_cron(texts)
+    except _BadCronField as exc:
+        label, low, high, _ = _CRON_FIELDS[exc.field]
+        text = getattr(spec, exc.field)
+        message = f"invalid crontab {label} {text!r} ({low}-{high})"
+        raise _bad(spec, exc.field, message) from exc.__cause__
+
+
+@lru_cache(maxsize=512)
+def _parse_cron(texts: tuple[object, ...]) -> _Cron:
+    sets = {
+        field: _parse_field(field, text) for field, text in zip(_CRON_FIELDS, texts, strict=True)
+    }
+    return _Cron(
+        minutes=tuple(sorted(sets["cron_minute"])),
+        hours=tuple(sorted(sets["cron_hour"])),
+        days_of_week=sets["cron_day_of_week"],
+        days_of_month=sets["cron_day_of_month"],
+        months=sets["cron_month_of_year"],
+        either_day=str(texts[2]).strip() != "*" and str(texts[3]).strip() != "*",
+        every_hour=len(sets["cron_hour"]) == 24,
+    )
+
+
+def _parse_field(field: str, text: object) -> frozenset[int]:
+    _, low, high, names = _CRON_FIELDS[field]
+    if not isinstance(text, str):
+        raise _BadCronField(field)
+    text = text.strip()
+    # Celery's parser ignores trailing junk and takes month names in any field: be stricter.
+    if not all(_CRON_PART.fullmatch(part) for part in text.split(",")) or any(
+        word[:3].lower() not in names for word in re.findall(r"[A-Za-z]+", text)
+    ):
+        raise _BadCronField(field)
+    try:
+        result = frozenset(int(v) for v in crontab_parser(high - low + 1, low).parse(text))
+    except (ValueError, ParseException, KeyError, IndexError) as exc:
+        raise _BadCronField(field) from exc
+    if not result or min(result) < low or max(result) > high:
+        raise _BadCronField(field)
+    return result
+
+
+def _check_crontab_can_match(spec: ScheduleSpec, cron: _Cron) -> None:
+    if cron.either_day or spec.cron_day_of_month.strip() == "*":
+        return
+    if not any(day <= _MONTH_DAYS[m - 1] for m in cron.months for day in cron.days_of_month):
+        message = (
+            f"crontab never matches: day of month {spec.cron_day_of_month!r} "
+            f"does not occur in month {spec.cron_month_of_year!r}"
+        )
+        raise _bad(spec, "cron_day_of_month", message)
+
+
+def _solar_params(spec: ScheduleSpec) -> tuple[str, float, float]:
+    events = sorted(solar._all_events)
+    if spec.solar_event not in events:
+        message = f"unknown solar event {spec.solar_event!r} (one of: {', '.join(events)})"
+        raise _bad(spec, "solar_event", message)
+    for field, bound in (("latitude", 90), ("longitude", 180)):
+        value = getattr(spec, field)
+        if not isinstance(value, (int, float)) or not -bound <= value <= bound:
+            raise _bad(spec, field, f"{field} {value!r} must be between -{bound} and {bound}")
+    assert spec.latitude is not None and spec.longitude is not None
+    return str(spec.solar_event), float(spec.latitude), float(spec.longitude)
+
+
+def _ephem(spec: ScheduleSpec) -> Any:
+    try:
+        import ephem
+    except ImportError as exc:
+        message = "solar schedules need the 'ephem' package: pip install 'pg-beat[solar]'"
+        raise _bad(spec, "kind", message) from exc
+    return ephem
+
+
+def _clocked_at(spec: ScheduleSpec) -> datetime:
+    if spec.clocked_at is None or not _is_aware(spec.clocked_at):
+        raise _bad(spec, "clocked_at", "a clocked schedule needs a timezone-aware clocked_at")
+    return spec.clocked_at
+
+
+# --------------------------------------------------------------------------- next due time
+
+
+def next_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
+    """The first due instant strictly after ``after`` (UTC), or None if there is none."""
+    if not _is_aware(after):
+        raise ValueError(f"after={after!r} must be timezone-aware")
+    if spec.start_time is not None and spec.kind != "interval":
+        after = max(after, spec.start_time - _US)
+    result: datetime | None
+    if spec.kind == "interval":
+        result = _interval_after(spec, after)
+    elif spec.kind == "crontab":
+        result = _cron_after(spec, after)
+    elif spec.kind == "solar":
+        result = _solar_after(spec, after)
+    elif spec.kind == "clocked":
+        at = _clocked_at(spec)
+        result = at if at > after else None
+    else:
+        validate(spec)  # raises for the unknown kind
+        result = None
+    if result is None or (spec.end_time is not None and result > spec.end_time):
+        return None
+    return result.astimezone(UTC)
+
+
+def first_due(spec: ScheduleSpec, now: datetime, last_due: datetime | None) -> datetime | None:
+    """Due time of a schedule with none planned (new or redefined); may lie before ``now``.
+
+    A new interval schedule without ``start_time`` runs at once; a clocked schedule that
+    never ran fires once even when ``clocked_at`` is past.
+    """
+    if last_due is not None:
+        return next_after(spec, last_due)
+    due: datetime | None
+    if spec.kind == "interval" and spec.start_time is None:
+        _interval(spec)
+        due = now
+    elif spec.kind == "clocked":
+        due = _clocked_at(spec)
+        if spec.start_time is not None and due < spec.start_time:
+            due = None
+    else:
+        due = next_after(spec, now - _US)
+    if due is None or (spec.end_time is not None and due > spec.end_time):
+        return None
+    return due.astimezone(UTC)
+
+
+def _interval_after(spec: ScheduleSpec, after: datetime) -> datetime:
+    step = _interval(spec)
+    start = spec.start_time
+    if start is None:
+        return after + step
+    if after < start:
+        return start
+    return start + ((after - start) // step + 1) * step
+
+
+def _cron_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
+    cron, zone = _cron(spec), _zone(spec)
+    # In a repeated (fall-back) hour a wall time earlier than after's can still be due
+    # after it: 3 hours of slack covers every DST shift in the tz database.
+    floor = (after - timedelta(hours=3)).astimezone(zone).replace(tzinfo=None)
+    day = floor.date()
+    last = date(min(day.year + _CRON_YEARS, 9998), 12, 31)
+    if spec.end_time is not None:
+        last = min(last, spec.end_time.astimezone(zone).date() + timedelta(days=1))
+    while day <= last:
+        if day.month not in cron.months:
+            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+            continue
+        if _day_matches(cron, day):
+            found = _cron_in_day(cron, zone, day, after, floor)
+            if found is not None:
+                return found
+        day += timedelta(days=1)
+    return None
+
+
+def _day_matches(cron: _Cron, day: date) -> bool:
+    dom = day.day in cron.days_of_month
+    dow = (day.weekday() + 1) % 7 in cron.days_of_week
+    return (dom or dow) if cron.either_day else (dom and dow)
+
+
+def _cron_in_day(
+    cron: _Cron, zone: ZoneInfo, day: date, after: datetime, floor: datetime
+) -> datetime | None:
+    """Earliest due instant > ``after`` among the day's matching wall times.
+
+    The fold=0 and fold=1 readings of a wall time bound its due instant and never decrease
+    as the wall time grows, so hours already past are skipped and the search stops as soon
+    as a later hour cannot win. An hour without a DST change is plain arithmetic.
+    """
+    best: datetime | None = None
+    for hour in cron.hours:
+        if day == floor.date() and hour < floor.hour:
+            continue
+        top = datetime(day.year, day.month, day.day, hour)
+        (first, second), (last, last_second) = _readings(top, zone), _readings(top + _59M, zone)
+        if best is not None and min(first, second) > best:
+            break
+        if max(last, last_second) <= after:
+            continue
+        if first == second and last == last_second and last - first == _59M:
+            index = bisect_right(cron.minutes, (after - first) // _1M)
+            if index < len(cron.minutes):
+                found = first + cron.minutes[index] * _1M
+                best = found if best is None else min(best, found)
+            continue
+        for minute in cron.minutes:
+            first, second = _readings(top.replace(minute=minute), zone)
+            for instant in _wall_instants(first, second, zone, cron.every_hour):
+                if instant > after and (best is None or instant < best):
+                    best = instant
+    return best
+
+
+def _readings(wall: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The UTC instants of a naive wall time read with fold=0 and fold=1."""
+    return (
+        wall.replace(tzinfo=zone).astimezone(UTC),
+        wall.replace(tzinfo=zone, fold=1).astimezone(UTC),
+    )
+
+
+def _wall_instants(
+    first: datetime, second: datetime, zone: ZoneInfo, every_hour: bool
+) -> tuple[datetime, ...]:
+    if first == second:  # an ordinary wall time
+        return (first,)
+    if first > second:  # skipped by spring-forward: fire when the clock jumps
+        return (_transition(second, first, zone),)
+    # Repeated by fall-back: once at the first occurrence, unless the job runs every hour.
+    return (first, second) if every_hour else (first,)
+
+
+def _transition(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """First whole second in (before, after] whose UTC offset differs from ``before``'s."""
+    offset = before.astimezone(zone).utcoffset()
+    low, high = 0, int((after - before).total_seconds())
+    while high - low > 1:
+        mid = (low + high) // 2
+        if (before + timedelta(seconds=mid)).astimezone(zone).utcoffset() == offset:
+            low = mid
+        else:
+            high = mid
+    return before + timedelta(seconds=high)
+
+
+def _solar_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
+    event, latitude, longitude = _solar_params(spec)
+    ephem = _ephem(spec)
+    observer = ephem.Observer()
+    observer.lat, observer.lon = str(latitude), str(longitude)
+    observer.elevation, observer.pressure = 0, 0
+    observer.horizon = solar._horizons[event]
+    find = getattr(observer, solar._methods[event])
+    extra = {"use_center": True} if solar._use_center_l[event] else {}
+    sun = ephem.Sun()
+    # Results are rounded up to whole seconds (stable from one computation to the next), so
+    # an event up to a second before ``after`` may still be due after it.
+    start = ephem.Date((after - timedelta(seconds=1)).astimezone(UTC).replace(tzinfo=None))
+    # Polar day or night: no event today, look again from the next anti-transit.
+    for _ in range(400):
+        try:
+            found = find(sun, start=start, **extra)
+        except ephem.CircumpolarError:
+            start = observer.next_antitransit(sun, start=start)
+            continue
+        raw: datetime = found.datetime().replace(tzinfo=UTC)
+        result = raw.replace(microsecond=0)
+        if raw.microsecond:
+            result += timedelta(seconds=1)
+        if result > after:
+            return result
+        start = ephem.Date(found + ephem.second)
+    return None
+
+
+# --------------------------------------------------------------------------- misfires
+
+
+def resolve_misfire(
+    spec: ScheduleSpec, due: datetime, now: datetime, policy: str, grace: float, catch_up_limit: int
+) -> Misfire:
+    """Decide about the tick ``due`` claimed at ``now``; ``grace`` is in seconds.
+
+    ``fire_once`` sends it and, when the next tick is overdue by more than ``grace``, moves
+    on to the first due time after ``now``. ``skip`` drops it when it is more than ``grace``
+    late. ``catch_up`` sends every missed tick, keeping at most ``catch_up_limit`` overdue.
+    """
+    if policy not in MISFIRE_POLICIES:
+        message = f"unknown misfire policy {policy!r} (one of: {', '.join(MISFIRE_POLICIES)})"
+        raise _bad(spec, "misfire_policy", message)
+    if grace < 0 or catch_up_limit < 0:
+        raise ValueError("grace and catch_up_limit must be >= 0")
+    late = timedelta(seconds=grace)
+    following = next_after(spec, due)
+    if policy == "skip" and now - due > late:
+        following, skipped = _jump(spec, following, now)
+        return Misfire(False, following, skipped + 1)
+    if policy == "fire_once" and following is not None and following < now - late:
+        return Misfire(True, *_jump(spec, following, now))
+    if policy == "catch_up" and following is not None and following <= now:
+        return _catch_up(spec, following, now, catch_up_limit)
+    return Misfire(True, following, 0)
+
+
+def _jump(spec: ScheduleSpec, first: datetime | None, now: datetime) -> tuple[datetime | None, int]:
+    """From the due time ``first``: the first due time > ``now`` and how many are <= ``now``."""
+    if first is None or first > now:
+        return first, 0
+    if spec.kind != "interval":
+        following, count, _ = _walk(spec, first, now, 0)
+        return following, count
+    # Arithmetic on the grid: a 1 s interval ten days behind costs nothing.
+    step = _interval(spec)
+    count = ((now if spec.end_time is None else min(now, spec.end_time)) - first) // step + 1
+    following = first + count * step
+    if spec.end_time is not None and following > spec.end_time:
+        return None, count
+    return following.astimezone(UTC), count
+
+
+def _walk(
+    spec: ScheduleSpec, first: datetime, now: datetime, keep: int
+) -> tuple[datetime | None, int, deque[datetime]]:
+    """Step over the due times <= ``now``: the next one after, their count, the last ``keep``."""
+    recent: deque[datetime] = deque(maxlen=keep)
+    count, current = 0, first
+    while current <= now:
+        if count == _SCAN_LIMIT:  # far behind: stop counting, land after now, replay nothing
+            return next_after(spec, now), count, deque()
+        recent.append(current)
+        count += 1
+        following = next_after(spec, current)
+        if following is None:
+            return None, count, recent
+        current = following
+    return current, count, recent
+
+
+def _catch_up(spec: ScheduleSpec, following: datetime, now: datetime, limit: int) -> Misfire:
+    if spec.kind == "interval":
+        after_now, count = _jump(spec, following, now)
+        dropped = max(count - limit, 0)
+        if dropped and limit:
+            return Misfire(True, following + dropped * _interval(spec), dropped)
+        return Misfire(True, after_now if dropped else following, dropped)
+    after_now, count, recent = _walk(spec, following, now, limit)
+    if count <= limit:
+        return Misfire(True, following, 0)
+    return Misfire(True, recent[0] if recent else after_now, count - len(recent))
+
+
+# --------------------------------------------------------------------------- text
+
+
+_UNITS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION = re.compile(
+    r"(?:(?P<w>\d+(?:\.\d+)?)w)?\s*(?:(?P<d>\d+(?:\.\d+)?)d)?\s*(?:(?P<h>\d+(?:\.\d+)?)h)?\s*"
+    r"(?:(?P<m>\d+(?:\.\d+)?)m)?\s*(?:(?P<s>\d+(?:\.\d+)?)s)?\s*(?:(?P<ms>\d+(?:\.\d+)?)ms)?"
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"30"``, ``"1.5s"``, ``"250ms"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"1h30m"``.
+
+    Units w, d, h, m, s, ms, largest first; raises ValueError on garbage, zero or negatives.
+    """
+    cleaned = text.strip() if isinstance(text, str) else ""
+    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    else:
+        match = _DURATION.fullmatch(cleaned)
+        if not cleaned or match is None:
+            raise ValueError(
+                f"invalid duration {text!r}: use seconds or units w, d, h, m, s, ms "
+                "largest first, e.g. '30', '1h30m' or '250ms'"
+            )
+        seconds = sum(float(v) * _UNITS[k] for k, v in match.groupdict().items() if v)
+    if not seconds > 0:
+        raise ValueError(f"invalid duration {text!r}: must be greater than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Compact text for a duration in seconds: 5400 -> ``"1h30m"``, 0.25 -> ``"250ms"``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    whole, parts = int(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        amount, whole = divmod(whole, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    rest = whole + (seconds - int(seconds))
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
+def describe(spec: ScheduleSpec) -> str:
+    """Short human text: ``every 1h30m``, ``cron '*/5 * * * *' Europe/Berlin``, ..."""
+    if spec.kind == "interval" and spec.interval_seconds is not None:
+        return f"every {format_duration(spec.interval_seconds)}"
+    if spec.kind == "crontab":
+        fields = [spec.cron_minute, spec.cron_hour, spec.cron_day_of_month]
+        fields += [spec.cron_month_of_year, spec.cron_day_of_week]
+        return f"cron '{' '.join(fields)}' {spec.timezone}"
+    if spec.kind == "solar" and spec.latitude is not None and spec.longitude is not None:
+        return f"solar {spec.solar_event} ({spec.latitude:.2f}, {spec.longitude:.2f})"
+    if spec.kind == "clocked" and spec.clocked_at is not None and _is_aware(spec.clocked_at):
+        return "once at " + spec.clocked_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"{spec.kind} (incomplete)"
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _is_seconds(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and value > 0
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+_OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "queue": ("a string", _is_str),
+    "exchange": ("a string", _is_str),
+    "routing_key": ("a string", _is_str),
+    "priority": ("an integer 0-255", lambda v: type(v) is int and 0 <= v <= 255),
+    "headers": ("an object with string keys", _is_str_dict),
+    "expires": ("a number of seconds > 0", _is_seconds),
+    "expire_seconds": ("a number of seconds > 0", _is_seconds),
+    "soft_time_limit": ("a number of seconds > 0", _is_seconds),
+    "time_limit": ("a number of seconds > 0", _is_seconds),
+}
+
+
+def validate_payload(name: str, args: object, kwargs: object, options: object) -> None:
+    """Raise :class:`InvalidSchedule` unless args, kwargs and options can be stored as JSON.
+
+    ``args`` is a list (a tuple is accepted too), ``kwargs`` a dict with string keys,
+    ``options`` a dict of known ``apply_async`` options; durations in seconds.
+    """
+    if not isinstance(args, (list, tuple)):
+        kind = type(args).__name__
+        raise InvalidSchedule(name, f"must be a list (JSON array), not {kind}", field="args")
+    if not _is_str_dict(kwargs):
+        raise InvalidSchedule(name, "must be an object with string keys", field="kwargs")
+    if not isinstance(options, dict):
+        kind = type(options).__name__
+        raise InvalidSchedule(name, f"must be an object, not {kind}", field="options")
+    for key, value in options.items():
+        if key not in _OPTIONS:
+            message = f"unknown option {key!r} (allowed: {', '.join(sorted(_OPTIONS))})"
+            raise InvalidSchedule(name, message, field="options")
+        expected, check = _OPTIONS[key]
+        if not check(value):
+            message = f"option {key!r} must be {expected}, not {value!r}"
+            raise InvalidSchedule(name, message, field="options")
+    for field, value in (("args", args), ("kwargs", kwargs), ("options", options)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            message = f"not JSON-serialisable: {exc}"
+            raise InvalidSchedule(name, message, field=field) from exc

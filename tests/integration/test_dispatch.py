@@ -1,0 +1,249 @@
+"""The dispatch loop against real PostgreSQL: grid, edits by SQL, bad rows, fencing, orphans."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+from support.inproc import replica
+from support.pg import libpq_url as libpq
+
+from pg_beat import store
+from pg_beat.api import ScheduleInfo, ScheduleManager
+from pg_beat.dispatch import task_id_for
+
+
+def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        cur = conn.execute(statement, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+def get(url: str, name: str) -> ScheduleInfo:
+    with ScheduleManager(url) as api:
+        return api.get(name)
+
+
+def runs(url: str, name: str) -> list[tuple[datetime, str, int]]:
+    return [
+        (r[0], str(r[1]), int(r[2]))  # type: ignore[arg-type]
+        for r in sql(
+            url,
+            "SELECT due_at, status, epoch FROM pg_beat_runs WHERE schedule_name = %s "
+            "ORDER BY due_at",
+            name,
+        )
+    ]
+
+
+def test_interval_stays_on_its_grid_and_each_tick_is_claimed_once(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("tick", "t.tick", every=0.2)
+    with replica(db_url) as rep:
+        rep.run_for(2.0)
+    rows = runs(db_url, "tick")
+    assert len(rows) >= 8
+    dues = [r[0] for r in rows]
+    steps = {round((b - a).total_seconds(), 6) for a, b in zip(dues, dues[1:], strict=False)}
+    assert steps == {0.2}, steps  # on the grid: no drift, no gaps, no repeats
+    assert all(status == "sent" for _, status, _ in rows)
+    sent = rep.outbox.sent
+    assert [c.due_at for c, _ in sent] == dues
+    assert all(c.task_id == task_id_for("default", "tick", c.due_at) for c, _ in sent)
+    assert get(db_url, "tick").total_run_count == len(rows)
+
+
+def test_plain_sql_insert_and_edit_take_effect_without_restart(db_url: str) -> None:
+    with replica(db_url) as rep:
+        rep.run_for(0.3)
+        sql(db_url, "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds) "
+                    "VALUES ('from-sql', 't.sql', 'interval', 3600)")
+        rep.run_until(lambda: "from-sql" in rep.outbox.names(), timeout=5)
+        # Changing the definition re-plans it: 3600 s becomes 0.1 s at once.
+        sql(db_url, "UPDATE pg_beat_schedules SET interval_seconds = 0.1 WHERE name = 'from-sql'")
+        rep.run_until(lambda: rep.outbox.names().count("from-sql") >= 4, timeout=5)
+
+
+def test_a_notify_wakes_the_sleeping_loop(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("later", "t.later", every=3600)
+    with replica(db_url) as rep:
+        rep.run_for(0.3)
+        rep.outbox.sent.clear()
+        delay = rep.dispatcher.step()
+        assert delay > 0.1  # nothing due: it would sleep
+        threading.Timer(0.2, sql, (db_url, "UPDATE pg_beat_schedules SET next_run_at = now() "
+                                           "WHERE name = 'later'")).start()
+        started = time.monotonic()
+        rep.dispatcher.wait(5.0)
+        woke_after = time.monotonic() - started
+        assert woke_after < 2.0, woke_after
+        rep.dispatcher.step()
+        assert rep.outbox.names() == ["later"]
+
+
+def test_a_row_broken_by_sql_is_parked_and_the_others_keep_running(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("good", "t.good", every=0.1)
+        api.create("bad", "t.bad", crontab="* * * * *")
+    sql(db_url, "UPDATE pg_beat_schedules SET cron_minute = '61' WHERE name = 'bad'")
+    with replica(db_url) as rep:
+        rep.run_for(1.0)
+    error = sql(db_url, "SELECT last_error FROM pg_beat_schedules WHERE name = 'bad'")[0][0]
+    assert "cron_minute" in str(error) and "61" in str(error)
+    assert rep.outbox.names().count("good") >= 5
+    assert "bad" not in rep.outbox.names()
+    # Fixing the row by SQL clears the error and plans it again.
+    sql(db_url, "UPDATE pg_beat_schedules SET cron_minute = '*' WHERE name = 'bad'")
+    row = sql(db_url, "SELECT last_error, next_run_at FROM pg_beat_schedules WHERE name = 'bad'")
+    assert row[0][0] is None
+
+
+def test_one_off_runs_once_and_disables_itself(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("once", "t.once", every=0.1, one_off=True)
+    with replica(db_url) as rep:
+        rep.run_for(0.8)
+    assert rep.outbox.names() == ["once"]
+    assert get(db_url, "once").enabled is False
+
+
+def test_end_time_stops_the_schedule(db_url: str) -> None:
+    end = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    with ScheduleManager(db_url) as api:
+        api.create("short", "t.short", every=0.1, end_time=end)
+    with replica(db_url) as rep:
+        rep.run_for(1.5)
+    assert all(c.due_at <= end for c, _ in rep.outbox.sent)
+    assert 3 <= len(rep.outbox.sent) <= 7
+
+
+def test_start_time_in_the_future_waits(db_url: str) -> None:
+    start = datetime.now(timezone.utc) + timedelta(seconds=0.6)
+    with ScheduleManager(db_url) as api:
+        api.create("later", "t.later", every=0.2, start_time=start)
+    with replica(db_url) as rep:
+        rep.run_for(1.2)
+    assert rep.outbox.sent
+    assert min(c.due_at for c, _ in rep.outbox.sent) >= start
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("catch_up", 10), ("fire_once", 1), ("skip", 0)],
+)
+def test_misfire_policy_after_downtime(db_url: str, policy: str, expected: int) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=60, misfire_policy=policy, catch_up_limit=10)
+    # It last ran an hour ago: 60 ticks were missed while no beat ran.
+    sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() - interval '1 hour', "
+                "last_due_at = now() - interval '61 minutes' WHERE name = 's'")
+    with replica(db_url) as rep:
+        rep.run_for(1.0)
+    assert len(rep.outbox.sent) == expected
+    next_run = get(db_url, "s").next_run_at
+    assert next_run is not None and next_run > datetime.now(timezone.utc)
+
+
+def test_a_row_locked_by_another_session_delays_only_that_schedule(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("locked", "t.locked", every=0.1)
+        api.create("free", "t.free", every=0.1)
+    with replica(db_url) as rep:
+        rep.run_for(0.3)
+        with psycopg.connect(libpq(db_url)) as admin:  # an admin's open transaction in psql
+            admin.execute("SELECT * FROM pg_beat_schedules WHERE name = 'locked' FOR UPDATE")
+            rep.outbox.sent.clear()
+            rep.run_for(1.0)
+            assert rep.outbox.names().count("free") >= 6
+            assert "locked" not in rep.outbox.names()
+            admin.rollback()
+        rep.outbox.sent.clear()
+        rep.run_for(0.5)
+        assert "locked" in rep.outbox.names()
+
+
+def test_a_deposed_leader_claims_nothing(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.1)
+    with replica(db_url) as rep:
+        epoch = rep.wait_leader()
+        rep.run_for(0.3)
+        # Someone else takes the lease (e.g. after judging us hung): the epoch moves on.
+        sql(db_url, "UPDATE pg_beat_leases SET epoch = epoch + 1, holder = 'other'")
+        before = len(runs(db_url, "s"))
+        rep.dispatcher.step()
+        assert len(runs(db_url, "s")) == before
+        assert rep.state.may_publish(epoch) is False
+
+
+def test_past_the_local_deadline_nothing_is_published(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.1)
+    with replica(db_url) as rep:
+        epoch = rep.wait_leader()
+        rep.watchdog.stop()  # renewals stop, as when the process is paused
+        rep.watchdog.join(timeout=5)
+        time.sleep(rep.settings.lease_ttl)
+        assert rep.state.may_publish(epoch) is False
+        rep.outbox.sent.clear()
+        rep.dispatcher.step()
+        assert rep.outbox.sent == []
+
+
+def test_unsent_claims_of_a_dead_epoch_are_republished_with_the_same_task_id(
+    db_url: str,
+) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    with replica(db_url, replica_name="first") as first:
+        first.outbox.fail = True  # the broker is down: claimed, never sent
+        first.run_for(0.5)
+        first_epoch = first.wait_leader()
+    claimed = runs(db_url, "s")
+    assert [(status, epoch) for _, status, epoch in claimed] == [("claimed", first_epoch)]
+    with replica(db_url, replica_name="second") as second:
+        second.run_until(lambda: bool(second.outbox.sent), timeout=10)
+        claim, epoch = second.outbox.sent[0]
+        assert epoch > first_epoch and claim.epoch == first_epoch
+        assert claim.task_id == task_id_for("default", "s", claimed[0][0])
+    assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
+
+
+def test_broker_failure_is_retried_by_the_same_leader(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    with replica(db_url) as rep:
+        rep.outbox.fail = True
+        rep.run_for(0.3)
+        assert rep.outbox.sent == []
+        rep.outbox.fail = False
+        rep.run_for(0.3)
+        assert rep.outbox.names() == ["s"]
+    assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
+
+
+def test_old_runs_are_pruned(db_url: str) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.1)
+    with replica(db_url, run_retention=0.5) as rep:
+        rep.run_for(0.5)
+        time.sleep(0.6)
+        rep.dispatcher._prune_at = 0.0
+        rep.run_for(0.2)
+    oldest = sql(db_url, "SELECT min(claimed_at) > now() - interval '1 second' FROM pg_beat_runs")
+    assert oldest[0][0] is True
+
+
+def test_store_reports_lock_holder_in_pg_locks(db_url: str) -> None:
+    with replica(db_url) as rep:
+        engine = store.make_engine(rep.settings, "test")
+        with engine.connect() as conn:
+            holders = store.lock_holders(conn, "default")
+        engine.dispose()
+        granted = [h for h in holders if h["granted"]]
+        assert [h["pid"] for h in granted] == [rep.watchdog.backend_pid]
+        assert granted[0]["application_name"] == "pg_beat:test-replica:leader"
