@@ -1,9 +1,9 @@
 """A minimal Celery app scheduled by pg_beat.
 
-    export PG_BEAT_DATABASE_URL=postgresql://postgres@127.0.0.1/pg_beat_example
-    pg-beat db upgrade
-    celery -A examples.app worker -l info
-    celery -A examples.app beat -S pg_beat:Scheduler -l info
+export PG_BEAT_DATABASE_URL=postgresql://postgres@127.0.0.1/pg_beat_example
+pg-beat db upgrade
+celery -A examples.app worker -l info
+celery -A examples.app beat -S pg_beat:Scheduler -l info
 """
 
 from __future__ import annotations

@@ -136,19 +136,43 @@ class Cluster:
             conn.execute(EXECUTIONS_DDL)
         with ScheduleManager(self.database_url) as api:
             for name, every in schedules:
-                api.create(name, "pg_beat_demo.record", every=every, misfire_policy=policy,
-                           description="pg_beat HA demo")
+                api.create(
+                    name,
+                    "pg_beat_demo.record",
+                    every=every,
+                    misfire_policy=policy,
+                    description="pg_beat HA demo",
+                )
 
     def start(self) -> None:
-        self.worker = self._spawn("worker", [
-            sys.executable, "-m", "celery", "-A", "examples.ha_app", "worker",
-            "--pool", "threads", "-c", "8", "-Q", self.queue, "-l", "warning",
-            "--without-heartbeat", "--without-gossip", "--without-mingle",
-        ], self.base_env)
+        self.worker = self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "examples.ha_app",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                "8",
+                "-Q",
+                self.queue,
+                "-l",
+                "warning",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            self.base_env,
+        )
         for replica in self.replicas.values():
             self._start_replica(replica)
-        self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="cluster-supervisor", daemon=True
+        )
         self._supervisor.start()
 
     def stop(self) -> None:
@@ -173,21 +197,39 @@ class Cluster:
                 proc.wait(timeout=5)
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.workdir / f"{name}.log", "ab")
         try:
             return subprocess.Popen(
-                argv, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                env={**os.environ, **env},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log.close()
 
     def _start_replica(self, replica: Replica) -> None:
-        replica.process = self._spawn(replica.name, [
-            sys.executable, "-m", "celery", "-A", "examples.ha_app", "beat",
-            "-S", "pg_beat:Scheduler", "-l", "info",
-            "--pidfile", str(self.workdir / f"{replica.name}.pid"),
-        ], replica.env)
+        replica.process = self._spawn(
+            replica.name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "examples.ha_app",
+                "beat",
+                "-S",
+                "pg_beat:Scheduler",
+                "-l",
+                "info",
+                "--pidfile",
+                str(self.workdir / f"{replica.name}.pid"),
+            ],
+            replica.env,
+        )
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.1):
@@ -237,8 +279,9 @@ class Cluster:
 
     @contextlib.contextmanager
     def _db(self) -> Any:
-        with psycopg.connect(libpq_url(self.database_url), autocommit=True,
-                             connect_timeout=3) as conn:
+        with psycopg.connect(
+            libpq_url(self.database_url), autocommit=True, connect_timeout=3
+        ) as conn:
             yield conn
 
     def lease(self) -> dict[str, Any] | None:
@@ -252,14 +295,20 @@ class Cluster:
             return None
         return {"epoch": row[0], "holder": row[1], "fresh": row[2]}
 
-    def wait_for_leader(self, timeout: float = 30.0, *, other_than: str | None = None,
-                        after_epoch: int = 0) -> tuple[str, int]:
+    def wait_for_leader(
+        self, timeout: float = 30.0, *, other_than: str | None = None, after_epoch: int = 0
+    ) -> tuple[str, int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(psycopg.Error):
                 lease = self.lease()
-                if lease and lease["fresh"] and lease["holder"] and lease["epoch"] > after_epoch \
-                        and lease["holder"] != other_than:
+                if (
+                    lease
+                    and lease["fresh"]
+                    and lease["holder"]
+                    and lease["epoch"] > after_epoch
+                    and lease["holder"] != other_than
+                ):
                     return lease["holder"], lease["epoch"]
             time.sleep(0.05)
         raise TimeoutError(f"no new leader within {timeout:g}s")
@@ -271,11 +320,13 @@ class Cluster:
             with contextlib.suppress(psycopg.Error), self._db() as conn:
                 row = conn.execute(
                     "SELECT extract(epoch FROM min(sent_at)) FROM pg_beat_runs "
-                    "WHERE epoch > %s AND sent_at IS NOT NULL", (epoch,)
+                    "WHERE epoch > %s AND sent_at IS NOT NULL",
+                    (epoch,),
                 ).fetchone()
                 republished = conn.execute(
                     "SELECT extract(epoch FROM min(executed_at)) FROM pg_beat_demo_executions "
-                    "WHERE epoch > %s", (epoch,)
+                    "WHERE epoch > %s",
+                    (epoch,),
                 ).fetchone()
                 times = [float(v[0]) for v in (row, republished) if v and v[0] is not None]
                 if times:
@@ -298,7 +349,8 @@ class Cluster:
                 behind = conn.execute(
                     "SELECT count(*) FROM pg_beat_schedules s WHERE NOT EXISTS ("
                     " SELECT 1 FROM pg_beat_demo_executions e"
-                    " WHERE e.schedule = s.name AND e.due_at >= %s)", (until,)
+                    " WHERE e.schedule = s.name AND e.due_at >= %s)",
+                    (until,),
                 ).fetchone()
                 if behind is not None and behind[0] == 0:
                     return
@@ -314,11 +366,14 @@ class Cluster:
             ).fetchall()
             rows = conn.execute(
                 "SELECT schedule, due_at, epoch, claim_epoch FROM pg_beat_demo_executions "
-                "WHERE due_at BETWEEN %s AND %s", (start, end)
+                "WHERE due_at BETWEEN %s AND %s",
+                (start, end),
             ).fetchall()
-            firsts = dict(conn.execute(
-                "SELECT schedule_name, min(due_at) FROM pg_beat_runs GROUP BY 1"
-            ).fetchall())
+            firsts = dict(
+                conn.execute(
+                    "SELECT schedule_name, min(due_at) FROM pg_beat_runs GROUP BY 1"
+                ).fetchall()
+            )
         seen: dict[tuple[str, datetime], list[int]] = {}
         for schedule, due, epoch, _ in rows:
             seen.setdefault((schedule, due), []).append(epoch)
