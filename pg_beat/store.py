@@ -345,9 +345,7 @@ def fence(conn: Connection, group: str, epoch: int, holder: str) -> bool:
     )
 
 
-def select_due(
-    conn: Connection, group: str, now: datetime, limit: int
-) -> Sequence[RowMapping]:
+def select_due(conn: Connection, group: str, now: datetime, limit: int) -> Sequence[RowMapping]:
     """Up to ``limit`` rows due at ``now``, locked; rows someone else holds are skipped."""
     return conn.execute(SELECT_DUE, {"group": group, "now": now, "limit": limit}).mappings().all()
 

@@ -146,7 +146,7 @@ def test_postgres_restarted_under_the_cluster(
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute("CREATE DATABASE pg_beat_ha")
     cluster = make_cluster(database_url=private_cluster.url("pg_beat_ha"))
-    leader, epoch = settle(cluster)
+    _, epoch = settle(cluster)
     start = utcnow()
     started = time.time()
     private_cluster.restart(mode="fast")
