@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pg_beat import schedules, store
 from pg_beat.config import Settings
@@ -24,6 +24,7 @@ from pg_beat.exceptions import (
     DatabaseUnavailable,
     InvalidSchedule,
     ScheduleExists,
+    ScheduleLocked,
     ScheduleNotFound,
 )
 from pg_beat.schedules import ScheduleSpec
@@ -185,6 +186,12 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
         )
 
 
+def _connection_lost(exc: DBAPIError) -> bool:
+    """A failure to reach the server (no SQLSTATE, class 08, or the server shutting down)."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or state is None or state.startswith(("08", "57P"))
+
+
 _DEFAULTS: dict[str, Any] = {
     "cron_minute": "*",
     "cron_hour": "*",
@@ -234,11 +241,8 @@ class ScheduleManager:
         try:
             with self._engine.begin() as conn:
                 yield conn
-        except DBAPIError as exc:
-            if isinstance(exc, IntegrityError) or (
-                not exc.connection_invalidated
-                and not (isinstance(exc.orig, Exception) and "connect" in str(exc.orig).lower())
-            ):
+        except OperationalError as exc:
+            if not _connection_lost(exc):
                 raise
             raise DatabaseUnavailable(
                 f"database at {redact_url(self.settings.database_url)} is unavailable: {exc.orig}"
@@ -316,7 +320,12 @@ class ScheduleManager:
                 field=sorted(unknown)[0],
             )
         with self._begin() as conn:
-            row = store.lock_schedule(conn, self.group, name)
+            try:
+                row = store.lock_schedule(conn, self.group, name)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                    raise ScheduleLocked(name) from exc
+                raise
             if row is None:
                 raise ScheduleNotFound(name)
             merged = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}

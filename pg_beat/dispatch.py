@@ -30,6 +30,14 @@ logger = logging.getLogger("pg_beat.dispatch")
 TASK_ID_NAMESPACE = uuid.UUID("6f1c7a52-4b8e-4c53-9a57-2d0b5f3e8a11")
 LOCKED_ROW_RETRY = 0.25  # seconds between retries of a due row someone else holds locked
 ORPHAN_RECHECK = 0.5
+CONTENTION_RETRY = 0.05
+# Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None)
 
 
 def task_id_for(group: str, schedule: str, due_at: datetime) -> str:
@@ -66,6 +74,7 @@ class Dispatcher:
         self.engine = store.make_engine(settings, "dispatch", dispatch=True, pool_size=1)
         self._listen: psycopg.Connection[Any] | None = None
         self._unsent: list[Claim] = []
+        self._unmarked: list[int] = []
         self._behind = False
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
@@ -90,15 +99,21 @@ class Dispatcher:
         """Do what is due now; return how long to wait before the next step (seconds)."""
         self.progress()
         epoch = self.state.epoch
-        if epoch is None:
-            self._unsent.clear()  # the next leader re-publishes them after our lease expires
-            return self.settings.heartbeat_interval
         try:
+            self._mark_sent()
+            if epoch is None:
+                self._unsent.clear()  # the next leader re-publishes them after our lease expires
+                return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
+            if _sqlstate(exc) in TRANSIENT_SQLSTATES:
+                self._contended(exc, epoch)
+                return CONTENTION_RETRY
             self._database_failed(exc, epoch)
             return min(self.settings.heartbeat_interval, 1.0)
-        if self._failing:
+        if self._failing and self._failing.startswith("contended:"):
+            self._failing = None
+        elif self._failing:
             logger.info(
                 "dispatch: database reachable again (epoch %s)",
                 epoch,
@@ -292,9 +307,16 @@ class Dispatcher:
                 self.on_sent(claim, time.time())
         self._unsent = unsent
         self.sent_total += len(sent)
-        if sent:
+        self._unmarked.extend(sent)
+        self._mark_sent()
+
+    def _mark_sent(self) -> None:
+        """Record what was published; kept and retried if the database fails meanwhile, so a
+        sent tick is never re-published by a later leader because its mark was lost."""
+        if self._unmarked:
             with self.engine.begin() as conn:
-                store.mark_sent(conn, sent)
+                store.mark_sent(conn, self._unmarked)
+            self._unmarked = []
 
     def _housekeeping(self) -> None:
         if time.monotonic() < self._prune_at:
@@ -303,7 +325,24 @@ class Dispatcher:
         with self.engine.begin() as conn:
             store.prune_runs(conn, self.settings.run_retention)
 
-    def _database_failed(self, exc: Exception, epoch: int) -> None:
+    def _contended(self, exc: Exception, epoch: int | None) -> None:
+        """A deadlock or lock/statement timeout: the transaction rolled back; just try again."""
+        state = f"contended:{_sqlstate(exc)}"
+        if self._failing != state:
+            logger.warning(
+                "dispatch: %s (sqlstate %s), retrying (epoch %s)",
+                str(getattr(exc, "orig", exc)).splitlines()[0],
+                _sqlstate(exc),
+                epoch,
+                extra={
+                    "action": "contention",
+                    "epoch": epoch,
+                    "replica": self.settings.replica_name,
+                },
+            )
+        self._failing = state
+
+    def _database_failed(self, exc: Exception, epoch: int | None) -> None:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if self._failing is None:
             logger.error(

@@ -53,5 +53,16 @@ class ScheduleExists(ScheduleError):
         super().__init__(schedule, "a schedule with this name already exists", field="name")
 
 
+class ScheduleLocked(ScheduleError):
+    """Raised when an edit waited ``pg_beat_lock_timeout`` for a row another session holds."""
+
+    def __init__(self, schedule: str) -> None:
+        super().__init__(
+            schedule,
+            "locked by another session (an open transaction?); try again, or find it with "
+            "'pg-beat status'",
+        )
+
+
 class LeadershipLost(PgBeatError):
     """Raised inside dispatch when this replica no longer holds the current lease epoch."""
