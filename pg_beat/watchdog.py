@@ -66,6 +66,7 @@ class Watchdog(threading.Thread):
         self._said: dict[str, str] = {}
         self._replica_seen_at = 0.0
         self._hung = False
+        self._gap = 0.0
 
     # --- logging once per state change ---------------------------------------------------
 
@@ -90,8 +91,11 @@ class Watchdog(threading.Thread):
     # --- thread ------------------------------------------------------------------------
 
     def run(self) -> None:
+        last_start: float | None = None
         while not self.stopping.is_set():
             started = time.monotonic()
+            self._gap = 0.0 if last_start is None else started - last_start
+            last_start = started
             try:
                 self.iterate()
                 self._say("db", "ok", logging.INFO, "watchdog: connected to the database")
@@ -162,9 +166,18 @@ class Watchdog(threading.Thread):
         assert self.epoch is not None
         settings = self.settings
         stuck_for = time.monotonic() - self.progress()
-        if stuck_for > settings.hang_timeout:
+        # When this thread was frozen as long as the loop, the whole process was paused
+        # (SIGSTOP, VM freeze): not a hang of the loop. The renewal below tells if we lost.
+        paused = self._gap > stuck_for - 2 * settings.heartbeat_interval
+        if stuck_for > settings.hang_timeout and not paused:
             self._hang_detected(conn, stuck_for)
             return
+        if paused and self._gap > settings.lease_ttl - settings.publish_margin:
+            logger.warning(
+                "watchdog: this process was paused for %.1fs (past the lease deadline)",
+                self._gap,
+                extra={"action": "paused", "epoch": self.epoch},
+            )
         started = time.monotonic()
         expires = store.renew(
             conn, settings.group, self.epoch, settings.replica_name, settings.lease_ttl, stuck_for

@@ -1,0 +1,141 @@
+"""The watchdog against real PostgreSQL: hangs, dead and hung holders, missing privileges."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from support.inproc import replica
+from support.pg import libpq_url
+
+from pg_beat.api import ScheduleManager
+
+
+def lease(url: str) -> tuple[int, str | None, bool]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(
+            "SELECT epoch, holder, expires_at > clock_timestamp() FROM pg_beat_leases"
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def wait_for(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_stuck_loop_is_reported_with_its_blocker_and_the_lease_released(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    exits: list[int] = []
+    with (
+        psycopg.connect(libpq_url(db_url)) as holder,
+        psycopg.connect(libpq_url(db_url), autocommit=True) as victim,
+    ):
+        holder.execute("SELECT * FROM pg_beat_schedules WHERE name = 's' FOR UPDATE")
+        stuck = threading.Thread(
+            target=lambda: victim.execute("UPDATE pg_beat_schedules SET task = 'x' WHERE name='s'"),
+            daemon=True,
+        )
+        stuck.start()
+        holder_pid = holder.info.backend_pid
+        with replica(db_url, hang_timeout=1.0, on_hang="exit") as rep:
+            rep.watchdog.exit_process = exits.append
+            # The loop's backend is the blocked session, the loop thread is the blocked thread.
+            rep.dispatcher.backend_pid = victim.info.backend_pid
+            rep.dispatcher.thread_id = stuck.ident
+            epoch = rep.wait_leader()
+            with caplog.at_level(logging.CRITICAL, logger="pg_beat.watchdog"):
+                wait_for(lambda: exits, timeout=10)
+            assert exits == [70]
+            assert rep.state.epoch is None
+        holder.rollback()
+        stuck.join(timeout=5)
+    text = caplog.text
+    assert "dispatch loop stuck" in text
+    assert f"blocked by pid {holder_pid}" in text
+    assert "UPDATE pg_beat_schedules" in text  # what the stuck backend runs
+    assert lease(db_url)[:2] == (epoch, "test-replica") and lease(db_url)[2] is False
+
+
+def test_standby_takes_over_when_the_leaders_backend_is_terminated(db_url: str) -> None:
+    with (
+        replica(db_url, replica_name="one") as one,
+        replica(db_url, replica_name="two", lead=False) as two,
+    ):
+        first = one.wait_leader()
+        with psycopg.connect(libpq_url(db_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (one.watchdog.backend_pid,))
+        deadline = time.monotonic() + 10
+        while two.state.epoch is None and one.state.epoch in (None, first):
+            assert time.monotonic() < deadline, "nobody took over"
+            time.sleep(0.05)
+        assert lease(db_url)[0] > first
+        # The old leader notices at its next renewal and stops publishing under its epoch.
+        wait_for(lambda: not one.state.may_publish(first), timeout=5)
+
+
+def test_standby_terminates_a_hung_holder(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with replica(db_url, replica_name="one") as one:
+        first = one.wait_leader()
+        # Freeze the leader's watchdog with its session (and the lock) still open.
+        one.watchdog.stop()
+        one.watchdog.join(timeout=5)
+        with (
+            caplog.at_level(logging.WARNING, logger="pg_beat.watchdog"),
+            replica(db_url, replica_name="two", lead=False) as two,
+        ):
+            started = time.monotonic()
+            second = two.wait_leader(timeout=15)
+            took = time.monotonic() - started
+        assert second > first
+        assert took < one.settings.lease_ttl + 5
+        assert "hung" in caplog.text and "terminated its backend" in caplog.text
+
+
+def test_without_the_privilege_to_terminate_it_says_so_once_and_waits(
+    db_url: str, pg_admin_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    role = f"beat_test_weak_{secrets.token_hex(4)}"  # roles are cluster-wide
+    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    weak_url = make_url(db_url).set(username=role).render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(libpq_url(db_url), autocommit=True) as owner:
+            owner.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            owner.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        with replica(db_url, replica_name="one") as one:
+            first = one.wait_leader()
+            one.watchdog.stop()
+            one.watchdog.join(timeout=5)
+            with (
+                caplog.at_level(logging.WARNING, logger="pg_beat.watchdog"),
+                replica(weak_url, replica_name="weak", lead=False) as weak,
+            ):
+                time.sleep(one.settings.lease_ttl + 2)
+                assert weak.state.epoch is None  # the hung holder still has the lock
+        messages = [r.getMessage() for r in caplog.records if "may not terminate" in r.getMessage()]
+        assert len(messages) == 1, messages
+        assert "pg_signal_backend" in messages[0]
+        assert lease(db_url)[0] == first
+    finally:
+        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+        with psycopg.connect(libpq_url(db_url), autocommit=True) as owner:
+            owner.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
