@@ -857,3 +857,31 @@ def replica_backend_pids(conn: Connection, replica: str) -> list[int]:
 def metrics_snapshot(conn: Connection, group: str) -> RowMapping:
     """Due backlog and the lease's epoch, holder and heartbeat age (s), on the database clock."""
     return conn.execute(METRICS_SNAPSHOT, {"group": group}).mappings().one()
+
+
+# Sessions whose open transaction holds locks on pg_beat's tables (e.g. a forgotten
+# SELECT ... FOR UPDATE in psql: the due query skips that row, so its schedule never fires).
+LONG_TRANSACTIONS = text(
+    """
+    SELECT a.pid, a.application_name, a.state, left(a.query, 500) AS query,
+           clock_timestamp() - a.xact_start AS xact_age,
+           array_agg(DISTINCT c.relname ORDER BY c.relname) AS tables
+    FROM pg_locks l
+    JOIN pg_class c ON c.oid = l.relation
+    JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation' AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.relation IN (to_regclass('pg_beat_schedules'), to_regclass('pg_beat_runs'),
+                         to_regclass('pg_beat_leases'), to_regclass('pg_beat_leader_terms'),
+                         to_regclass('pg_beat_replicas'))
+      AND a.pid <> pg_backend_pid()
+      AND a.xact_start < clock_timestamp() - make_interval(secs => :min_age)
+    GROUP BY a.pid, a.application_name, a.state, a.query, a.xact_start
+    ORDER BY a.xact_start
+    """
+)
+
+
+def long_transactions(conn: Connection, min_age: float) -> Sequence[RowMapping]:
+    """Sessions whose transaction, open for over ``min_age`` s, holds locks on pg_beat tables."""
+    return conn.execute(LONG_TRANSACTIONS, {"min_age": min_age}).mappings().all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 
 import psycopg
 import pytest
@@ -47,7 +48,7 @@ def test_interval_stays_on_its_grid_and_each_tick_is_claimed_once(db_url: str) -
     rows = runs(db_url, "tick")
     assert len(rows) >= 8
     dues = [r[0] for r in rows]
-    steps = {round((b - a).total_seconds(), 6) for a, b in zip(dues, dues[1:], strict=False)}
+    steps = {round((b - a).total_seconds(), 6) for a, b in pairwise(dues)}
     assert steps == {0.2}, steps  # on the grid: no drift, no gaps, no repeats
     assert all(status == "sent" for _, status, _ in rows)
     sent = rep.outbox.sent
@@ -59,8 +60,11 @@ def test_interval_stays_on_its_grid_and_each_tick_is_claimed_once(db_url: str) -
 def test_plain_sql_insert_and_edit_take_effect_without_restart(db_url: str) -> None:
     with replica(db_url) as rep:
         rep.run_for(0.3)
-        sql(db_url, "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds) "
-                    "VALUES ('from-sql', 't.sql', 'interval', 3600)")
+        sql(
+            db_url,
+            "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds) "
+            "VALUES ('from-sql', 't.sql', 'interval', 3600)",
+        )
         rep.run_until(lambda: "from-sql" in rep.outbox.names(), timeout=5)
         # Changing the definition re-plans it: 3600 s becomes 0.1 s at once.
         sql(db_url, "UPDATE pg_beat_schedules SET interval_seconds = 0.1 WHERE name = 'from-sql'")
@@ -75,8 +79,11 @@ def test_a_notify_wakes_the_sleeping_loop(db_url: str) -> None:
         rep.outbox.sent.clear()
         delay = rep.dispatcher.step()
         assert delay > 0.1  # nothing due: it would sleep
-        threading.Timer(0.2, sql, (db_url, "UPDATE pg_beat_schedules SET next_run_at = now() "
-                                           "WHERE name = 'later'")).start()
+        threading.Timer(
+            0.2,
+            sql,
+            (db_url, "UPDATE pg_beat_schedules SET next_run_at = now() WHERE name = 'later'"),
+        ).start()
         started = time.monotonic()
         rep.dispatcher.wait(5.0)
         woke_after = time.monotonic() - started
@@ -139,8 +146,11 @@ def test_misfire_policy_after_downtime(db_url: str, policy: str, expected: int) 
     with ScheduleManager(db_url) as api:
         api.create("s", "t.s", every=60, misfire_policy=policy, catch_up_limit=10)
     # It last ran an hour ago: 60 ticks were missed while no beat ran.
-    sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() - interval '1 hour', "
-                "last_due_at = now() - interval '61 minutes' WHERE name = 's'")
+    sql(
+        db_url,
+        "UPDATE pg_beat_schedules SET next_run_at = now() - interval '1 hour', "
+        "last_due_at = now() - interval '61 minutes' WHERE name = 's'",
+    )
     with replica(db_url) as rep:
         rep.run_for(1.0)
     assert len(rep.outbox.sent) == expected

@@ -1,0 +1,641 @@
+"""The ``pg-beat`` CLI against real PostgreSQL: commands, JSON, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from support import pg
+from support.procs import ProcessGroup
+
+from pg_beat.cli import main
+from pg_beat.config import Settings
+from pg_beat.lease import LeaderState
+from pg_beat.watchdog import Watchdog
+
+pytestmark = pytest.mark.timeout(60)
+
+PG_BEAT = str(Path(sys.executable).with_name("pg-beat"))
+SCHEDULE_KEYS = {
+    "name",
+    "task",
+    "kind",
+    "schedule",
+    "schedule_text",
+    "args",
+    "kwargs",
+    "options",
+    "enabled",
+    "one_off",
+    "description",
+    "misfire_policy",
+    "catch_up_limit",
+    "next_run_at",
+    "last_run_at",
+    "total_run_count",
+    "last_error",
+    "source",
+    "created_at",
+    "updated_at",
+}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def cli(url: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--database-url", url, *args], catch_exceptions=False)
+
+
+def ok_json(url: str, *args: str) -> Any:
+    result = cli(url, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: Result, code: int, *needles: str) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pg-beat: error: "), lines[0]
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def connect(url: str, name: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        pg.libpq_url(url), autocommit=True, application_name=name, connect_timeout=3
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def leader(
+    url: str, name: str = "r1", progress: Callable[[], float] = time.monotonic, **settings: Any
+) -> Iterator[Watchdog]:
+    """A real Watchdog thread that wins the lease; released and closed afterwards."""
+    options: dict[str, Any] = {"lease_ttl": 3.0, "heartbeat_interval": 0.3, "hang_timeout": 30.0}
+    options.update(settings)
+    state = LeaderState()
+    watchdog = Watchdog(
+        Settings(database_url=url, replica_name=name, **options),
+        state,
+        progress,
+        exit_process=lambda code: None,
+    )
+    watchdog.start()
+    try:
+        wait_for(lambda: state.epoch is not None)
+        yield watchdog
+    finally:
+        watchdog.stop()
+        watchdog.join(5)
+        watchdog.release()
+        if watchdog.conn is not None:
+            watchdog.conn.close()
+        watchdog.engine.dispose()
+
+
+@contextmanager
+def blocked_session(url: str, app: str, schedule: str) -> Iterator[tuple[int, int]]:
+    """A session named ``app`` stuck on a row lock that an 'admin-psql' session holds.
+
+    Yields (blocked pid, blocker pid)."""
+    blocker = connect(url, "admin-psql")
+    victim = connect(url, app)
+    try:
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT 1 FROM pg_beat_schedules WHERE name = %s FOR UPDATE", (schedule,))
+        victim_pid = victim.info.backend_pid
+
+        def update() -> None:
+            victim.execute(
+                "UPDATE pg_beat_schedules SET description = 'x' WHERE name = %s", (schedule,)
+            )
+
+        thread = threading.Thread(target=update, daemon=True)
+        thread.start()
+        with connect(url, "observer") as observer:
+            wait_for(
+                lambda: (
+                    observer.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (victim_pid,)
+                    ).fetchone()
+                    == ("Lock",)
+                )
+            )
+        yield victim_pid, blocker.info.backend_pid
+        blocker.execute("ROLLBACK")
+        thread.join(5)
+    finally:
+        blocker.close()
+        victim.close()
+
+
+# --- db ------------------------------------------------------------------------------------------
+
+
+def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
+    assert ok_json(empty_db_url, "db", "current") == {
+        "current": None,
+        "head": "0001_initial",
+        "up_to_date": False,
+    }
+    result = cli(empty_db_url, "db", "check")
+    assert result.exit_code == 1
+    assert "pg-beat db upgrade" in result.output
+
+    result = cli(empty_db_url, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "0001_initial" in result.stdout
+    assert ok_json(empty_db_url, "db", "current")["up_to_date"] is True
+    result = cli(empty_db_url, "db", "check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "ok: at 0001_initial (head), no drift"
+    assert ok_json(empty_db_url, "db", "check") == {
+        "ok": True,
+        "current": "0001_initial",
+        "head": "0001_initial",
+        "reason": None,
+    }
+
+    result = cli(empty_db_url, "db", "downgrade", "base")
+    assert result.exit_code == 0, result.output
+    assert ok_json(empty_db_url, "db", "current")["current"] is None
+
+
+def test_unknown_revision_is_one_line(empty_db_url: str) -> None:
+    assert_one_line_error(cli(empty_db_url, "db", "upgrade", "nope"), 1, "migration failed")
+
+
+def test_commands_refuse_an_unmigrated_schema(empty_db_url: str) -> None:
+    for args in (("status",), ("check",), ("schedules", "list"), ("runs",)):
+        assert_one_line_error(cli(empty_db_url, *args), 1, "not migrated", "'pg-beat db upgrade'")
+
+
+# --- connection errors ---------------------------------------------------------------------------
+
+
+def test_database_down_exits_3_without_password() -> None:
+    url = f"postgresql://beat:s3cret@127.0.0.1:{pg.free_port()}/nothing"
+    for args in (("status",), ("schedules", "list"), ("db", "current"), ("db", "upgrade")):
+        line = assert_one_line_error(cli(url, *args), 3, "cannot reach the database")
+        assert "s3cret" not in line
+        assert "beat:***@127.0.0.1" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("notaurl", "invalid database URL"),
+        ("mysql://u:pw@localhost/db", "unsupported database URL scheme"),
+        ("postgresql://u:pw@localhost:notaport/db", "invalid database URL"),
+    ],
+)
+def test_bad_url(url: str, needle: str) -> None:
+    line = assert_one_line_error(cli(url, "status"), 1, needle)
+    assert ":pw@" not in line
+
+
+def test_missing_url_and_usage_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PG_BEAT_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(main, ["status"])
+    assert_one_line_error(result, 2, "no database URL", "PG_BEAT_DATABASE_URL")
+    result = CliRunner().invoke(main, ["schedules", "add", "only-a-name"])
+    assert_one_line_error(result, 2, "Missing argument 'TASK'", "pg-beat schedules add --help")
+    result = CliRunner().invoke(main, ["--bogus"])
+    assert_one_line_error(result, 2, "No such option")
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+def test_schedules_happy_path(db_url: str) -> None:
+    result = cli(
+        db_url,
+        "schedules",
+        "add",
+        "report",
+        "reports.nightly",
+        "--cron",
+        "0 3 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--args",
+        "[1, 2]",
+        "--kwargs",
+        '{"full": true}',
+        "--queue",
+        "reports",
+        "--priority",
+        "3",
+        "--expires",
+        "600",
+        "--misfire",
+        "catch_up",
+        "--catch-up-limit",
+        "5",
+        "--description",
+        "the nightly report",
+        "--start",
+        "2026-01-01T00:00Z",
+        "--end",
+        "2030-01-01T00:00+01:00",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        "added schedule 'report': reports.nightly, cron '0 3 * * *' Europe/Berlin"
+    )
+    shown = ok_json(db_url, "schedules", "show", "report")
+    assert set(shown) == SCHEDULE_KEYS
+    assert shown["kind"] == "crontab"
+    assert shown["args"] == [1, 2] and shown["kwargs"] == {"full": True}
+    assert shown["options"] == {"queue": "reports", "priority": 3, "expires": 600.0}
+    assert shown["misfire_policy"] == "catch_up" and shown["catch_up_limit"] == 5
+    assert shown["schedule"]["timezone"] == "Europe/Berlin"
+    assert shown["schedule"]["end_time"] == "2029-12-31T23:00:00+00:00"
+
+    added = ok_json(db_url, "schedules", "add", "tick", "app.tick", "--every", "30s")
+    assert added["schedule_text"] == "every 30s" and added["enabled"] is True
+    added = ok_json(
+        db_url, "schedules", "add", "once", "app.once", "--at", "2026-12-01T09:00Z", "--one-off"
+    )
+    assert added["schedule"]["clocked_at"] == "2026-12-01T09:00:00+00:00"
+    assert added["one_off"] is True
+    added = ok_json(
+        db_url,
+        "schedules",
+        "add",
+        "dusk",
+        "app.lights",
+        "--solar",
+        "sunset",
+        "--lat",
+        "52.52",
+        "--lon",
+        "13.40",
+        "--disabled",
+    )
+    assert added["kind"] == "solar" and added["enabled"] is False
+
+    listed = ok_json(db_url, "schedules", "list")
+    assert sorted(item["name"] for item in listed) == ["dusk", "once", "report", "tick"]
+    assert all(set(item) == SCHEDULE_KEYS for item in listed)
+    table = cli(db_url, "schedules", "list").stdout.splitlines()
+    assert table[0].split() == [
+        "NAME", "TASK", "SCHEDULE", "ENABLED", "NEXT", "DUE", "LAST", "RUN", "RUNS", "LAST", "ERROR"
+    ]  # fmt: skip
+    assert any(line.startswith("tick ") and "every 30s" in line for line in table)
+
+    updated = ok_json(db_url, "schedules", "update", "report", "--queue", "urgent", "--end", "none")
+    assert updated["options"] == {"queue": "urgent", "priority": 3, "expires": 600.0}
+    assert "end_time" not in updated["schedule"]
+    updated = ok_json(db_url, "schedules", "update", "tick", "--every", "1m", "--task", "app.t2")
+    assert updated["schedule_text"] == "every 1m" and updated["task"] == "app.t2"
+    result = cli(db_url, "schedules", "update", "tick", "--cron", "*/5 * * * *")
+    assert result.exit_code == 0, result.output
+    assert "cron '*/5 * * * *' UTC" in result.stdout
+
+    assert ok_json(db_url, "schedules", "disable", "tick")["enabled"] is False
+    assert cli(db_url, "schedules", "enable", "tick").stdout.startswith("enabled schedule 'tick'")
+    assert ok_json(db_url, "schedules", "run-now", "dusk") == {
+        "name": "dusk",
+        "action": "run-now",
+        "ok": True,
+    }
+    shown = ok_json(db_url, "schedules", "show", "dusk")
+    assert shown["enabled"] is True and shown["next_run_at"] is not None
+    text = cli(db_url, "schedules", "show", "dusk").stdout
+    assert "solar sunset (52.52, 13.40)" in text and "next due" in text
+
+    assert cli(db_url, "schedules", "remove", "dusk").stdout.strip() == "schedule 'dusk' removed"
+    assert_one_line_error(cli(db_url, "schedules", "show", "dusk"), 1, "'dusk'", "not found")
+
+
+def test_schedule_validation_errors(db_url: str) -> None:
+    add = ("schedules", "add", "bad", "app.task")
+    assert_one_line_error(
+        cli(db_url, *add, "--cron", "61 * * * *"), 1, "cron_minute", "'61'", "(0-59)"
+    )
+    assert_one_line_error(cli(db_url, *add, "--cron", "* * *"), 1, "must have 5 fields")
+    assert_one_line_error(
+        cli(db_url, *add, "--cron", "0 3 * * *", "--tz", "Mars/Olympus"), 1, "Mars/Olympus"
+    )
+    assert_one_line_error(cli(db_url, *add, "--every", "soon"), 1, "invalid duration 'soon'")
+    assert_one_line_error(cli(db_url, *add, "--at", "2026-12-01T09:00"), 1, "--at", "no timezone")
+    assert_one_line_error(cli(db_url, *add, "--at", "tomorrow"), 1, "not an ISO 8601 time")
+    assert_one_line_error(cli(db_url, *add, "--solar", "sunset"), 1, "--lat and --lon")
+    assert_one_line_error(cli(db_url, *add, "--every", "1m", "--args", "[1,"), 1, "not valid JSON")
+    assert_one_line_error(cli(db_url, *add, "--every", "1m", "--args", "{}"), 1, "args")
+    assert_one_line_error(cli(db_url, *add, "--every", "1m", "--misfire", "later"), 1, "'later'")
+    assert_one_line_error(cli(db_url, *add), 1, "say when it runs")
+    assert_one_line_error(
+        cli(db_url, *add, "--every", "1m", "--cron", "* * * * *"), 1, "give only one of"
+    )
+    assert ok_json(db_url, "schedules", "list") == []  # nothing was written
+
+    assert cli(db_url, "schedules", "add", "dup", "app.task", "--every", "1m").exit_code == 0
+    assert_one_line_error(
+        cli(db_url, "schedules", "add", "dup", "app.task", "--every", "1m"), 1, "already exists"
+    )
+    assert_one_line_error(cli(db_url, "schedules", "update", "dup", "--cron", "* 25 * * *"), 1,
+                          "cron_hour", "'25'")  # fmt: skip
+    assert_one_line_error(cli(db_url, "schedules", "update", "dup"), 2, "nothing to update")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("schedules", "show", "ghost"),
+        ("schedules", "update", "ghost", "--every", "5s"),
+        ("schedules", "update", "ghost", "--queue", "q"),
+        ("schedules", "enable", "ghost"),
+        ("schedules", "disable", "ghost"),
+        ("schedules", "remove", "ghost"),
+        ("schedules", "run-now", "ghost"),
+        ("runs", "--schedule", "ghost"),
+    ],
+)
+def test_unknown_schedule(db_url: str, args: tuple[str, ...]) -> None:
+    assert_one_line_error(cli(db_url, *args), 1, "schedule 'ghost': not found")
+
+
+def test_update_of_a_locked_schedule_names_the_problem(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    with connect(db_url, "admin-psql") as admin:
+        admin.execute("BEGIN")
+        admin.execute("SELECT 1 FROM pg_beat_schedules WHERE name = 'tick' FOR UPDATE")
+        result = cli(db_url, "schedules", "update", "tick", "--every", "5s")
+        assert_one_line_error(result, 1, "schedule 'tick'", "locked by another session")
+        found = ok_json(db_url, "status", "--long-transaction", "0")
+        assert admin.info.backend_pid in [t["pid"] for t in found["long_transactions"]]
+        admin.execute("ROLLBACK")
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def test_runs(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    with connect(db_url, "test") as conn:
+        conn.execute(
+            """
+            INSERT INTO pg_beat_runs
+                (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica,
+                 status, claimed_at, sent_at)
+            SELECT 'default', id, name, now() - make_interval(mins => n), 'task-' || n, 7, 'r1',
+                   'sent', now() - make_interval(mins => n),
+                   now() - make_interval(mins => n) + interval '0.25 s'
+            FROM pg_beat_schedules, generate_series(1, 30) AS n WHERE name = 'tick'
+            """
+        )
+    rows = ok_json(db_url, "runs", "--since", "10m")
+    assert [r["task_id"] for r in rows] == [f"task-{n}" for n in range(1, 10)]
+    assert set(rows[0]) == {
+        "id", "schedule", "due_at", "claimed_at", "sent_at", "status", "lateness_ms",
+        "replica", "epoch", "task_id", "error",
+    }  # fmt: skip
+    assert rows[0]["lateness_ms"] == 250.0 and rows[0]["epoch"] == 7
+    assert len(ok_json(db_url, "runs", "--limit", "3", "--schedule", "tick")) == 3
+    assert len(ok_json(db_url, "runs", "--since", "2000-01-01T00:00Z")) == 30
+    table = cli(db_url, "runs", "--limit", "2").stdout.splitlines()
+    assert table[0].split() == ["DUE", "SCHEDULE", "STATUS", "LATENESS", "MS", "REPLICA", "EPOCH",
+                                "TASK", "ID"]  # fmt: skip
+    assert "250.0" in table[1] and "task-1" in table[1]
+    assert_one_line_error(cli(db_url, "runs", "--since", "yesterday"), 1, "--since")
+
+
+# --- status and check ----------------------------------------------------------------------------
+
+STATUS_KEYS = {
+    "group", "db_now", "verdict", "lease", "replicas", "lock", "blocked", "leader_backends",
+    "failovers", "next_due", "long_transactions",
+}  # fmt: skip
+
+
+def test_status_no_leader(db_url: str) -> None:
+    found = ok_json(db_url, "status")
+    assert set(found) == STATUS_KEYS
+    assert found["verdict"]["state"] == "no leader"
+    assert found["lease"]["status"] == "free"
+    result = cli(db_url, "check")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("unhealthy: no leader")
+    assert cli(db_url, "status").stdout.startswith("verdict: no leader")
+
+
+def test_status_healthy_with_a_real_leader_and_standby(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    with connect(db_url, "test") as conn:
+        conn.execute("UPDATE pg_beat_schedules SET next_run_at = now() + interval '30 s'")
+    with leader(db_url, "alpha") as alpha, leader_standby(db_url, "beta"):
+        # The standby queues on the advisory lock in 1 s waits: catch a moment it is queued.
+        seen: list[Any] = []
+
+        def standby_queued() -> bool:
+            seen.append(ok_json(db_url, "status"))
+            return len(seen[-1]["lock"]) == 2 and len(seen[-1]["replicas"]) == 2
+
+        wait_for(standby_queued)
+        found = seen[-1]
+        assert found["verdict"]["state"] == "healthy", found["verdict"]
+        assert "alpha" in found["verdict"]["message"]
+        lease = found["lease"]
+        assert lease["holder"] == "alpha" and lease["status"] == "held"
+        assert lease["epoch"] == alpha.epoch and lease["pid"] == os.getpid()
+        assert 0 <= lease["heartbeat_age"] < 2 and lease["expires_in"] > 0
+        roles = {r["name"]: r["role"] for r in found["replicas"]}
+        assert roles == {"alpha": "leader", "beta": "standby"}
+        lock = {r["role"]: r for r in found["lock"]}
+        assert lock["holder"]["pid"] == alpha.backend_pid
+        assert lock["waiter"]["application_name"].startswith("pg_beat:beta:")
+        assert found["blocked"] == []  # a standby queued on the lock is not "blocked"
+        assert [t["holder"] for t in found["failovers"]] == ["alpha"]
+        assert [d["name"] for d in found["next_due"]] == ["tick"]
+        assert 0 < found["next_due"][0]["due_in"] <= 30
+
+        result = cli(db_url, "check")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("healthy: leader 'alpha'")
+        assert ok_json(db_url, "check")["healthy"] is True
+
+        text = cli(db_url, "status").stdout
+        assert text.startswith("verdict: healthy")
+        for title in ("Lease", "Replicas", "Advisory lock", "Recent terms", "Next due"):
+            assert f"\n{title}" in text
+
+
+@contextmanager
+def leader_standby(url: str, name: str) -> Iterator[Watchdog]:
+    state = LeaderState()
+    watchdog = Watchdog(
+        Settings(database_url=url, replica_name=name, lease_ttl=3.0, heartbeat_interval=1.0),
+        state,
+        time.monotonic,
+        exit_process=lambda code: None,
+    )
+    watchdog.start()
+    try:
+        yield watchdog
+    finally:
+        watchdog.stop()
+        watchdog.join(5)
+        if watchdog.conn is not None:
+            watchdog.conn.close()
+        watchdog.engine.dispose()
+
+
+def test_check_fails_when_the_loop_stalls(db_url: str) -> None:
+    # The loop last progressed 12 s ago; the hang timeout (30 s) still lets the lease renew.
+    with leader(db_url, "slow", progress=lambda: time.monotonic() - 12):
+
+        def progress_age() -> float:
+            result = cli(db_url, "check", "--json", "--max-stall", "60")
+            assert result.exit_code == 0, result.output
+            return float(json.loads(result.stdout)["lease"]["progress_age"])
+
+        wait_for(lambda: progress_age() > 11)
+        result = cli(db_url, "check")
+        assert result.exit_code == 1
+        assert "dispatch loop made no progress" in result.stdout
+        assert "'slow'" in result.stdout
+        assert cli(db_url, "check", "--max-stall", "20").exit_code == 0
+        assert ok_json(db_url, "status")["verdict"]["state"] == "leader stale"
+
+
+def test_status_names_what_a_stale_leader_waits_on(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    with blocked_session(db_url, "pg_beat:hung-1:leader", "tick") as (hung_pid, blocker_pid):
+        with connect(db_url, "test") as conn:
+            conn.execute(
+                """
+                INSERT INTO pg_beat_leases (group_name, epoch, holder, host, pid, backend_pid,
+                    acquired_at, heartbeat_at, expires_at, progress_at)
+                VALUES ('default', 3, 'hung-1', 'host-a', 4242, %s, now() - interval '20 s',
+                    now() - interval '10 s', now() - interval '5 s', now() - interval '10 s')
+                """,
+                (hung_pid,),
+            )
+        found = ok_json(db_url, "status")
+        message = found["verdict"]["message"]
+        assert found["verdict"]["state"] == "leader stale"
+        assert message.startswith("leader stale: 'hung-1' (epoch 3) has not renewed")
+        assert f"backend {hung_pid} (pg_beat:hung-1:leader) waits on Lock/transactionid" in message
+        assert f"blocked by pid {blocker_pid} (admin-psql, idle in transaction" in message
+        (backend,) = found["leader_backends"]
+        assert backend["pid"] == hung_pid and backend["blocked_by"][0]["pid"] == blocker_pid
+
+        result = cli(db_url, "check")
+        assert result.exit_code == 1
+        assert result.stdout.startswith("unhealthy: leader stale: 'hung-1'")
+        assert "Lock/transactionid" in result.stdout
+        text = cli(db_url, "status").stdout
+        assert "Leader's backends" in text and "admin-psql" in text
+
+
+def test_status_blocked(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    with (
+        leader(db_url, "alpha"),
+        blocked_session(db_url, "pg_beat:alpha:api", "tick") as (victim, blocker),
+    ):
+        found = ok_json(db_url, "status")
+        assert found["verdict"]["state"] == "blocked", found["verdict"]
+        assert f"backend {victim} (pg_beat:alpha:api)" in found["verdict"]["message"]
+        assert f"blocked by pid {blocker} (admin-psql" in found["verdict"]["message"]
+        assert [b["pid"] for b in found["blocked"]] == [victim]
+        assert cli(db_url, "check").exit_code == 0  # the leader itself is fine
+        assert found["long_transactions"] == []  # open for less than 5 s
+        found = ok_json(db_url, "status", "--long-transaction", "0")
+        (admin,) = [t for t in found["long_transactions"] if t["pid"] == blocker]
+        assert admin["tables"] == ["pg_beat_schedules"]
+        assert admin["state"] == "idle in transaction"
+
+
+# --- the real console script ---------------------------------------------------------------------
+
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pg_beat.config import Settings
+    from pg_beat.lease import LeaderState
+    from pg_beat.watchdog import Watchdog
+
+    state = LeaderState()
+    settings = Settings(database_url=sys.argv[1], replica_name="paused-1", lease_ttl=1.5,
+                        heartbeat_interval=0.3)
+    watchdog = Watchdog(settings, state, time.monotonic)
+    watchdog.start()
+    while state.epoch is None:
+        time.sleep(0.05)
+    print("leading", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_console_script_sees_a_paused_leader(
+    db_url: str, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER_SCRIPT)
+    procs.spawn("holder", [sys.executable, str(script), db_url])
+    wait_for(lambda: "leading" in procs.log("holder"), timeout=20)
+    env = {**os.environ, "PG_BEAT_DATABASE_URL": db_url}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PG_BEAT, *args], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+
+    assert run("check").returncode == 0
+    procs.signal("holder", signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # past the 1.5 s lease
+        checked = run("check")
+        assert checked.returncode == 1, checked
+        assert checked.stdout.startswith("unhealthy: leader stale: 'paused-1'")
+        assert "is idle (the process is not talking to the database" in checked.stdout
+        shown = run("status")
+        assert shown.returncode == 0 and shown.stderr == ""
+        assert shown.stdout.startswith("verdict: leader stale: 'paused-1'")
+    finally:
+        procs.signal("holder", signal.SIGCONT)
+
+
+def test_console_script_database_down() -> None:
+    url = f"postgresql://beat:s3cret@127.0.0.1:{pg.free_port()}/x"
+    done = subprocess.run(
+        [PG_BEAT, "--database-url", url, "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("pg-beat: error: cannot reach")
+    assert "s3cret" not in done.stderr

@@ -1,0 +1,143 @@
+"""Metrics scraped over HTTP from a replica whose watchdog and dispatcher really run."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import pg
+from support.inproc import replica, settings_for
+
+from pg_beat.api import ScheduleManager
+from pg_beat.config import Settings
+from pg_beat.dispatch import Dispatcher
+from pg_beat.exceptions import ConfigurationError
+from pg_beat.lease import LeaderState
+from pg_beat.metrics import (
+    MetricsServer,
+    SchedulerLike,
+    serve_metrics,
+    start_metrics_server,
+    stop_metrics,
+)
+from pg_beat.watchdog import Watchdog
+
+pytestmark = pytest.mark.timeout(60)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, replica_name: str, **extra: str) -> float | None:
+    labels = frozenset({"group": "default", "replica": replica_name, **extra}.items())
+    return samples.get((name, labels))
+
+
+@contextmanager
+def metrics_of(scheduler: SchedulerLike) -> Iterator[MetricsServer]:
+    server = start_metrics_server(0, scheduler, addr="127.0.0.1")
+    try:
+        yield server
+    finally:
+        stop_metrics(scheduler)
+
+
+def test_leader_metrics(db_url: str) -> None:
+    with replica(db_url, replica_name="m1") as leader, metrics_of(leader) as server:
+        with ScheduleManager(db_url) as manager:
+            for name in ("a", "b", "c"):
+                manager.create(name, "app.tick", every="1h")
+        leader.run_until(lambda: leader.dispatcher.sent_total >= 3)
+        samples = scrape(server.port)
+
+        assert value(samples, "pg_beat_is_leader", "m1") == 1
+        assert value(samples, "pg_beat_epoch", "m1") == leader.state.epoch
+        assert value(samples, "pg_beat_ticks_dispatched_total", "m1") == 3
+        assert value(samples, "pg_beat_failovers_total", "m1") == 1
+        assert value(samples, "pg_beat_lease_renewal_failures_total", "m1") == 0
+        assert value(samples, "pg_beat_due_backlog", "m1") == 0
+        age = value(samples, "pg_beat_heartbeat_age_seconds", "m1")
+        assert age is not None and 0 <= age < 1.5
+        lateness = "pg_beat_dispatch_lateness_seconds"
+        assert value(samples, f"{lateness}_count", "m1") == 3
+        assert value(samples, f"{lateness}_bucket", "m1", le="60.0") == 3
+        assert value(samples, f"{lateness}_bucket", "m1", le="+Inf") == 3
+        total = value(samples, f"{lateness}_sum", "m1")
+        assert total is not None and 0 <= total < 15
+        assert value(samples, "pg_beat_metrics_scrape_errors_total", "m1") == 0
+
+
+def test_standby_metrics_and_backlog(db_url: str) -> None:
+    with (
+        replica(db_url, replica_name="lead") as leader,
+        replica(db_url, replica_name="standby", lead=False) as standby,
+        metrics_of(standby) as server,
+    ):
+        with ScheduleManager(db_url) as manager:
+            for name in ("a", "b"):
+                manager.create(name, "app.tick", every="1h")
+                manager.run_now(name)  # due now; nobody drives the leader's dispatch loop
+        samples = scrape(server.port)
+        assert value(samples, "pg_beat_is_leader", "standby") == 0
+        assert value(samples, "pg_beat_epoch", "standby") == leader.state.epoch
+        assert value(samples, "pg_beat_due_backlog", "standby") == 2
+        assert value(samples, "pg_beat_failovers_total", "standby") == 0
+        assert value(samples, "pg_beat_ticks_dispatched_total", "standby") == 0
+        age = value(samples, "pg_beat_heartbeat_age_seconds", "standby")
+        assert age is not None and 0 <= age < 1.5  # the leader's heartbeat, on the DB clock
+
+
+def test_serve_metrics_on_a_fixed_port(db_url: str) -> None:
+    with replica(db_url, replica_name="m1") as leader:
+        port = pg.free_port()
+        serve_metrics(port, leader, addr="127.0.0.1")
+        try:
+            assert value(scrape(port), "pg_beat_is_leader", "m1") == 1
+        finally:
+            stop_metrics(leader)
+            stop_metrics(leader)  # idempotent
+
+
+@dataclass
+class Unconnected:
+    """A replica whose database is down: no watchdog or dispatcher started yet."""
+
+    settings: Settings
+    state: LeaderState = field(default_factory=LeaderState)
+    watchdog: Watchdog | None = None
+    dispatcher: Dispatcher | None = None
+
+
+def test_scrape_survives_an_unreachable_database() -> None:
+    down = Unconnected(
+        settings_for(f"postgresql://u@127.0.0.1:{pg.free_port()}/x", replica_name="lonely")
+    )
+    with metrics_of(down) as server:
+        samples = scrape(server.port)
+    assert value(samples, "pg_beat_is_leader", "lonely") == 0
+    assert value(samples, "pg_beat_due_backlog", "lonely") is None
+    assert value(samples, "pg_beat_epoch", "lonely") is None
+    assert value(samples, "pg_beat_metrics_scrape_errors_total", "lonely") == 1
+
+
+def test_missing_prometheus_client_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    scheduler = Unconnected(settings_for("postgresql://u@127.0.0.1/x"))
+    with pytest.raises(ConfigurationError, match=r"pip install 'pg-beat\[metrics\]'"):
+        serve_metrics(0, scheduler, addr="127.0.0.1")
