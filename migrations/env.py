@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from pg_beat.models import Base
 from pg_beat.urls import normalise_url
@@ -25,7 +25,14 @@ def run_migrations() -> None:
             "no database URL: pass -x url=postgresql://... or set PG_BEAT_DATABASE_URL"
         )
     schema = _setting("schema", "PG_BEAT_SCHEMA")
-    engine = create_engine(normalise_url(url), future=True)
+    engine = create_engine(normalise_url(url), connect_args={"connect_timeout": 10})
+    try:
+        _migrate(engine, schema)
+    finally:
+        engine.dispose()
+
+
+def _migrate(engine: Engine, schema: str | None) -> None:
     with engine.connect() as connection:
         if schema:
             quoted = connection.dialect.identifier_preparer.quote_schema(schema)
@@ -43,7 +50,6 @@ def run_migrations() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
 
 
 if context.is_offline_mode():

@@ -149,8 +149,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.watchdog.stop()
             epoch = epoch if epoch is not None else self.watchdog.epoch
             self._release(epoch, self.watchdog.backend_pid)
+            self.watchdog.join(timeout=self.settings.heartbeat_interval + 1)
+            self.watchdog.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
+        if self.settings.metrics_port:
+            from pg_beat.metrics import stop_metrics
+
+            stop_metrics(self)
         super().close()
 
     @property

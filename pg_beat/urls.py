@@ -14,7 +14,7 @@ def normalise_url(url: str | URL) -> URL:
     """Return ``url`` with the ``postgresql+psycopg`` driver; ``postgres://`` is accepted too."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise ConfigurationError(
             f"invalid database URL {redact_url(str(url))!r}: expected postgresql://user@host/db"
         ) from exc
@@ -34,6 +34,6 @@ def redact_url(url: str | URL) -> str:
     """The URL with its password masked, for logs and error messages."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
     return parsed.render_as_string(hide_password=True)

@@ -146,6 +146,9 @@ class Watchdog(threading.Thread):
         self.backend_pid = None
 
     def _lost_database(self, exc: DBAPIError) -> None:
+        if self.stopping.is_set():  # shutting down: close() ended our session on purpose
+            self._drop_connection()
+            return
         first_line = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
         if self.epoch is not None:
             self.renewal_failures += 1
@@ -371,6 +374,11 @@ class Watchdog(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def close(self) -> None:
+        """After :meth:`stop` and a join: close the session (dropping any lock) and the engine."""
+        self._drop_connection()
+        self.engine.dispose()
 
 
 def _describe_backend(row: Any) -> str:

@@ -99,6 +99,5 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
         watchdog.stop()
         watchdog.join(timeout=10)
         watchdog.release()
-        watchdog._drop_connection()
-        watchdog.engine.dispose()
+        watchdog.close()
         dispatcher.close()
