@@ -47,6 +47,10 @@ def _migrate(engine: Engine, schema: str | None) -> None:
             version_table="pg_beat_alembic_version",
             version_table_schema=schema,
             compare_type=True,
+            # Our version table is not a model; never report it as drift.
+            include_name=lambda name, type_, _parent: (
+                not (type_ == "table" and name == "pg_beat_alembic_version")
+            ),
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -38,6 +38,7 @@ CRON_FIELDS = (
     "cron_day_of_week",
 )
 _SPEC_FIELDS = {f.name for f in fields(ScheduleSpec)}
+_KIND_COLUMNS = ("interval_seconds", "solar_event", "latitude", "longitude", "clocked_at")
 _EDITABLE = set(store.SCHEDULE_COLUMNS) - {"name"}
 
 
@@ -208,6 +209,16 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(_KIND_COLUMNS, None),
+    "start_time": None,
+    "end_time": None,
+    "misfire_policy": None,
+    "catch_up_limit": None,
+    **_DEFAULTS,
+}
+
+
 class ScheduleManager:
     """Create, read, update and delete the schedules of one scheduler group."""
 
@@ -328,21 +339,18 @@ class ScheduleManager:
                 raise
             if row is None:
                 raise ScheduleNotFound(name)
-            merged = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}
+            current = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}
+            merged = dict(current)
             if "kind" in changes:
-                # A new kind drops the old kind's columns instead of validating stale ones.
-                for key in (
-                    "interval_seconds",
-                    "solar_event",
-                    "latitude",
-                    "longitude",
-                    "clocked_at",
-                ):
-                    merged[key] = None
-                merged.update({k: "*" for k in CRON_FIELDS})
+                # A new kind drops the old kind's columns instead of keeping stale ones.
+                merged.update(dict.fromkeys(_KIND_COLUMNS, None))
+                merged.update(dict.fromkeys(CRON_FIELDS, "*"))
             merged.update(changes)
             validate_values(name, merged)
-            written = store.update_schedule(conn, self.group, name, changes)
+            delta = {k: v for k, v in merged.items() if v != current[k]}
+            if not delta:
+                return info_from_row(row)
+            written = store.update_schedule(conn, self.group, name, delta)
             assert written is not None
         return info_from_row(written)
 
@@ -370,7 +378,8 @@ class ScheduleManager:
         """
         checked = []
         for name, values in entries.items():
-            full = {**_DEFAULTS, **values}
+            # Every column is written, so an entry that changes kind leaves nothing stale.
+            full = {**_CONFIG_DEFAULTS, **values}
             validate_values(name, full)
             checked.append((name, full))
         with self._begin() as conn:

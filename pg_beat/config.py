@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -14,6 +15,7 @@ from pg_beat.schedules import MISFIRE_POLICIES
 from pg_beat.urls import normalise_url
 
 ON_HANG_CHOICES = ("exit", "release")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def default_replica_name() -> str:
@@ -93,6 +95,11 @@ class Settings:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a whole number >= 1, got {value!r}"
                 )
+        if self.schema is not None and not _IDENTIFIER.fullmatch(self.schema):
+            raise ConfigurationError(
+                f"pg_beat_schema must be a plain identifier (letters, digits, _), "
+                f"got {self.schema!r}"
+            )
         if not self.group or not self.replica_name:
             raise ConfigurationError("pg_beat_group and pg_beat_replica_name must not be empty")
 

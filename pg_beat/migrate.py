@@ -87,7 +87,7 @@ def current(url: str, schema: str | None = None) -> str | None:
         with engine.connect() as connection:
             if schema:
                 connection.execute(
-                    text("SELECT set_config('search_path', :s, false)"), {"s": schema}
+                    text("SELECT set_config('search_path', :s, false)"), {"s": f'"{schema}"'}
                 )
             return current_revision(connection, schema)
     finally:

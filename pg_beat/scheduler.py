@@ -57,7 +57,7 @@ def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[s
         values.update(kind="interval", interval_seconds=schedule.total_seconds())
     elif isinstance(schedule, celery_schedules.crontab):
         expression = " ".join(
-            str(getattr(schedule, attr))
+            _cron_field(getattr(schedule, attr))
             for attr in (
                 "_orig_minute",
                 "_orig_hour",
@@ -77,6 +77,13 @@ def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[s
     else:
         raise InvalidSchedule(name, f"unsupported schedule {schedule!r}", field="schedule")
     return values
+
+
+def _cron_field(value: Any) -> str:
+    """A crontab field as Celery keeps it (text, number, or a collection of numbers) as text."""
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        return ",".join(str(v) for v in sorted(value))
+    return str(value)
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -149,7 +156,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.watchdog.stop()
             epoch = epoch if epoch is not None else self.watchdog.epoch
             self._release(epoch, self.watchdog.backend_pid)
-            self.watchdog.join(timeout=self.settings.heartbeat_interval + 1)
+            self.watchdog.join(timeout=self.settings.heartbeat_interval + 2)
+            if not self.watchdog.is_alive():
+                # It may have won the lease while we were releasing: give that up too.
+                self.watchdog.release()
             self.watchdog.close()
         if self.dispatcher is not None:
             self.dispatcher.close()

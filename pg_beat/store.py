@@ -68,7 +68,7 @@ def _session_options(settings: Settings, *, dispatch: bool) -> str:
         "-c tcp_keepalives_count=3",
     ]
     if settings.schema:
-        options.append(f"-c search_path={settings.schema},public")
+        options.append(f'-c search_path="{settings.schema}",public')
     if dispatch:
         # Tells the triggers that this is the scheduler's own bookkeeping: no re-plan, no NOTIFY.
         options.append("-c pg_beat.dispatch=on")
@@ -212,7 +212,10 @@ def update_schedule(
 
 
 def upsert_config_schedule(conn: Connection, group: str, values: Mapping[str, Any]) -> None:
-    """Insert or refresh a ``beat_schedule`` entry, keeping its run state (source 'config')."""
+    """Insert or refresh a ``beat_schedule`` entry, keeping its run state (source 'config').
+
+    A row of the same name made through the API or SQL is left alone: config never takes it.
+    """
     columns = ["group_name", "source", *values.keys()]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values if c != "name")
     # Only write when something differs, so an unchanged config re-plans nothing.
@@ -222,8 +225,8 @@ def upsert_config_schedule(conn: Connection, group: str, values: Mapping[str, An
     sql = (
         f"INSERT INTO pg_beat_schedules ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + c for c in columns)}) "
-        f"ON CONFLICT (group_name, name) DO UPDATE SET {updates}, source = 'config' "
-        f"WHERE {differs} OR pg_beat_schedules.source <> 'config'"
+        f"ON CONFLICT (group_name, name) DO UPDATE SET {updates} "
+        f"WHERE pg_beat_schedules.source = 'config' AND ({differs})"
     )
     conn.execute(
         text(sql).bindparams(*_json_params(values)),

@@ -279,6 +279,9 @@ class Watchdog(threading.Thread):
         )
         wait = min(settings.heartbeat_interval, 1.0)
         if store.wait_lock(conn, settings.group, wait):
+            if self.stopping.is_set():  # shutting down: never start a term now
+                store.unlock_all(conn)
+                return
             self._take_over(conn, view.status.value)
 
     def _terminate_hung_holder(
