@@ -71,6 +71,8 @@ if os.environ.get("CELERY_BROKER_URL", "").startswith("filesystem://"):
         "data_folder_out": folder,
         "processed_folder": folder,
         "store_processed": False,
+        # Else kombu keeps its exchange table in ./control, inside whatever the cwd is.
+        "control_folder": os.path.join(folder, "control"),
     }
 
 _local = threading.local()
