@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from pg_beat.exceptions import (
 )
 from pg_beat.schedules import ScheduleSpec
 from pg_beat.urls import redact_url
+
+logger = logging.getLogger("pg_beat.api")
 
 CRON_FIELDS = (
     "cron_minute",
@@ -187,6 +190,17 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
         )
 
 
+@contextmanager
+def _locked_as(name: str) -> Iterator[None]:
+    """Turn a lock timeout on the schedule's row into :class:`ScheduleLocked`."""
+    try:
+        yield
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+            raise ScheduleLocked(name) from exc
+        raise
+
+
 def _connection_lost(exc: DBAPIError) -> bool:
     """A failure to reach the server (no SQLSTATE, class 08, or the server shutting down)."""
     state = getattr(exc.orig, "sqlstate", None)
@@ -331,12 +345,8 @@ class ScheduleManager:
                 field=sorted(unknown)[0],
             )
         with self._begin() as conn:
-            try:
+            with _locked_as(name):
                 row = store.lock_schedule(conn, self.group, name)
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
-                    raise ScheduleLocked(name) from exc
-                raise
             if row is None:
                 raise ScheduleNotFound(name)
             current = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}
@@ -361,13 +371,13 @@ class ScheduleManager:
         return self.update(name, enabled=False)
 
     def delete(self, name: str) -> None:
-        with self._begin() as conn:
+        with self._begin() as conn, _locked_as(name):
             if not store.delete_schedules(conn, self.group, [name]):
                 raise ScheduleNotFound(name)
 
     def run_now(self, name: str) -> None:
         """Make the schedule due now (and enabled); its grid resumes after this run."""
-        with self._begin() as conn:
+        with self._begin() as conn, _locked_as(name):
             if not store.run_now(conn, self.group, name):
                 raise ScheduleNotFound(name)
 
@@ -383,8 +393,17 @@ class ScheduleManager:
             validate_values(name, full)
             checked.append((name, full))
         with self._begin() as conn:
+            taken = store.schedule_names(conn, self.group, "api") & set(entries)
+            for name in sorted(taken):
+                logger.warning(
+                    "beat_schedule entry %r skipped: a schedule of that name was made through "
+                    "the API or SQL and config never takes it over; rename one of them",
+                    name,
+                    extra={"action": "config_conflict", "schedule": name},
+                )
             for name, full in checked:
-                store.upsert_config_schedule(conn, self.group, {"name": name, **full})
+                if name not in taken:
+                    store.upsert_config_schedule(conn, self.group, {"name": name, **full})
             stale = store.schedule_names(conn, self.group, "config") - set(entries)
             removed = store.delete_schedules(conn, self.group, stale) if stale else 0
-        return len(checked), removed
+        return len(checked) - len(taken), removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -65,7 +66,12 @@ class Settings:
             "replica_stale_after",
         ):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a positive number of seconds, got {value!r}"
                 )
@@ -91,7 +97,7 @@ class Settings:
             )
         for name in ("catch_up_limit", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a whole number >= 1, got {value!r}"
                 )
@@ -106,6 +112,17 @@ class Settings:
     @classmethod
     def from_celery(cls, conf: Mapping[str, Any]) -> Settings:
         """Read the ``pg_beat_*`` keys of a Celery app's ``conf`` (env vars fill the gaps)."""
+        known = {f"pg_beat_{item.name}" for item in fields(cls)}
+        unknown = sorted(k for k in conf if str(k).startswith("pg_beat_") and k not in known)
+        if unknown:
+            hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+            raise ConfigurationError(
+                "unknown pg_beat setting(s): "
+                + ", ".join(
+                    f"{k}" + (f" (did you mean {h[0]}?)" if h else "")
+                    for k, h in zip(unknown, hints, strict=True)
+                )
+            )
         values: dict[str, Any] = {}
         for item in fields(cls):
             key = f"pg_beat_{item.name}"

@@ -66,7 +66,8 @@ def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[s
                 "_orig_day_of_week",
             )
         )
-        tz = getattr(schedule, "tz", None) or default_tz
+        # An unbound crontab would report the *current* app's zone; the scheduler's app wins.
+        tz = schedule.tz if getattr(schedule, "_app", None) is not None else default_tz
         values.update(kind="crontab", timezone=str(tz), **split_crontab(expression, name))
     elif isinstance(schedule, celery_schedules.solar):
         values.update(

@@ -1,0 +1,48 @@
+"""The Celery app of the end-to-end test, for both ``celery beat`` and ``celery worker``.
+
+Configured from the environment the test sets: E2E_BROKER_URL, E2E_QUEUE (a queue of this run
+only, so runs sharing a Redis never take each other's messages) and E2E_DATABASE_URL (where
+``e2e.record`` writes one row per execution). pg_beat reads PG_BEAT_DATABASE_URL itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from celery import Celery, Task
+
+app = Celery("e2e_app", broker=os.environ["E2E_BROKER_URL"])
+app.conf.update(
+    task_default_queue=os.environ["E2E_QUEUE"],
+    pg_beat_lease_ttl=3.0,
+    pg_beat_heartbeat_interval=0.5,
+    pg_beat_hang_timeout=30.0,
+    beat_max_loop_interval=5,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+def _header(request: Any, name: str) -> Any:
+    # Custom message headers (protocol 2) become attributes of the task's request context.
+    return getattr(request, name, None)
+
+
+@app.task(bind=True, name="e2e.record")
+def record(self: Task, *args: Any, **kwargs: Any) -> None:
+    request = self.request
+    with psycopg.connect(os.environ["E2E_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO e2e_executions (task_id, schedule, due_at, epoch, replica, args)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                request.id,
+                _header(request, "pg_beat_schedule"),
+                _header(request, "pg_beat_due_at"),
+                _header(request, "pg_beat_epoch"),
+                _header(request, "pg_beat_replica"),
+                repr(args),
+            ),
+        )

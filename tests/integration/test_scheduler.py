@@ -1,0 +1,486 @@
+"""``pg_beat.Scheduler`` in-process with a real Celery app and real PostgreSQL: the lazy banner
+instance, the ``beat_schedule`` sync, the schema check, start-up retries, and shutdown."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from celery import Celery, current_app
+from celery.schedules import crontab, schedule, solar
+from support import pg
+from support.pg import libpq_url as libpq
+
+from pg_beat import migrate, store
+from pg_beat.api import ScheduleManager
+from pg_beat.exceptions import ConfigurationError
+from pg_beat.scheduler import Scheduler
+
+pytestmark = pytest.mark.timeout(90)
+
+AppFactory = Callable[..., Celery]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def sql(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        cur = conn.execute(statement, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+def counts(url: str) -> dict[str, int]:
+    tables = ("pg_beat_schedules", "pg_beat_runs", "pg_beat_leases", "pg_beat_replicas")
+    return {t: int(sql(url, f"SELECT count(*) FROM {t}")[0][0]) for t in tables}
+
+
+NOTHING = {"pg_beat_schedules": 0, "pg_beat_runs": 0, "pg_beat_leases": 0, "pg_beat_replicas": 0}
+
+
+def rows_by_name(url: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        cur = conn.execute("SELECT * FROM pg_beat_schedules")
+        assert cur.description is not None
+        columns = [c.name for c in cur.description]
+        return {r[columns.index("name")]: dict(zip(columns, r, strict=True)) for r in cur}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def advisory_locks(url: str) -> list[tuple[Any, ...]]:
+    """pg_beat's advisory locks in this database (granted or awaited)."""
+    return sql(
+        url,
+        "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        store.LOCK_CLASS_ID,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PG_BEAT_DATABASE_URL", "PG_BEAT_SCHEMA", "PG_BEAT_GROUP", "PG_BEAT_REPLICA_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_app(redis_url: str) -> Iterator[AppFactory]:
+    """Celery apps with short lease settings; each becomes the current app, as under
+    ``celery -A app beat``, until the test ends."""
+    previous = current_app._get_current_object()
+    apps: list[Celery] = []
+
+    def make(url: str, current: bool = True, **conf: Any) -> Celery:
+        name = f"pg_beat_test_{secrets.token_hex(3)}"
+        app = Celery(name, broker=redis_url, set_as_current=current)
+        app.conf.update(
+            pg_beat_database_url=url,
+            pg_beat_replica_name=f"sched-test-{secrets.token_hex(4)}",
+            pg_beat_lease_ttl=3.0,
+            pg_beat_heartbeat_interval=0.2,
+            pg_beat_hang_timeout=30.0,
+            beat_max_loop_interval=1,
+        )
+        app.conf.update(conf)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+    previous.set_current()
+
+
+@contextmanager
+def running(app: Celery, **kwargs: Any) -> Iterator[Scheduler]:
+    scheduler = Scheduler(app, **kwargs)
+    try:
+        yield scheduler
+    finally:
+        scheduler.close()
+
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "float": {
+        "task": "t.float",
+        "schedule": 2.5,
+        "args": (1, "two"),
+        "kwargs": {"k": "v"},
+        "options": {"queue": "fast", "priority": 3, "expires": 60, "countdown": 5},
+    },
+    "timedelta": {"task": "t.timedelta", "schedule": timedelta(minutes=5)},
+    "schedule": {"task": "t.schedule", "schedule": schedule(timedelta(seconds=30))},
+    "crontab": {
+        "task": "t.crontab",
+        "schedule": crontab(minute="*/15", hour="9-17", day_of_week="mon-fri"),
+    },
+    "solar": {"task": "t.solar", "schedule": solar("sunset", 52.52, 13.405)},
+}
+
+
+# --- the lazy instance Celery builds for its banner -----------------------------------------------
+
+
+def test_lazy_instance_writes_nothing_and_reports_the_schema(
+    db_url: str, make_app: AppFactory
+) -> None:
+    app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, timezone="Europe/Berlin")
+    with running(app, lazy=True) as scheduler:
+        info = scheduler.info
+        assert scheduler.dispatcher is None and scheduler.watchdog is None
+        assert counts(db_url) == NOTHING
+    assert counts(db_url) == NOTHING
+    assert "schema -> at 0001_initial (ok)" in info
+    assert "ttl 3s, heartbeat 0.2s" in info
+    assert "timezone Europe/Berlin" in info
+    assert "database -> postgresql+psycopg://" in info and db_url.rsplit("/", 1)[1] in info
+    # The banner's check left no session behind.
+    replica = app.conf.pg_beat_replica_name
+    assert sql(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+        f"pg_beat:{replica}:%",
+    ) == [(0,)]
+
+
+def test_banner_on_an_unmigrated_database(empty_db_url: str, make_app: AppFactory) -> None:
+    app = make_app(empty_db_url)
+    with running(app, lazy=True) as scheduler:
+        info = scheduler.info
+    assert "schema -> MISMATCH" in info and "pg-beat db upgrade" in info
+
+
+def test_banner_with_the_database_down(make_app: AppFactory) -> None:
+    url = f"postgresql://pg_beat:s3cret-pw@127.0.0.1:{pg.free_port()}/nothing"
+    app = make_app(url)
+    with running(app, lazy=True) as scheduler:
+        info = scheduler.info
+    assert "schema -> unknown (database unreachable" in info
+    assert "s3cret-pw" not in info
+
+
+# --- beat_schedule sync ---------------------------------------------------------------------------
+
+
+def test_start_syncs_beat_schedule(db_url: str, make_app: AppFactory) -> None:
+    app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, timezone="Europe/Berlin")
+    with running(app) as scheduler:
+        assert scheduler.dispatcher is not None
+        assert scheduler.schedule == {}  # schedules are read from the database as they fall due
+        rows = rows_by_name(db_url)
+    assert set(rows) == set(BEAT_SCHEDULE)
+    assert {r["source"] for r in rows.values()} == {"config"}
+    assert {name: r["task"] for name, r in rows.items()} == {
+        name: e["task"] for name, e in BEAT_SCHEDULE.items()
+    }
+    assert {name: (r["kind"], r["interval_seconds"]) for name, r in rows.items()} == {
+        "float": ("interval", 2.5),
+        "timedelta": ("interval", 300.0),
+        "schedule": ("interval", 30.0),
+        "crontab": ("crontab", None),
+        "solar": ("solar", None),
+    }
+    cron = rows["crontab"]
+    assert (
+        cron["cron_minute"],
+        cron["cron_hour"],
+        cron["cron_day_of_month"],
+        cron["cron_month_of_year"],
+        cron["cron_day_of_week"],
+        cron["timezone"],
+    ) == ("*/15", "9-17", "*", "*", "mon-fri", "Europe/Berlin")
+    sun = rows["solar"]
+    assert (sun["solar_event"], sun["latitude"], sun["longitude"]) == ("sunset", 52.52, 13.405)
+    first = rows["float"]
+    assert (first["args"], first["kwargs"]) == ([1, "two"], {"k": "v"})
+    # Only message options are kept ("countdown" makes no sense for a periodic task).
+    assert first["options"] == {"queue": "fast", "priority": 3, "expires": 60}
+    assert "beat_schedule" in first["description"]
+
+
+def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory) -> None:
+    with running(make_app(db_url, beat_schedule=BEAT_SCHEDULE)):
+        pass
+    with ScheduleManager(db_url) as api:
+        api.create("from-api", "t.api", every=60)
+    sql(db_url, "UPDATE pg_beat_schedules SET total_run_count = 12, last_run_at = now()")
+    before = rows_by_name(db_url)
+
+    changed = {
+        "float": {**BEAT_SCHEDULE["float"], "schedule": 5.0},
+        "crontab": BEAT_SCHEDULE["crontab"],
+    }
+    with running(make_app(db_url, beat_schedule=changed)):
+        after = rows_by_name(db_url)
+    assert set(after) == {"float", "crontab", "from-api"}
+    assert after["float"]["interval_seconds"] == 5.0
+    for name in ("float", "crontab"):
+        assert after[name]["total_run_count"] == 12
+        assert after[name]["last_run_at"] == before[name]["last_run_at"]
+        assert after[name]["created_at"] == before[name]["created_at"]
+    assert after["crontab"]["updated_at"] == before["crontab"]["updated_at"]  # unchanged entry
+    assert after["from-api"] == before["from-api"]
+
+
+def test_sync_can_be_turned_off(db_url: str, make_app: AppFactory) -> None:
+    app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, pg_beat_sync_config=False)
+    with running(app):
+        assert counts(db_url)["pg_beat_schedules"] == 0
+
+
+def test_crontab_with_its_own_timezone_default_utc(db_url: str, make_app: AppFactory) -> None:
+    entries = {"c": {"task": "t.c", "schedule": crontab(minute=0, hour=3)}}
+    with running(make_app(db_url, beat_schedule=entries)):
+        row = rows_by_name(db_url)["c"]
+    assert (row["cron_minute"], row["cron_hour"], row["timezone"]) == ("0", "3", "UTC")
+
+
+def test_crontab_with_list_fields(db_url: str, make_app: AppFactory) -> None:
+    entries = {"c": {"task": "t.c", "schedule": crontab(minute=0, hour=[1, 2])}}
+    with running(make_app(db_url, beat_schedule=entries)):
+        row = rows_by_name(db_url)["c"]
+    assert (row["cron_minute"], row["cron_hour"]) == ("0", "1,2")
+
+
+def test_crontab_takes_the_timezone_of_the_schedulers_app(
+    db_url: str, make_app: AppFactory
+) -> None:
+    make_app(db_url, timezone="UTC")  # some other app is the current one
+    entries = {"c": {"task": "t.c", "schedule": crontab(minute=0, hour=3)}}
+    app = make_app(db_url, current=False, beat_schedule=entries, timezone="Asia/Tokyo")
+    with running(app):
+        row = rows_by_name(db_url)["c"]
+    assert row["timezone"] == "Asia/Tokyo"
+
+
+def test_an_invalid_beat_schedule_entry_stops_start_and_writes_nothing(
+    db_url: str, make_app: AppFactory
+) -> None:
+    entries = {
+        "good": {"task": "t.good", "schedule": 10},
+        "bad": {"task": "t.bad", "schedule": "every day"},
+    }
+    with pytest.raises(Exception, match="'bad'"):
+        Scheduler(make_app(db_url, beat_schedule=entries))
+    assert counts(db_url) == NOTHING
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+def test_schema_mismatch_stops_start(empty_db_url: str, make_app: AppFactory) -> None:
+    with pytest.raises(SystemExit) as caught:
+        Scheduler(make_app(empty_db_url, beat_schedule=BEAT_SCHEDULE))
+    message = str(caught.value)
+    assert "pg-beat db upgrade" in message
+    assert "none (not migrated)" in message and "0001_initial" in message
+
+
+def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
+    migrate.upgrade(empty_db_url, schema="beat")
+    app = make_app(empty_db_url, pg_beat_schema="beat", beat_schedule=BEAT_SCHEDULE)
+    with running(app, lazy=True) as lazy:
+        assert "schema -> at 0001_initial (ok)" in lazy.info
+        assert "(schema beat)" in lazy.info
+    with running(app) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+    assert sql(empty_db_url, "SELECT count(*) FROM beat.pg_beat_schedules") == [(5,)]
+    # The public schema was never migrated: without the setting, start-up refuses.
+    with pytest.raises(SystemExit, match="pg-beat db upgrade"):
+        Scheduler(make_app(empty_db_url))
+
+
+# --- database unreachable at start ---------------------------------------------------------------
+
+
+def test_start_waits_for_the_database(
+    private_cluster: pg.PrivateCluster, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    url = private_cluster.url()
+    migrate.upgrade(url)
+    private_cluster.stop()
+    app = make_app(url, beat_schedule={"s": {"task": "t.s", "schedule": 60}})
+
+    outcome: dict[str, Any] = {}
+
+    def construct() -> None:
+        try:
+            outcome["scheduler"] = Scheduler(app)
+        except BaseException as exc:  # SystemExit included: the test reports it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=construct, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+            10,
+            "the 'unreachable' log line",
+        )
+        time.sleep(1.0)  # a few retries against the stopped server
+        assert thread.is_alive() and outcome == {}
+        private_cluster.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "Scheduler() did not finish after the database came up"
+    finally:
+        if thread.is_alive():
+            private_cluster.start()
+            thread.join(timeout=30)
+        if "scheduler" in outcome:
+            scheduler = outcome["scheduler"]
+            try:
+                assert scheduler.dispatcher is not None and scheduler.watchdog is not None
+                wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+            finally:
+                scheduler.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert sql(url, "SELECT name, source FROM pg_beat_schedules") == [("s", "config")]
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1, "logged once, not once per retry"
+    assert any("database reachable" in r.getMessage() for r in caplog.records)
+
+
+# --- shutdown -------------------------------------------------------------------------------------
+
+
+def test_close_releases_the_lease_at_once_and_twice_is_fine(
+    db_url: str, make_app: AppFactory
+) -> None:
+    scheduler = Scheduler(make_app(db_url))
+    try:
+        wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+        epoch = scheduler.state.epoch
+        assert [granted for _, granted in advisory_locks(db_url)] == [True]
+    finally:
+        scheduler.close()
+    scheduler.close()
+    lease = sql(
+        db_url,
+        "SELECT epoch, expires_at <= clock_timestamp(), backend_pid FROM pg_beat_leases",
+    )
+    assert lease == [(epoch, True, None)]
+    wait_for(lambda: advisory_locks(db_url) == [], 5, "advisory lock released")
+    ended = sql(
+        db_url, "SELECT ended_at IS NOT NULL FROM pg_beat_leader_terms WHERE epoch = %s", epoch
+    )
+    assert ended == [(True,)]
+    assert scheduler.watchdog is not None
+    scheduler.watchdog.join(timeout=5)
+    assert not scheduler.watchdog.is_alive()
+
+
+def test_the_next_replica_leads_without_waiting_for_the_ttl(
+    db_url: str, make_app: AppFactory
+) -> None:
+    ttl = 10.0
+    first = Scheduler(make_app(db_url, pg_beat_lease_ttl=ttl))
+    try:
+        wait_for(lambda: first.state.epoch is not None, 10, "first leads")
+        first_epoch = first.state.epoch
+        with running(make_app(db_url, pg_beat_lease_ttl=ttl)) as second:
+            time.sleep(0.5)
+            assert second.state.epoch is None  # standing by
+            first.close()
+            closed_at = time.monotonic()
+            wait_for(lambda: second.state.epoch is not None, ttl, "second leads")
+            assert time.monotonic() - closed_at < ttl / 2
+            assert second.state.epoch == (first_epoch or 0) + 1
+    finally:
+        first.close()
+
+
+def test_close_right_after_start_leaves_no_lease_behind(db_url: str, make_app: AppFactory) -> None:
+    # As when beat gets SIGTERM while it starts: three tries, each must leave nothing held.
+    for _ in range(3):
+        scheduler = Scheduler(make_app(db_url))
+        scheduler.close()
+        assert scheduler.watchdog is not None
+        scheduler.watchdog.join(timeout=5)
+        assert not scheduler.watchdog.is_alive()
+        held = sql(
+            db_url, "SELECT count(*) FROM pg_beat_leases WHERE expires_at > clock_timestamp()"
+        )
+        assert (held, advisory_locks(db_url)) == ([(0,)], [])
+
+
+def test_close_of_a_lazy_instance(db_url: str, make_app: AppFactory) -> None:
+    scheduler = Scheduler(make_app(db_url), lazy=True)
+    scheduler.close()
+    scheduler.close()
+    assert counts(db_url) == NOTHING
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [
+        ({"pg_beat_lease_ttl": 2.0, "pg_beat_heartbeat_interval": 1.0}, "pg_beat_lease_ttl"),
+        ({"pg_beat_heartbeat_interval": 0}, "pg_beat_heartbeat_interval"),
+        ({"pg_beat_lease_ttl": "5"}, "pg_beat_lease_ttl"),
+        ({"pg_beat_statement_timeout": -1}, "pg_beat_statement_timeout"),
+        ({"pg_beat_publish_margin": 2.9}, "pg_beat_publish_margin"),
+        ({"pg_beat_on_hang": "panic"}, "pg_beat_on_hang"),
+        ({"pg_beat_misfire_policy": "never"}, "pg_beat_misfire_policy"),
+        ({"pg_beat_batch_size": 0}, "pg_beat_batch_size"),
+        ({"pg_beat_catch_up_limit": 1.5}, "pg_beat_catch_up_limit"),
+        ({"pg_beat_database_url": "mysql://u@h/db"}, "postgresql://"),
+    ],
+    ids=[
+        "ttl-under-3x-heartbeat",
+        "heartbeat-zero",
+        "ttl-string",
+        "statement-timeout-negative",
+        "margin-too-big",
+        "on-hang",
+        "misfire",
+        "batch-size",
+        "catch-up-float",
+        "url-scheme",
+    ],
+)
+@pytest.mark.parametrize("lazy", [False, True], ids=["run", "lazy"])
+def test_invalid_settings(
+    db_url: str, make_app: AppFactory, conf: dict[str, Any], named: str, lazy: bool
+) -> None:
+    app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, **conf)
+    with pytest.raises(ConfigurationError) as caught:
+        Scheduler(app, lazy=lazy)
+    assert named in str(caught.value)
+    assert counts(db_url) == NOTHING
+
+
+def test_missing_database_url(make_app: AppFactory) -> None:
+    app = make_app("postgresql://unused/x")
+    app.conf.pg_beat_database_url = None
+    with pytest.raises(ConfigurationError) as caught:
+        Scheduler(app, lazy=True)
+    assert "pg_beat_database_url" in str(caught.value)
+    assert "PG_BEAT_DATABASE_URL" in str(caught.value)
+
+
+def test_database_url_from_the_environment(
+    db_url: str, make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PG_BEAT_DATABASE_URL", libpq(db_url))
+    app = make_app("unused")
+    app.conf.pg_beat_database_url = None
+    with running(app, lazy=True) as scheduler:
+        assert "schema -> at 0001_initial (ok)" in scheduler.info
