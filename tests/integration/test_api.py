@@ -809,6 +809,7 @@ def test_database_lost_and_back(private_cluster: pg.PrivateCluster) -> None:
 
 # --- a row locked by another session ------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "call",
     [
