@@ -125,11 +125,10 @@ class Dispatcher:
     def _lead(self, epoch: int) -> float:
         if self._orphan_epoch != epoch:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
-        if self._unsent:
-            self._publish(self._unsent, epoch)
         claims, more, pending_plan, claimed_at = self._claim(epoch)
-        if claims:
-            self._publish(claims, epoch)
+        if self._unsent or claims:
+            # Earlier failures first, so ticks still go out oldest first.
+            self._publish(self._unsent + claims, epoch)
         self._housekeeping()
         if more or pending_plan or claimed_at is None:
             return 0.0 if claimed_at is not None else self.settings.heartbeat_interval
@@ -178,8 +177,13 @@ class Dispatcher:
         if time.monotonic() < self._orphan_check_at:
             return []
         group = self.settings.group
-        rows = store.orphaned_claims(conn, group, epoch, self.settings.batch_size)
-        left = store.pending_orphans(conn, group, epoch) - len(rows)
+        in_flight = {claim.run_id for claim in self._unsent}  # a failed publish we retry anyway
+        rows = [
+            r
+            for r in store.orphaned_claims(conn, group, epoch, self.settings.batch_size)
+            if r["id"] not in in_flight
+        ]
+        left = store.pending_orphans(conn, group, epoch) - len(rows) - len(in_flight)
         self._orphan_check_at = (
             time.monotonic() + ORPHAN_RECHECK if left > 0 or rows else float("inf")
         )

@@ -236,6 +236,23 @@ def test_broker_failure_is_retried_by_the_same_leader(db_url: str) -> None:
     assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
 
 
+def test_ticks_claimed_while_the_broker_is_down_go_out_once_when_it_returns(
+    db_url: str,
+) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.1)
+    with replica(db_url) as rep:
+        rep.outbox.fail = True
+        rep.run_for(0.6)
+        rep.outbox.fail = False
+        rep.run_for(0.5)
+    dues = [c.due_at for c, _ in rep.outbox.sent]
+    assert len(dues) == len(set(dues)) >= 8
+    assert dues == sorted(dues)
+    assert {status for _, status, _ in runs(db_url, "s")} == {"sent"}
+    assert len(runs(db_url, "s")) == len(dues)
+
+
 def test_old_runs_are_pruned(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("s", "t.s", every=0.1)
