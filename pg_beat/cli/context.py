@@ -1,0 +1,144 @@
+"""What every command shares: the global options (:class:`Env`), the connections made from
+them, ``--json`` and ISO 8601 times.
+
+SQLAlchemy, psycopg, Celery (via the settings) and Alembic are imported where they are used,
+not here: the CLI's modules are all imported for ``pg-beat --help``, which needs none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pg_beat.cli.errors import CliError, CliUsageError, database_error, safe_redact
+from pg_beat.exceptions import ConfigurationError, SchemaMismatch
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from pg_beat.api import ScheduleManager
+    from pg_beat.config import Settings
+
+
+@dataclass
+class Env:
+    """The global options, and the connections made from them."""
+
+    url: str | None
+    schema: str | None
+    group: str
+    connect_timeout: int
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            if not self.url:
+                raise CliUsageError(
+                    "no database URL: pass --database-url or set PG_BEAT_DATABASE_URL"
+                )
+            from pg_beat.config import Settings
+
+            try:
+                self._settings = Settings(
+                    database_url=self.url,
+                    schema=self.schema or None,
+                    group=self.group,
+                    connect_timeout=float(self.connect_timeout),
+                )
+            except ConfigurationError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise CliError(f"invalid database URL {safe_redact(self.url)!r}: {exc}") from exc
+        return self._settings
+
+    @property
+    def migrate_url(self) -> str:
+        """The URL for Alembic, with the connect timeout added unless it names one."""
+        from pg_beat.urls import normalise_url
+
+        url = normalise_url(self.settings.database_url)
+        if "connect_timeout" not in url.query:
+            url = url.update_query_dict({"connect_timeout": str(self.connect_timeout)})
+        return url.render_as_string(hide_password=False)
+
+    @contextmanager
+    def connect(self, *, schema: bool = True) -> Iterator[Connection]:
+        """An autocommit connection; with ``schema``, fails unless the schema is at head."""
+        settings = self.settings  # no or a bad URL fails here, before the drivers are imported
+        from sqlalchemy.exc import DBAPIError
+
+        from pg_beat import store
+
+        engine = store.make_engine(settings, "cli")
+        try:
+            try:
+                conn = engine.connect()
+            except DBAPIError as exc:
+                raise database_error(exc, settings.database_url) from exc
+            with conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                if schema:
+                    require_schema(conn, self.schema)
+                yield conn
+        finally:
+            engine.dispose()
+
+    @contextmanager
+    def manager(self) -> Iterator[ScheduleManager]:
+        from pg_beat.api import ScheduleManager
+
+        manager = ScheduleManager(settings=self.settings)
+        try:
+            yield manager
+        finally:
+            manager.close()
+
+
+def require_schema(conn: Connection, schema: str | None) -> None:
+    """Raise :class:`SchemaMismatch` unless the database's schema is at pg_beat's head."""
+    from pg_beat import migrate
+
+    current, head = migrate.current_revision(conn, schema), migrate.head_revision()
+    if current != head:
+        raise SchemaMismatch(
+            f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
+            f"needs {head}: run 'pg-beat db upgrade'"
+        )
+
+
+pass_env = click.make_pass_decorator(Env)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of a table."
+)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (times ISO 8601, durations in seconds)."""
+    from pg_beat import status
+
+    click.echo(status.dumps(value))
+
+
+def parse_time(text: str, option: str, schedule: str | None = None) -> datetime:
+    """An aware datetime from ISO 8601 (``Z`` allowed); naive times are refused."""
+    where = f"schedule {schedule!r}: " if schedule else ""
+    raw = text.strip()
+    if raw[-1:] in ("Z", "z"):
+        raw = raw[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise CliError(
+            f"{where}{option} {text!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00Z)"
+        ) from exc
+    if value.utcoffset() is None:
+        raise CliError(
+            f"{where}{option} {text!r} has no timezone: add Z for UTC or an offset like +01:00"
+        )
+    return value
