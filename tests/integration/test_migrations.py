@@ -295,6 +295,12 @@ def test_wheel_ships_the_migrations(wheel: Path) -> None:
         "pg_beat/migrations/versions/0001_initial.py",
     ):
         assert path in names, f"{path} missing from {wheel.name}"
+    # Every module of the source tree is in the wheel (a package left out of pyproject's list
+    # would break `pg-beat` only for real installs, never in an editable one).
+    root = Path(__file__).resolve().parents[2]
+    for module in (root / "pg_beat").rglob("*.py"):
+        path = module.relative_to(root).as_posix()
+        assert path in names, f"{path} missing from {wheel.name}"
     assert not any(n.startswith(("tests/", "migrations/")) for n in names)
     assert "[celery.beat_schedulers]" in entry_text
     assert "pg_beat = pg_beat.scheduler:Scheduler" in entry_text
