@@ -97,6 +97,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.dispatcher: Dispatcher | None = None
         self.watchdog: Watchdog | None = None
         self._closed = False
+        self._producer_ready = False
         self._lazy = lazy
         #: Kept empty on purpose: schedules are read from the database as they fall due.
         self._empty: dict[str, Any] = {}
@@ -139,9 +140,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Dispatch what is due, then wait for the next due time or a NOTIFY. Returns 0."""
         if self.dispatcher is None:
             return float(self.max_interval)
+        if not self._producer_ready and self.state.epoch is None:
+            self._warm_producer()
         delay = self.dispatcher.step()
         self.dispatcher.wait(min(delay, float(self.max_interval)))
         return 0.0
+
+    def _warm_producer(self) -> None:
+        """Connect to the broker while standing by, so a takeover's first publish does not pay
+        for the connection (most of a hand-over's cost otherwise)."""
+        self._producer_ready = True
+        try:
+            # One quick try: a broker that is down must not block the standby's loop here.
+            self.connection.ensure_connection(max_retries=1)
+            self.producer.connection.default_channel  # noqa: B018 - opens the channel
+        except Exception as exc:
+            logger.warning(
+                "pg_beat: broker not reachable yet (%s); will connect on first send",
+                exc,
+                extra={"action": "broker_wait"},
+            )
 
     def sync(self) -> None:
         """Nothing to flush: every claim is committed before its message is sent."""
