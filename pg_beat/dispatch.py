@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -71,7 +72,10 @@ class Dispatcher:
         self.settings = settings
         self.state = state
         self.send = send
-        self.engine = store.make_engine(settings, "dispatch", dispatch=True, pool_size=1)
+        # One session of its own, kept open: no pool checkout or ping on the hot path.
+        self.engine = store.make_engine(settings, "dispatch", dispatch=True)
+        self._conn: Connection | None = None
+        self._busy = False
         self._listen: psycopg.Connection[Any] | None = None
         self._unsent: list[Claim] = []
         self._unmarked: list[int] = []
@@ -122,17 +126,39 @@ class Dispatcher:
             self._failing = None
         return delay
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._conn = self.engine.connect()
+            self.backend_pid = store.backend_pid(self._conn)
+            self._conn.commit()
+        with self._conn.begin():
+            yield self._conn
+
     def _lead(self, epoch: int) -> float:
         if self._orphan_epoch != epoch:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
+        now = time.monotonic()
+        if not (
+            self._unsent or self._busy or now >= self._orphan_check_at or now >= self._prune_at
+        ):
+            # The common case, nothing due: one cheap read, no fenced transaction.
+            with self._transaction() as conn:
+                idle = store.idle_check(conn, self.settings.group)
+            if not idle.unplanned and (idle.next_due is None or idle.next_due > idle.now):
+                wait = self.settings.heartbeat_interval
+                if idle.next_due is not None:
+                    wait = min(wait, (idle.next_due - idle.now).total_seconds())
+                return min(wait, self._orphan_check_at - now, self._prune_at - now)
         claims, more, pending_plan, claimed_at = self._claim(epoch)
+        self._busy = more or pending_plan
         if self._unsent or claims:
             # Earlier failures first, so ticks still go out oldest first.
             self._publish(self._unsent + claims, epoch)
         self._housekeeping()
         if more or pending_plan or claimed_at is None:
             return 0.0 if claimed_at is not None else self.settings.heartbeat_interval
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             wake = store.next_wake(conn, self.settings.group, claimed_at)
         if wake.unplanned:
             return 0.0
@@ -148,9 +174,7 @@ class Dispatcher:
     def _claim(self, epoch: int) -> tuple[list[Claim], bool, bool, datetime | None]:
         """One fenced transaction: re-claim orphans, plan new rows, claim due ticks."""
         group, settings = self.settings.group, self.settings
-        with self.engine.begin() as conn:
-            if self.backend_pid is None:
-                self.backend_pid = store.backend_pid(conn)
+        with self._transaction() as conn:
             if not store.fence(conn, group, epoch, settings.replica_name):
                 self.state.step_down()
                 logger.warning(
@@ -318,7 +342,7 @@ class Dispatcher:
         """Record what was published; kept and retried if the database fails meanwhile, so a
         sent tick is never re-published by a later leader because its mark was lost."""
         if self._unmarked:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 store.mark_sent(conn, self._unmarked)
             self._unmarked = []
 
@@ -326,7 +350,7 @@ class Dispatcher:
         if time.monotonic() < self._prune_at:
             return
         self._prune_at = time.monotonic() + 60.0
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             store.prune_runs(conn, self.settings.run_retention)
 
     def _contended(self, exc: Exception, epoch: int | None) -> None:
@@ -356,8 +380,7 @@ class Dispatcher:
                 extra={"action": "db_error", "epoch": epoch, "replica": self.settings.replica_name},
             )
         self._failing = reason
-        self.engine.dispose()
-        self.backend_pid = None
+        self._drop_connection()
         self._close_listen()
 
     # --- waiting -------------------------------------------------------------------------
@@ -396,6 +419,17 @@ class Dispatcher:
                 logger.debug("dispatch: closing LISTEN connection failed", exc_info=True)
             self._listen = None
 
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+                self._conn.close()
+            except Exception:
+                logger.debug("dispatch: closing the dispatch connection failed", exc_info=True)
+        self._conn = None
+        self.backend_pid = None
+        self.engine.dispose()
+
     def close(self) -> None:
         self._close_listen()
-        self.engine.dispose()
+        self._drop_connection()

@@ -365,6 +365,31 @@ class Wake:
     unplanned: bool
 
 
+IDLE_CHECK = text(
+    """
+    SELECT clock_timestamp() AS now,
+           (SELECT min(next_run_at) FROM pg_beat_schedules
+             WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL) AS next_due,
+           EXISTS (SELECT 1 FROM pg_beat_schedules
+             WHERE group_name = :group AND enabled AND next_run_at IS NULL
+               AND last_error IS NULL) AS unplanned
+    """
+)
+
+
+@dataclass(frozen=True)
+class Idle:
+    now: datetime
+    next_due: datetime | None
+    unplanned: bool
+
+
+def idle_check(conn: Connection, group: str) -> Idle:
+    """The earliest due time and whether a row awaits planning: all an idle tick reads."""
+    row = conn.execute(IDLE_CHECK, {"group": group}).one()
+    return Idle(row.now, row.next_due, bool(row.unplanned))
+
+
 def next_wake(conn: Connection, group: str, claimed_at: datetime) -> Wake:
     row = conn.execute(NEXT_WAKE, {"group": group, "claimed_at": claimed_at}).one()
     return Wake(row.now, row.next_due, bool(row.locked_due), bool(row.unplanned))
