@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -527,57 +526,12 @@ class RedBeatCluster(Cluster):
     """The same harness (supervisor, PIDs, logs), running ``redbeat.RedBeatScheduler``."""
 
     APP = "benchmarks.redbeat_app"
+    SCHEDULER = "redbeat.RedBeatScheduler"
 
-    def start(self) -> None:
-        self.worker = self._spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                self.APP,
-                "worker",
-                "--pool",
-                "threads",
-                "-c",
-                "8",
-                "-Q",
-                self.queue,
-                "-l",
-                "warning",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            self.base_env,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         for replica in self.replicas.values():
-            self._start_replica(replica)
-        self._supervisor = threading.Thread(
-            target=self._supervise, name="redbeat-supervisor", daemon=True
-        )
-        self._supervisor.start()
-
-    def _start_replica(self, replica: Any) -> None:
-        replica.process = self._spawn(
-            replica.name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                self.APP,
-                "beat",
-                "-S",
-                "redbeat.RedBeatScheduler",
-                "-l",
-                "info",
-                "--pidfile",
-                str(self.workdir / f"{replica.name}.pid"),
-            ],
-            {**replica.env, "REDBEAT_BENCH_REPLICA": replica.name},
-        )
+            replica.env["REDBEAT_BENCH_REPLICA"] = replica.name
 
 
 class RedBeatKind:

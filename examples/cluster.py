@@ -73,6 +73,10 @@ class Replica:
 class Cluster:
     """Start with :meth:`start`, stop with :meth:`stop` (also a context manager)."""
 
+    #: The Celery app every process runs, and the scheduler class of the beat replicas.
+    APP = "examples.ha_app"
+    SCHEDULER = "pg_beat:Scheduler"
+
     def __init__(
         self,
         database_url: str,
@@ -152,7 +156,7 @@ class Cluster:
                 "-m",
                 "celery",
                 "-A",
-                "examples.ha_app",
+                self.APP,
                 "worker",
                 "--pool",
                 "threads",
@@ -219,10 +223,10 @@ class Cluster:
                 "-m",
                 "celery",
                 "-A",
-                "examples.ha_app",
+                self.APP,
                 "beat",
                 "-S",
-                "pg_beat:Scheduler",
+                self.SCHEDULER,
                 "-l",
                 "info",
                 "--pidfile",
