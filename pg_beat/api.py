@@ -393,7 +393,7 @@ class ScheduleManager:
             validate_values(name, full)
             checked.append((name, full))
         with self._begin() as conn:
-            taken = store.schedule_names(conn, self.group, "api") & set(entries)
+            taken = store.api_names_among(conn, self.group, entries)
             for name in sorted(taken):
                 logger.warning(
                     "beat_schedule entry %r skipped: a schedule of that name was made through "
@@ -404,6 +404,5 @@ class ScheduleManager:
             for name, full in checked:
                 if name not in taken:
                     store.upsert_config_schedule(conn, self.group, {"name": name, **full})
-            stale = store.schedule_names(conn, self.group, "config") - set(entries)
-            removed = store.delete_schedules(conn, self.group, stale) if stale else 0
+            removed = store.delete_config_schedules_except(conn, self.group, entries)
         return len(checked) - len(taken), removed

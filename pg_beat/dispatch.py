@@ -146,36 +146,28 @@ class Dispatcher:
             with self._transaction() as conn:
                 idle = store.idle_check(conn, self.settings.group)
             if not idle.unplanned and (idle.next_due is None or idle.next_due > idle.now):
-                wait = self.settings.heartbeat_interval
+                idle_wait = self.settings.heartbeat_interval
                 if idle.next_due is not None:
-                    wait = min(wait, (idle.next_due - idle.now).total_seconds())
-                return min(wait, self._orphan_check_at - now, self._prune_at - now)
-        claims, more, pending_plan, claimed_at = self._claim(epoch)
-        self._busy = more or pending_plan
+                    idle_wait = min(idle_wait, (idle.next_due - idle.now).total_seconds())
+                return min(idle_wait, self._orphan_check_at - now, self._prune_at - now)
+        claims, wait = self._claim(epoch)
+        if wait is None:  # fenced out
+            return self.settings.heartbeat_interval
+        self._busy = wait <= 0
+        wake_at = time.monotonic() + wait
         if self._unsent or claims:
             # Earlier failures first, so ticks still go out oldest first.
             self._publish(self._unsent + claims, epoch)
         self._housekeeping()
-        if more or pending_plan or claimed_at is None:
-            return 0.0 if claimed_at is not None else self.settings.heartbeat_interval
-        with self._transaction() as conn:
-            wake = store.next_wake(conn, self.settings.group, claimed_at)
-        if wake.unplanned:
-            return 0.0
-        wait = self.settings.heartbeat_interval
-        if wake.next_due is not None:
-            wait = min(wait, (wake.next_due - wake.now).total_seconds())
-        if wake.locked_due:
-            wait = min(wait, LOCKED_ROW_RETRY)
-        if self._orphan_check_at != float("inf"):
-            wait = min(wait, self._orphan_check_at - time.monotonic())
-        return max(wait, 0.0)
+        return max(0.0, min(wake_at, self._orphan_check_at) - time.monotonic())
 
-    def _claim(self, epoch: int) -> tuple[list[Claim], bool, bool, datetime | None]:
-        """One fenced transaction: re-claim orphans, plan new rows, claim due ticks."""
+    def _claim(self, epoch: int) -> tuple[list[Claim], float | None]:
+        """One fenced transaction: re-claim orphans, plan new rows, claim due ticks, and find
+        how long to wait after publishing them (None: the epoch is no longer ours)."""
         group, settings = self.settings.group, self.settings
         with self._transaction() as conn:
-            if not store.fence(conn, group, epoch, settings.replica_name):
+            now = store.fence(conn, group, epoch, settings.replica_name)
+            if now is None:
                 self.state.step_down()
                 logger.warning(
                     "dispatch: lease epoch %s is no longer ours; standing by",
@@ -186,16 +178,26 @@ class Dispatcher:
                         "replica": settings.replica_name,
                     },
                 )
-                return [], False, False, None
-            now = store.db_now(conn)
+                return [], None
             claims = self._orphans(conn, epoch)
             unplanned = store.select_unplanned(conn, group, settings.batch_size)
             self._plan(conn, unplanned, now)
             due = store.select_due(conn, group, now, settings.batch_size)
             claims.extend(self._claim_due(conn, due, now, epoch))
-        # Full batch, or a schedule still behind (catching up): there is more to do right now.
-        more = len(due) >= settings.batch_size or self._behind
-        return claims, more, len(unplanned) >= settings.batch_size, now
+            # Full batch, rows left to plan, or a schedule still behind: more to do right now.
+            if len(due) >= settings.batch_size or len(unplanned) >= settings.batch_size:
+                return claims, 0.0
+            if self._behind:
+                return claims, 0.0
+            wake = store.next_wake(conn, group, now)
+        if wake.unplanned:
+            return claims, 0.0
+        wait = settings.heartbeat_interval
+        if wake.next_due is not None:
+            wait = min(wait, (wake.next_due - wake.now).total_seconds())
+        if wake.locked_due:
+            wait = min(wait, LOCKED_ROW_RETRY)
+        return claims, max(wait, 0.0)
 
     def _orphans(self, conn: Connection, epoch: int) -> list[Claim]:
         if time.monotonic() < self._orphan_check_at:
@@ -248,8 +250,7 @@ class Dispatcher:
         self, conn: Connection, rows: Sequence[RowMapping], now: datetime, epoch: int
     ) -> list[Claim]:
         settings = self.settings
-        runs: list[tuple[int, str, datetime, str, str]] = []
-        updates: list[tuple[int, datetime | None, datetime, bool]] = []
+        ticks: list[store.Tick] = []
         candidates: dict[tuple[int, datetime], Claim] = {}
         for row in rows:
             due: datetime = row["next_run_at"]
@@ -268,10 +269,9 @@ class Dispatcher:
                 self._park(conn, row, exc)
                 continue
             task_id = task_id_for(settings.group, row["name"], due)
-            runs.append(
-                (row["id"], row["name"], due, task_id, "claimed" if decision.fire else "skipped")
+            ticks.append(
+                store.Tick(row["id"], row["name"], due, task_id, decision.fire, decision.next_due)
             )
-            updates.append((row["id"], decision.next_due, due, decision.fire))
             if decision.fire:
                 candidates[(row["id"], due)] = Claim(
                     0,
@@ -284,9 +284,8 @@ class Dispatcher:
                     task_id,
                     epoch,
                 )
-        self._behind = any(n is not None and n <= now for _, n, _, _ in updates)
-        new = store.insert_runs(conn, settings.group, epoch, settings.replica_name, runs)
-        store.update_after_claim(conn, updates)
+        self._behind = any(t.next_run_at is not None and t.next_run_at <= now for t in ticks)
+        new = store.claim_ticks(conn, settings.group, epoch, settings.replica_name, ticks)
         # A tick whose run row already existed was claimed before: never send it twice.
         return [replace(c, run_id=new[key]) for key, c in candidates.items() if key in new]
 

@@ -76,6 +76,12 @@ class Schedule(Base):
             postgresql_where=text("enabled AND next_run_at IS NOT NULL"),
         ),
         Index(
+            "ix_pg_beat_schedules_config",
+            "group_name",
+            "name",
+            postgresql_where=text("source = 'config'"),
+        ),
+        Index(
             "ix_pg_beat_schedules_unplanned",
             "group_name",
             postgresql_where=text("enabled AND next_run_at IS NULL AND last_error IS NULL"),

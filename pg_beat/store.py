@@ -173,12 +173,28 @@ def list_schedules(
     )
 
 
-def schedule_names(conn: Connection, group: str, source: str) -> set[str]:
+def api_names_among(conn: Connection, group: str, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` belong to schedules made through the API or SQL."""
     rows = conn.execute(
-        text("SELECT name FROM pg_beat_schedules WHERE group_name = :g AND source = :s"),
-        {"g": group, "s": source},
+        text(
+            "SELECT name FROM pg_beat_schedules "
+            "WHERE group_name = :g AND source = 'api' AND name = ANY(:names)"
+        ),
+        {"g": group, "names": list(names)},
     )
     return {row[0] for row in rows}
+
+
+def delete_config_schedules_except(conn: Connection, group: str, keep: Iterable[str]) -> int:
+    """Remove ``source='config'`` rows whose entry left ``beat_schedule`` (partial index)."""
+    result = conn.execute(
+        text(
+            "DELETE FROM pg_beat_schedules WHERE group_name = :g AND source = 'config' "
+            "AND NOT (name = ANY(:keep))"
+        ),
+        {"g": group, "keep": list(keep)},
+    )
+    return int(result.rowcount)
 
 
 def insert_schedule(conn: Connection, group: str, values: Mapping[str, Any]) -> RowMapping:
@@ -253,7 +269,7 @@ def _json_params(values: Mapping[str, Any]) -> list[Any]:
 
 FENCE = text(
     """
-    SELECT epoch FROM pg_beat_leases
+    SELECT clock_timestamp() AS now FROM pg_beat_leases
     WHERE group_name = :group AND epoch = :epoch AND holder = :holder
       AND expires_at > clock_timestamp()
     FOR SHARE
@@ -295,31 +311,34 @@ NEXT_WAKE = text(
     """
 )
 
-INSERT_RUNS = text(
+# One statement claims a batch: the run rows (unique per tick: a tick claimed before is
+# skipped) and the schedules' next due time, run count and last run, together.
+CLAIM_TICKS = text(
     """
-    INSERT INTO pg_beat_runs
-        (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status)
-    SELECT :group, s, n, d, t, :epoch, :replica, st
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:names AS text[]), CAST(:dues AS timestamptz[]),
-                CAST(:task_ids AS text[]), CAST(:statuses AS text[])) AS u(s, n, d, t, st)
-    ON CONFLICT (schedule_id, due_at) DO NOTHING
-    RETURNING id, schedule_id, due_at
-    """
-)
-
-UPDATE_AFTER_CLAIM = text(
-    """
-    UPDATE pg_beat_schedules AS s SET
-        next_run_at = u.next_run_at,
-        last_due_at = u.due_at,
-        last_run_at = CASE WHEN u.fired THEN clock_timestamp() ELSE s.last_run_at END,
-        total_run_count = s.total_run_count + CASE WHEN u.fired THEN 1 ELSE 0 END,
-        enabled = s.enabled AND NOT (s.one_off AND u.fired) AND u.next_run_at IS NOT NULL,
-        last_error = NULL
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:nexts AS timestamptz[]),
-                CAST(:dues AS timestamptz[]), CAST(:fired AS boolean[]))
-         AS u(id, next_run_at, due_at, fired)
-    WHERE s.id = u.id
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:names AS text[]), CAST(:dues AS timestamptz[]),
+            CAST(:task_ids AS text[]), CAST(:fired AS boolean[]),
+            CAST(:nexts AS timestamptz[])) AS u(id, name, due_at, task_id, fired, next_run_at)
+    ), runs AS (
+        INSERT INTO pg_beat_runs
+            (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status)
+        SELECT :group, id, name, due_at, task_id, :epoch, :replica,
+               CASE WHEN fired THEN 'claimed' ELSE 'skipped' END
+        FROM u
+        ON CONFLICT (schedule_id, due_at) DO NOTHING
+        RETURNING id, schedule_id, due_at
+    ), advanced AS (
+        UPDATE pg_beat_schedules AS s SET
+            next_run_at = u.next_run_at,
+            last_due_at = u.due_at,
+            last_run_at = CASE WHEN u.fired THEN clock_timestamp() ELSE s.last_run_at END,
+            total_run_count = s.total_run_count + CASE WHEN u.fired THEN 1 ELSE 0 END,
+            enabled = s.enabled AND NOT (s.one_off AND u.fired) AND u.next_run_at IS NOT NULL,
+            last_error = NULL
+        FROM u WHERE s.id = u.id
+    )
+    SELECT id, schedule_id, due_at FROM runs
     """
 )
 
@@ -341,11 +360,11 @@ PARK_SCHEDULE = text(
 )
 
 
-def fence(conn: Connection, group: str, epoch: int, holder: str) -> bool:
-    """True when (holder, epoch) is the current, unexpired lease; holds it until commit."""
-    return (
-        conn.execute(FENCE, {"group": group, "epoch": epoch, "holder": holder}).first() is not None
-    )
+def fence(conn: Connection, group: str, epoch: int, holder: str) -> datetime | None:
+    """The database time when (holder, epoch) is the current, unexpired lease, which stays
+    share-locked until commit (a takeover waits for this transaction); else None."""
+    row = conn.execute(FENCE, {"group": group, "epoch": epoch, "holder": holder}).first()
+    return None if row is None else row[0]
 
 
 def select_due(conn: Connection, group: str, now: datetime, limit: int) -> Sequence[RowMapping]:
@@ -395,41 +414,39 @@ def next_wake(conn: Connection, group: str, claimed_at: datetime) -> Wake:
     return Wake(row.now, row.next_due, bool(row.locked_due), bool(row.unplanned))
 
 
-def insert_runs(
-    conn: Connection,
-    group: str,
-    epoch: int,
-    replica: str,
-    runs: Sequence[tuple[int, str, datetime, str, str]],
+@dataclass(frozen=True)
+class Tick:
+    """One due tick of a schedule, decided: send it or not, and the schedule's next due time."""
+
+    schedule_id: int
+    schedule: str
+    due_at: datetime
+    task_id: str
+    fire: bool
+    next_run_at: datetime | None
+
+
+def claim_ticks(
+    conn: Connection, group: str, epoch: int, replica: str, ticks: Sequence[Tick]
 ) -> dict[tuple[int, datetime], int]:
-    """Insert (schedule_id, name, due_at, task_id, status) rows; map each new key to its run id."""
-    if not runs:
+    """Record the ticks as runs and advance their schedules; map each *new* run to its id."""
+    if not ticks:
         return {}
-    ids, names, dues, task_ids, statuses = (list(column) for column in zip(*runs, strict=True))
     rows = conn.execute(
-        INSERT_RUNS,
+        CLAIM_TICKS,
         {
             "group": group,
             "epoch": epoch,
             "replica": replica,
-            "ids": ids,
-            "names": names,
-            "dues": dues,
-            "task_ids": task_ids,
-            "statuses": statuses,
+            "ids": [t.schedule_id for t in ticks],
+            "names": [t.schedule for t in ticks],
+            "dues": [t.due_at for t in ticks],
+            "task_ids": [t.task_id for t in ticks],
+            "fired": [t.fire for t in ticks],
+            "nexts": [t.next_run_at for t in ticks],
         },
     )
     return {(row.schedule_id, row.due_at): row.id for row in rows}
-
-
-def update_after_claim(
-    conn: Connection, updates: Sequence[tuple[int, datetime | None, datetime, bool]]
-) -> None:
-    """Apply (schedule_id, next_run_at, due_at, fired) for every claimed schedule."""
-    if not updates:
-        return
-    ids, nexts, dues, fired = (list(column) for column in zip(*updates, strict=True))
-    conn.execute(UPDATE_AFTER_CLAIM, {"ids": ids, "nexts": nexts, "dues": dues, "fired": fired})
 
 
 def set_planned(conn: Connection, plans: Sequence[tuple[int, datetime | None]]) -> None:

@@ -156,6 +156,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("enabled AND next_run_at IS NOT NULL"),
     )
     op.create_index(
+        "ix_pg_beat_schedules_config",
+        "pg_beat_schedules",
+        ["group_name", "name"],
+        postgresql_where=sa.text("source = 'config'"),
+    )
+    op.create_index(
         "ix_pg_beat_schedules_unplanned",
         "pg_beat_schedules",
         ["group_name"],
@@ -249,5 +255,6 @@ def downgrade() -> None:
     op.drop_index("ix_pg_beat_runs_unsent", table_name="pg_beat_runs")
     op.drop_table("pg_beat_runs")
     op.drop_index("ix_pg_beat_schedules_unplanned", table_name="pg_beat_schedules")
+    op.drop_index("ix_pg_beat_schedules_config", table_name="pg_beat_schedules")
     op.drop_index("ix_pg_beat_schedules_due", table_name="pg_beat_schedules")
     op.drop_table("pg_beat_schedules")
