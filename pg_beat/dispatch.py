@@ -29,8 +29,8 @@ from pg_beat.lease import LeaderState
 logger = logging.getLogger("pg_beat.dispatch")
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c7a52-4b8e-4c53-9a57-2d0b5f3e8a11")
-LOCKED_ROW_RETRY = 0.25  # seconds between retries of a due row someone else holds locked
 ORPHAN_RECHECK = 0.5
+BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 CONTENTION_RETRY = 0.05
 # Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
@@ -158,45 +158,52 @@ class Dispatcher:
         if self._unsent or claims:
             # Earlier failures first, so ticks still go out oldest first.
             self._publish(self._unsent + claims, epoch)
+            # Busy (the next claim follows at once): its transaction records them as sent.
+            # Otherwise now, keeping the window in which a crash re-sends a tick small.
+            if wake_at - time.monotonic() > BUSY:
+                self._mark_sent()
         self._housekeeping()
         return max(0.0, min(wake_at, self._orphan_check_at) - time.monotonic())
 
     def _claim(self, epoch: int) -> tuple[list[Claim], float | None]:
         """One fenced transaction: re-claim orphans, plan new rows, claim due ticks, and find
         how long to wait after publishing them (None: the epoch is no longer ours)."""
-        group, settings = self.settings.group, self.settings
+        marking = self._unmarked
         with self._transaction() as conn:
-            now = store.fence(conn, group, epoch, settings.replica_name)
-            if now is None:
-                self.state.step_down()
-                logger.warning(
-                    "dispatch: lease epoch %s is no longer ours; standing by",
-                    epoch,
-                    extra={
-                        "action": "fenced_out",
-                        "epoch": epoch,
-                        "replica": settings.replica_name,
-                    },
-                )
-                return [], None
-            claims = self._orphans(conn, epoch)
-            unplanned = store.select_unplanned(conn, group, settings.batch_size)
-            self._plan(conn, unplanned, now)
-            due = store.select_due(conn, group, now, settings.batch_size)
-            claims.extend(self._claim_due(conn, due, now, epoch))
-            # Full batch, rows left to plan, or a schedule still behind: more to do right now.
-            if len(due) >= settings.batch_size or len(unplanned) >= settings.batch_size:
-                return claims, 0.0
-            if self._behind:
-                return claims, 0.0
-            wake = store.next_wake(conn, group, now)
+            claims, wait = self._claim_in(conn, epoch, marking)
+        # Committed: what was marked in that transaction is recorded for good.
+        self._unmarked = self._unmarked[len(marking) :] if wait is not None else self._unmarked
+        return claims, wait
+
+    def _claim_in(
+        self, conn: Connection, epoch: int, marking: list[int]
+    ) -> tuple[list[Claim], float | None]:
+        group, settings = self.settings.group, self.settings
+        now = store.fence(conn, group, epoch, settings.replica_name)
+        if now is None:
+            self.state.step_down()
+            logger.warning(
+                "dispatch: lease epoch %s is no longer ours; standing by",
+                epoch,
+                extra={"action": "fenced_out", "epoch": epoch, "replica": settings.replica_name},
+            )
+            return [], None
+        store.mark_sent(conn, marking)
+        claims = self._orphans(conn, epoch)
+        unplanned = store.select_unplanned(conn, group, settings.batch_size)
+        self._plan(conn, unplanned, now)
+        due = store.select_due(conn, group, now, settings.batch_size)
+        claims.extend(self._claim_due(conn, due, now, epoch))
+        # Full batch, rows left to plan, or a schedule still behind: more to do right now.
+        full = len(due) >= settings.batch_size or len(unplanned) >= settings.batch_size
+        if full or self._behind:
+            return claims, 0.0
+        wake = store.next_wake(conn, group, now)
         if wake.unplanned:
             return claims, 0.0
         wait = settings.heartbeat_interval
         if wake.next_due is not None:
             wait = min(wait, (wake.next_due - wake.now).total_seconds())
-        if wake.locked_due:
-            wait = min(wait, LOCKED_ROW_RETRY)
         return claims, max(wait, 0.0)
 
     def _orphans(self, conn: Connection, epoch: int) -> list[Claim]:
@@ -335,11 +342,10 @@ class Dispatcher:
         self._unsent = unsent
         self.sent_total += len(sent)
         self._unmarked.extend(sent)
-        self._mark_sent()
 
     def _mark_sent(self) -> None:
-        """Record what was published; kept and retried if the database fails meanwhile, so a
-        sent tick is never re-published by a later leader because its mark was lost."""
+        """Record what was published; kept and retried if the database fails, so a lost mark
+        never makes a later leader re-send a tick."""
         if self._unmarked:
             with self._transaction() as conn:
                 store.mark_sent(conn, self._unmarked)
@@ -428,6 +434,25 @@ class Dispatcher:
         self._conn = None
         self.backend_pid = None
         self.engine.dispose()
+
+    def flush_marks(self) -> None:
+        """At shutdown, before the lease is released: record what was sent, on a connection
+        of its own (this may run in a signal handler, mid-transaction on the usual one)."""
+        if not self._unmarked:
+            return
+        engine = store.make_engine(self.settings, "shutdown", dispatch=True)
+        try:
+            with engine.begin() as conn:
+                store.mark_sent(conn, self._unmarked)
+            self._unmarked = []
+        except DBAPIError as exc:
+            logger.warning(
+                "dispatch: could not record %d sent tick(s) at shutdown: %s",
+                len(self._unmarked),
+                exc.orig,
+            )
+        finally:
+            engine.dispose()
 
     def close(self) -> None:
         self._close_listen()

@@ -171,6 +171,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return
         self._closed = True
         epoch = self.state.step_down()
+        if self.dispatcher is not None:
+            self.dispatcher.flush_marks()
         if self.watchdog is not None:
             self.watchdog.stop()
             epoch = epoch if epoch is not None else self.watchdog.epoch

@@ -297,14 +297,13 @@ SELECT_UNPLANNED = text(
 )
 
 # After a claim at :claimed_at, rows still due by then are locked by someone else (an admin's
-# open transaction): they must not set the pace for the others, so they are reported apart.
+# open transaction): they must not set the pace for the others, so only later ones count.
+# Such a row is tried again at the next wake-up (at most a heartbeat interval away).
 NEXT_WAKE = text(
     """
     SELECT clock_timestamp() AS now,
            (SELECT min(next_run_at) FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at > :claimed_at) AS next_due,
-           EXISTS (SELECT 1 FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at <= :claimed_at) AS locked_due,
            EXISTS (SELECT 1 FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at IS NULL
                AND last_error IS NULL) AS unplanned
@@ -380,7 +379,6 @@ def select_unplanned(conn: Connection, group: str, limit: int) -> Sequence[RowMa
 class Wake:
     now: datetime
     next_due: datetime | None
-    locked_due: bool
     unplanned: bool
 
 
@@ -411,7 +409,7 @@ def idle_check(conn: Connection, group: str) -> Idle:
 
 def next_wake(conn: Connection, group: str, claimed_at: datetime) -> Wake:
     row = conn.execute(NEXT_WAKE, {"group": group, "claimed_at": claimed_at}).one()
-    return Wake(row.now, row.next_due, bool(row.locked_due), bool(row.unplanned))
+    return Wake(row.now, row.next_due, bool(row.unplanned))
 
 
 @dataclass(frozen=True)
