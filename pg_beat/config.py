@@ -44,7 +44,7 @@ class Settings:
     batch_size: int = 500
     statement_timeout: float = 5.0
     lock_timeout: float = 2.0
-    idle_in_transaction_timeout: float = 30.0
+    idle_in_transaction_timeout: float = 10.0
     connect_timeout: float = 5.0
     run_retention: float = 7 * 24 * 3600.0
     replica_stale_after: float = 60.0

@@ -153,7 +153,7 @@ class Dispatcher:
         claims, wait = self._claim(epoch)
         if wait is None:  # fenced out
             return self.settings.heartbeat_interval
-        self._busy = wait <= 0
+        self._busy = wait <= BUSY  # the next step claims at once: skip its idle read
         wake_at = time.monotonic() + wait
         if self._unsent or claims:
             # Earlier failures first, so ticks still go out oldest first.

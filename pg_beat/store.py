@@ -751,6 +751,22 @@ def terminate_backend(conn: Connection, pid: int) -> bool:
     return bool(conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one())
 
 
+TERMINATE_REPLICA = text(
+    """
+    SELECT pid FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid()
+      AND starts_with(application_name, left(:prefix, 63))
+      AND pg_terminate_backend(pid)
+    """
+)
+
+
+def terminate_replica_backends(conn: Connection, replica: str) -> list[int]:
+    """Terminate every session of ``replica`` (by its ``pg_beat:<replica>:`` application name)."""
+    rows = conn.execute(TERMINATE_REPLICA, {"prefix": f"pg_beat:{replica}:"})
+    return [row[0] for row in rows]
+
+
 def recent_terms(conn: Connection, group: str, limit: int = 10) -> Sequence[RowMapping]:
     return (
         conn.execute(

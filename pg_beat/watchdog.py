@@ -291,6 +291,9 @@ class Watchdog(threading.Thread):
             return
         try:
             done = store.terminate_backend(conn, pid)
+            # Its other sessions too: a dispatch transaction left open by the hung process
+            # (e.g. cut off mid-claim) holds the lease row and would stall the takeover.
+            others = store.terminate_replica_backends(conn, holder) if holder else []
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
                 raise
@@ -308,10 +311,12 @@ class Watchdog(threading.Thread):
             return
         if done:
             logger.warning(
-                "watchdog: leader %s hung (no heartbeat for %.1fs): terminated its backend %s",
+                "watchdog: leader %s hung (no heartbeat for %.1fs): terminated its backend %s"
+                " and %d other session(s) of it",
                 holder,
                 age or 0.0,
                 pid,
+                len(others),
                 extra={
                     "action": "terminate",
                     "replica": self.settings.replica_name,

@@ -37,6 +37,7 @@ TRIGGERS = {"pg_beat_schedule_changed", "pg_beat_notify_schedules"}
 INDEXES = {
     "ix_pg_beat_schedules_due",
     "ix_pg_beat_schedules_unplanned",
+    "ix_pg_beat_schedules_config",
     "ix_pg_beat_runs_unsent",
     "ix_pg_beat_runs_claimed_at",
 }
