@@ -62,7 +62,3 @@ class ScheduleLocked(ScheduleError):
             "locked by another session (an open transaction?); try again, or find it with "
             "'pg-beat status'",
         )
-
-
-class LeadershipLost(PgBeatError):
-    """Raised inside dispatch when this replica no longer holds the current lease epoch."""

@@ -481,13 +481,6 @@ MARK_SENT = text(
     """
 )
 
-MARK_FAILED = text(
-    """
-    UPDATE pg_beat_runs SET status = 'failed', error = :error
-    WHERE id = :id AND status = 'claimed'
-    """
-)
-
 # Claims of a dead epoch that were never marked sent, once that epoch's lease has expired
 # (the next term records when its predecessor's lease was due to expire).
 ORPHANED_CLAIMS = text(
@@ -526,10 +519,6 @@ PRUNE_RUNS = text(
 def mark_sent(conn: Connection, run_ids: Sequence[int]) -> None:
     if run_ids:
         conn.execute(MARK_SENT, {"ids": list(run_ids)})
-
-
-def mark_failed(conn: Connection, run_id: int, error: str) -> None:
-    conn.execute(MARK_FAILED, {"id": run_id, "error": error[:2000]})
 
 
 def orphaned_claims(conn: Connection, group: str, epoch: int, limit: int) -> Sequence[RowMapping]:
@@ -663,15 +652,6 @@ def ensure_lease(conn: Connection, group: str) -> None:
 
 def read_lease(conn: Connection, group: str) -> RowMapping | None:
     return conn.execute(READ_LEASE, {"group": group}).mappings().first()
-
-
-def try_lock(conn: Connection, group: str) -> bool:
-    return bool(
-        conn.execute(
-            text("SELECT pg_try_advisory_lock(:c, hashtext(:k))"),
-            {"c": LOCK_CLASS_ID, "k": _lock_key(group)},
-        ).scalar_one()
-    )
 
 
 def wait_lock(conn: Connection, group: str, timeout: float) -> bool:
@@ -839,16 +819,6 @@ PRUNE_REPLICAS = text(
 
 def heartbeat_replica(conn: Connection, group: str, values: Mapping[str, Any]) -> None:
     conn.execute(UPSERT_REPLICA, {"group": group, **values})
-
-
-def set_replica_role(conn: Connection, group: str, name: str, role: str) -> None:
-    conn.execute(
-        text(
-            "UPDATE pg_beat_replicas SET role = :role, last_seen_at = clock_timestamp() "
-            "WHERE group_name = :g AND name = :n"
-        ),
-        {"g": group, "n": name, "role": role},
-    )
 
 
 def prune_replicas(conn: Connection, group: str, older_than: float) -> int:

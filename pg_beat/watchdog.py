@@ -260,7 +260,8 @@ class Watchdog(threading.Thread):
                 return  # our own loop is still stuck: never lead with it
             self._hung = False
         lease = store.read_lease(conn, settings.group)
-        view = lease_state(lease, lease["db_now"] if lease else None)  # type: ignore[arg-type]
+        # The row exists (ensured at connect); the local clock only stands in for a missing one.
+        view = lease_state(lease, lease["db_now"] if lease else datetime.now(timezone.utc))
         if view.status is LeaseStatus.STALE and view.holder != settings.replica_name:
             self._terminate_hung_holder(conn, view.backend_pid, view.holder, view.heartbeat_age)
         if (
