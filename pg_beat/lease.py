@@ -36,7 +36,7 @@ class LeaseView:
     expires_in: float | None
 
 
-def lease_state(row: Mapping[str, Any] | None, now: datetime) -> LeaseView:
+def lease_state(row: Mapping[Any, Any] | None, now: datetime) -> LeaseView:
     """Classify a ``store.read_lease`` row at database time ``now``."""
     if row is None or row["holder"] is None:
         return LeaseView(
