@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -31,9 +31,6 @@ logger = logging.getLogger("pg_beat.dispatch")
 TASK_ID_NAMESPACE = uuid.UUID("6f1c7a52-4b8e-4c53-9a57-2d0b5f3e8a11")
 ORPHAN_RECHECK = 0.5
 BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
-# Ticks due this soon are claimed now and each sent at its due time: the claim's round trips
-# are paid before the tick falls due instead of after. Never sent early (database clock).
-CLAIM_AHEAD = 0.02
 CONTENTION_RETRY = 0.05
 # Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
@@ -83,7 +80,6 @@ class Dispatcher:
         self._unsent: list[Claim] = []
         self._unmarked: list[int] = []
         self._behind = False
-        self._clock_offset = 0.0  # database clock minus local clock, seconds
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
         self._prune_at = 0.0
@@ -149,12 +145,10 @@ class Dispatcher:
             # The common case, nothing due: one cheap read, no fenced transaction.
             with self._transaction() as conn:
                 idle = store.idle_check(conn, self.settings.group)
-            soon = idle.now + timedelta(seconds=CLAIM_AHEAD)
-            if not idle.unplanned and (idle.next_due is None or idle.next_due > soon):
+            if not idle.unplanned and (idle.next_due is None or idle.next_due > idle.now):
                 idle_wait = self.settings.heartbeat_interval
                 if idle.next_due is not None:
-                    until = (idle.next_due - idle.now).total_seconds() - CLAIM_AHEAD
-                    idle_wait = min(idle_wait, until)
+                    idle_wait = min(idle_wait, (idle.next_due - idle.now).total_seconds())
                 return min(idle_wait, self._orphan_check_at - now, self._prune_at - now)
         claims, wait = self._claim(epoch)
         if wait is None:  # fenced out
@@ -198,9 +192,7 @@ class Dispatcher:
         claims = self._orphans(conn, epoch)
         unplanned = store.select_unplanned(conn, group, settings.batch_size)
         self._plan(conn, unplanned, now)
-        self._clock_offset = now.timestamp() - time.time()
-        ahead = now + timedelta(seconds=CLAIM_AHEAD)
-        due = store.select_due(conn, group, ahead, settings.batch_size)
+        due = store.select_due(conn, group, now, settings.batch_size)
         claims.extend(self._claim_due(conn, due, now, epoch))
         # Full batch, rows left to plan, or a schedule still behind: more to do right now.
         full = len(due) >= settings.batch_size or len(unplanned) >= settings.batch_size
@@ -211,7 +203,7 @@ class Dispatcher:
             return claims, 0.0
         wait = settings.heartbeat_interval
         if wake.next_due is not None:
-            wait = min(wait, (wake.next_due - wake.now).total_seconds() - CLAIM_AHEAD)
+            wait = min(wait, (wake.next_due - wake.now).total_seconds())
         return claims, max(wait, 0.0)
 
     def _orphans(self, conn: Connection, epoch: int) -> list[Claim]:
@@ -320,9 +312,6 @@ class Dispatcher:
         sent: list[int] = []
         unsent: list[Claim] = []
         for index, claim in enumerate(claims):
-            early = claim.due_at.timestamp() - self._clock_offset - time.time()
-            if early > 0:  # claimed ahead: send at the due time, not before
-                time.sleep(min(early, CLAIM_AHEAD))
             if not self.state.may_publish(epoch):
                 if self._deadline_logged != epoch:
                     self._deadline_logged = epoch

@@ -280,7 +280,7 @@ SELECT_DUE = text(
     """
     SELECT * FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
-      AND next_run_at <= :until
+      AND next_run_at <= :now
     ORDER BY next_run_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -366,11 +366,9 @@ def fence(conn: Connection, group: str, epoch: int, holder: str) -> datetime | N
     return None if row is None else row[0]
 
 
-def select_due(conn: Connection, group: str, until: datetime, limit: int) -> Sequence[RowMapping]:
-    """Up to ``limit`` rows due by ``until``, locked; rows someone else holds are skipped."""
-    return (
-        conn.execute(SELECT_DUE, {"group": group, "until": until, "limit": limit}).mappings().all()
-    )
+def select_due(conn: Connection, group: str, now: datetime, limit: int) -> Sequence[RowMapping]:
+    """Up to ``limit`` rows due at ``now``, locked; rows someone else holds are skipped."""
+    return conn.execute(SELECT_DUE, {"group": group, "now": now, "limit": limit}).mappings().all()
 
 
 def select_unplanned(conn: Connection, group: str, limit: int) -> Sequence[RowMapping]:
