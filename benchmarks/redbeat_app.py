@@ -20,7 +20,6 @@ replica stamps the replica's name, PID and the publish time on every message, an
 from __future__ import annotations
 
 import os
-import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -29,6 +28,8 @@ import psycopg
 from celery import Celery, Task
 from celery.schedules import schedule as every
 from celery.signals import before_task_publish
+
+from examples.recording import forget_connection, header, thread_connection
 
 TASK = "redbeat_bench.record"
 
@@ -91,24 +92,8 @@ def save_schedules(names: list[str], seconds: float) -> None:
         ).save()
 
 
-_local = threading.local()
-
-
 def _connection() -> psycopg.Connection[Any]:
-    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(
-            os.environ["REDBEAT_BENCH_RECORD_URL"], autocommit=True, connect_timeout=3
-        )
-        _local.conn = conn
-    return conn
-
-
-def _header(request: Any, name: str) -> Any:
-    value = getattr(request, name, None)
-    if value is None and isinstance(getattr(request, "headers", None), dict):
-        value = request.headers.get(name)
-    return value
+    return thread_connection(os.environ["REDBEAT_BENCH_RECORD_URL"])
 
 
 @app.task(
@@ -130,12 +115,12 @@ def record(self: Task, schedule: str | None = None) -> None:
             (
                 request.id,
                 schedule,
-                _header(request, "bench_replica"),
-                _header(request, "bench_pid"),
-                _header(request, "bench_sent_at"),
+                header(request, "bench_replica"),
+                header(request, "bench_pid"),
+                header(request, "bench_sent_at"),
                 os.getpid(),
             ),
         )
     except psycopg.OperationalError:
-        _local.conn = None
+        forget_connection()
         raise

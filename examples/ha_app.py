@@ -14,12 +14,12 @@ so duplicates and gaps are counted from the worker's side.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import psycopg
 from celery import Celery, Task
 
+from examples.recording import forget_connection, header, thread_connection
 from pg_beat.urls import libpq_url
 
 EXECUTIONS_DDL = """
@@ -75,23 +75,10 @@ if os.environ.get("CELERY_BROKER_URL", "").startswith("filesystem://"):
         "control_folder": os.path.join(folder, "control"),
     }
 
-_local = threading.local()
-
 
 def _connection() -> psycopg.Connection[Any]:
-    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
-    if conn is None or conn.closed:
-        url = os.environ.get("PG_BEAT_DEMO_RECORD_URL") or os.environ["PG_BEAT_DATABASE_URL"]
-        conn = psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=3)
-        _local.conn = conn
-    return conn
-
-
-def _header(request: Any, name: str) -> Any:
-    value = getattr(request, name, None)
-    if value is None and isinstance(getattr(request, "headers", None), dict):
-        value = request.headers.get(name)
-    return value
+    url = os.environ.get("PG_BEAT_DEMO_RECORD_URL") or os.environ["PG_BEAT_DATABASE_URL"]
+    return thread_connection(libpq_url(url))
 
 
 @app.task(
@@ -112,14 +99,14 @@ def record(self: Task, *args: Any, **kwargs: Any) -> None:
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (
                 request.id,
-                _header(request, "pg_beat_schedule"),
-                _header(request, "pg_beat_due_at"),
-                _header(request, "pg_beat_epoch"),
-                _header(request, "pg_beat_claim_epoch"),
-                _header(request, "pg_beat_replica"),
+                header(request, "pg_beat_schedule"),
+                header(request, "pg_beat_due_at"),
+                header(request, "pg_beat_epoch"),
+                header(request, "pg_beat_claim_epoch"),
+                header(request, "pg_beat_replica"),
                 os.getpid(),
             ),
         )
     except psycopg.OperationalError:
-        _local.conn = None
+        forget_connection()
         raise
