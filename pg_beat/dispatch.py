@@ -1,8 +1,10 @@
 """The dispatch loop: plan, claim (fenced), publish, mark sent; then sleep until the next due time.
 
 One call of :meth:`Dispatcher.step` claims at most ``pg_beat_batch_size`` due ticks in one
-transaction that also proves the lease epoch (invariant 2), publishes them after the commit,
-checking the local deadline before every message (invariant 4), and marks them sent.
+transaction that also proves the lease epoch (invariant 2) and hands them, after the commit, to
+the publisher thread, which checks the local deadline before every message (invariant 4). Ticks
+sent are marked in the loop's next transaction; when nothing else is due soon, the loop waits
+for the batch to go out and marks it at once.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from pg_beat import schedules, store
 from pg_beat.api import spec_from_row
 from pg_beat.config import Settings
 from pg_beat.lease import LeaderState
+from pg_beat.publisher import Publisher, Send
 
 logger = logging.getLogger("pg_beat.dispatch")
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c7a52-4b8e-4c53-9a57-2d0b5f3e8a11")
 ORPHAN_RECHECK = 0.5
 BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
+BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
+FLUSH_WAIT = 2.0  # seconds: how long shutdown waits for a send in progress
 CONTENTION_RETRY = 0.05
 # Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
@@ -62,40 +67,63 @@ class Claim:
     epoch: int
 
 
-Send = Callable[[Claim, int], None]
-
-
 class Dispatcher:
-    """Runs in the beat process's main thread, driven by ``Scheduler.tick``."""
+    """Runs in the beat process's main thread, driven by ``Scheduler.tick``; sends through a
+    :class:`~pg_beat.publisher.Publisher` thread of its own."""
 
     def __init__(self, settings: Settings, state: LeaderState, send: Send) -> None:
         self.settings = settings
         self.state = state
-        self.send = send
         # One session of its own, kept open: no pool checkout or ping on the hot path.
         self.engine = store.make_engine(settings, "dispatch", dispatch=True)
         self._conn: Connection | None = None
         self._busy = False
         self._listen: psycopg.Connection[Any] | None = None
-        self._unsent: list[Claim] = []
-        self._unmarked: list[int] = []
+        self.publisher = Publisher(state, send, settings.replica_name)
+        self._unmarked: list[int] = []  # sent, taken from the publisher, not yet recorded
         self._behind = False
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
         self._prune_at = 0.0
         self._failing: str | None = None
-        self._deadline_logged: int | None = None
-        self.progress_at = time.monotonic()
-        self.thread_id: int | None = None
+        self._progress_at = time.monotonic()
+        self._thread_id: int | None = None
         self.backend_pid: int | None = None
-        self.sent_total = 0
-        self.on_sent: Callable[[Claim, float], None] | None = None
 
     # --- progress, for the watchdog ------------------------------------------------------------
 
     def progress(self) -> None:
-        self.progress_at = time.monotonic()
-        self.thread_id = threading.get_ident()
+        self._progress_at = time.monotonic()
+        self._thread_id = threading.get_ident()
+
+    @property
+    def progress_at(self) -> float:
+        """The older of the loop's last progress and, while it has work, the publisher's."""
+        publishing = self.publisher.stalled_since()
+        if publishing is None:
+            return self._progress_at
+        return min(self._progress_at, publishing)
+
+    @property
+    def thread_id(self) -> int | None:
+        """The thread that made no progress for longest: the one whose stack tells a hang."""
+        publishing = self.publisher.stalled_since()
+        if publishing is not None and publishing < self._progress_at:
+            return self.publisher.thread_id
+        return self._thread_id
+
+    @property
+    def sent_total(self) -> int:
+        return self.publisher.sent_total
+
+    @property
+    def on_sent(self) -> Callable[[Claim, float], None] | None:
+        """Called from the publisher thread after each message, with its UNIX publish time."""
+        return self.publisher.on_sent
+
+    @on_sent.setter
+    def on_sent(self, hook: Callable[[Claim, float], None] | None) -> None:
+        self.publisher.on_sent = hook
 
     # --- one step ------------------------------------------------------------------------
 
@@ -104,9 +132,10 @@ class Dispatcher:
         self.progress()
         epoch = self.state.epoch
         try:
-            self._mark_sent()
             if epoch is None:
-                self._unsent.clear()  # the next leader re-publishes them after our lease expires
+                # The publisher drops what is still queued: the next leader re-publishes those
+                # after our lease expires. What did go out is recorded now, so it never does.
+                self._mark_sent()
                 return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
@@ -138,9 +167,16 @@ class Dispatcher:
     def _lead(self, epoch: int) -> float:
         if self._orphan_epoch != epoch:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
+        publisher, batch = self.publisher, self.settings.batch_size
+        if publisher.backlog >= batch:
+            # Claim at most one batch ahead of the broker: a claim that waits long to be sent
+            # widens the window in which a crash leaves it to be re-published.
+            publisher.wait_below(batch, BACKLOG_WAIT)
+            return 0.0
+        self._unmarked.extend(publisher.take_sent())
         now = time.monotonic()
         if not (
-            self._unsent or self._busy or now >= self._orphan_check_at or now >= self._prune_at
+            self._unmarked or self._busy or now >= self._orphan_check_at or now >= self._prune_at
         ):
             # The common case, nothing due: one cheap read, no fenced transaction.
             with self._transaction() as conn:
@@ -155,24 +191,24 @@ class Dispatcher:
             return self.settings.heartbeat_interval
         self._busy = wait <= BUSY  # the next step claims at once: skip its idle read
         wake_at = time.monotonic() + wait
-        if self._unsent or claims:
-            # Earlier failures first, so ticks still go out oldest first.
-            self._publish(self._unsent + claims, epoch)
-            # Busy (the next claim follows at once): its transaction records them as sent.
-            # Otherwise now, keeping the window in which a crash re-sends a tick small.
-            if wake_at - time.monotonic() > BUSY:
-                self._mark_sent()
+        publisher.submit(claims, epoch)
+        # Busy: the next claim follows at once, while these go out, and its transaction records
+        # them as sent. Otherwise wait for them and record them now, keeping the window in which
+        # a crash leaves a sent tick to be re-published small.
+        if not self._busy and publisher.wait_below(1, wait):
+            self.progress()
+            self._mark_sent()
         self._housekeeping()
         return max(0.0, min(wake_at, self._orphan_check_at) - time.monotonic())
 
     def _claim(self, epoch: int) -> tuple[list[Claim], float | None]:
-        """One fenced transaction: re-claim orphans, plan new rows, claim due ticks, and find
-        how long to wait after publishing them (None: the epoch is no longer ours)."""
-        marking = self._unmarked
+        """One fenced transaction: record what was sent, re-claim orphans, plan new rows, claim
+        due ticks, and find how long to wait after them (None: the epoch is no longer ours)."""
+        marking = list(self._unmarked)
         with self._transaction() as conn:
             claims, wait = self._claim_in(conn, epoch, marking)
-        # Committed: what was marked in that transaction is recorded for good.
-        self._unmarked = self._unmarked[len(marking) :] if wait is not None else self._unmarked
+        if wait is not None:  # committed: what was marked in that transaction is recorded
+            del self._unmarked[: len(marking)]
         return claims, wait
 
     def _claim_in(
@@ -210,13 +246,14 @@ class Dispatcher:
         if time.monotonic() < self._orphan_check_at:
             return []
         group = self.settings.group
-        in_flight = {claim.run_id for claim in self._unsent}  # a failed publish we retry anyway
+        # Ours already (queued, being sent, or a failed publish retried): look again later.
+        in_flight = self.publisher.in_flight()
         rows = [
             r
             for r in store.orphaned_claims(conn, group, epoch, self.settings.batch_size)
             if r["id"] not in in_flight
         ]
-        left = store.pending_orphans(conn, group, epoch) - len(rows) - len(in_flight)
+        left = store.pending_orphans(conn, group, epoch) - len(rows)
         self._orphan_check_at = (
             time.monotonic() + ORPHAN_RECHECK if left > 0 or rows else float("inf")
         )
@@ -306,46 +343,12 @@ class Dispatcher:
         )
         store.park_schedule(conn, row["id"], message)
 
-    # --- publishing ----------------------------------------------------------------------
-
-    def _publish(self, claims: list[Claim], epoch: int) -> None:
-        sent: list[int] = []
-        unsent: list[Claim] = []
-        for index, claim in enumerate(claims):
-            if not self.state.may_publish(epoch):
-                if self._deadline_logged != epoch:
-                    self._deadline_logged = epoch
-                    logger.warning(
-                        "dispatch: lease deadline passed; %d claimed tick(s) left for the next "
-                        "leader (epoch %s)",
-                        len(claims) - index,
-                        epoch,
-                        extra={"action": "deadline", "epoch": epoch},
-                    )
-                break
-            try:
-                self.send(claim, epoch)
-            except Exception as exc:
-                logger.error(
-                    "dispatch: publishing %r due %s failed, will retry: %s",
-                    claim.schedule,
-                    claim.due_at.isoformat(),
-                    exc,
-                    extra={"action": "publish_failed", "schedule": claim.schedule, "epoch": epoch},
-                )
-                unsent = claims[index:]
-                break
-            sent.append(claim.run_id)
-            self.progress()
-            if self.on_sent is not None:
-                self.on_sent(claim, time.time())
-        self._unsent = unsent
-        self.sent_total += len(sent)
-        self._unmarked.extend(sent)
+    # --- recording what was sent --------------------------------------------------------------
 
     def _mark_sent(self) -> None:
         """Record what was published; kept and retried if the database fails, so a lost mark
         never makes a later leader re-send a tick."""
+        self._unmarked.extend(self.publisher.take_sent())
         if self._unmarked:
             with self._transaction() as conn:
                 store.mark_sent(conn, self._unmarked)
@@ -435,9 +438,19 @@ class Dispatcher:
         self.backend_pid = None
         self.engine.dispose()
 
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the publisher to send what it has, then record it (from
+        the loop's thread only). True when nothing was left to send."""
+        drained = self.publisher.wait_below(1, timeout)
+        self._mark_sent()
+        return drained
+
     def flush_marks(self) -> None:
         """At shutdown, before the lease is released: record what was sent, on a connection
-        of its own (this may run in a signal handler, mid-transaction on the usual one)."""
+        of its own (this may run in a signal handler, mid-transaction on the usual one). The
+        lease is already stepped down, so the publisher drops its queue and ends its send."""
+        self.publisher.wait_below(1, FLUSH_WAIT)
+        self._unmarked.extend(self.publisher.take_sent())
         if not self._unmarked:
             return
         engine = store.make_engine(self.settings, "shutdown", dispatch=True)
@@ -455,5 +468,6 @@ class Dispatcher:
             engine.dispose()
 
     def close(self) -> None:
+        self.publisher.stop(FLUSH_WAIT)
         self._close_listen()
         self._drop_connection()

@@ -14,7 +14,7 @@ from support.pg import libpq_url as libpq
 
 from pg_beat import store
 from pg_beat.api import ScheduleInfo, ScheduleManager
-from pg_beat.dispatch import task_id_for
+from pg_beat.dispatch import Claim, task_id_for
 
 
 def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
@@ -77,7 +77,7 @@ def test_a_notify_wakes_the_sleeping_loop(db_url: str) -> None:
     with replica(db_url) as rep:
         rep.run_for(0.3)
         rep.outbox.sent.clear()
-        delay = rep.dispatcher.step()
+        delay = rep.step()
         assert delay > 0.1  # nothing due: it would sleep
         threading.Timer(
             0.2,
@@ -88,7 +88,7 @@ def test_a_notify_wakes_the_sleeping_loop(db_url: str) -> None:
         rep.dispatcher.wait(5.0)
         woke_after = time.monotonic() - started
         assert woke_after < 2.0, woke_after
-        rep.dispatcher.step()
+        rep.step()
         assert rep.outbox.names() == ["later"]
 
 
@@ -201,7 +201,7 @@ def test_past_the_local_deadline_nothing_is_published(db_url: str) -> None:
         time.sleep(rep.settings.lease_ttl)
         assert rep.state.may_publish(epoch) is False
         rep.outbox.sent.clear()
-        rep.dispatcher.step()
+        rep.step()
         assert rep.outbox.sent == []
 
 
@@ -252,6 +252,30 @@ def test_ticks_claimed_while_the_broker_is_down_go_out_once_when_it_returns(
     assert dues == sorted(dues)
     assert {status for _, status, _ in runs(db_url, "s")} == {"sent"}
     assert len(runs(db_url, "s")) == len(dues)
+
+
+def test_claims_run_ahead_of_a_slow_broker_by_at_most_one_batch(db_url: str) -> None:
+    """The loop claims while the publisher thread sends, but never more than a batch ahead."""
+    at = datetime.now(timezone.utc) + timedelta(seconds=1)
+    with ScheduleManager(db_url) as api:
+        for i in range(40):
+            api.create(f"s{i:02d}", "t.s", clocked=at + timedelta(milliseconds=i))
+    with replica(db_url, batch_size=5) as rep:
+        publisher = rep.dispatcher.publisher
+        backlog: list[int] = []
+
+        def slow_broker(claim: Claim, epoch: int) -> None:
+            backlog.append(publisher.backlog)  # this one included
+            time.sleep(0.01)
+            rep.outbox(claim, epoch)
+
+        publisher.send = slow_broker
+        rep.run_until(lambda: len(rep.outbox.sent) == 40, timeout=20)
+    assert rep.outbox.names() == [f"s{i:02d}" for i in range(40)]  # each once, due order
+    assert max(backlog) <= 2 * 5 - 1, backlog
+    assert max(backlog) > 5, backlog  # it did claim while the previous batch went out
+    statuses = sql(db_url, "SELECT status, count(*) FROM pg_beat_runs GROUP BY status")
+    assert statuses == [("sent", 40)]
 
 
 def test_old_runs_are_pruned(db_url: str) -> None:

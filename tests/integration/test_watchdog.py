@@ -52,8 +52,8 @@ def test_a_stuck_loop_is_reported_with_its_blocker_and_the_lease_released(
         with replica(db_url, hang_timeout=1.0, on_hang="exit") as rep:
             rep.watchdog.exit_process = exits.append
             # The loop's backend is the blocked session, the loop thread is the blocked thread.
-            rep.dispatcher.backend_pid = victim.info.backend_pid
-            rep.dispatcher.thread_id = stuck.ident
+            rep.watchdog.dispatch_backend = lambda: victim.info.backend_pid
+            rep.watchdog.dispatch_thread = lambda: stuck.ident
             epoch = rep.wait_leader()
             with caplog.at_level(logging.CRITICAL, logger="pg_beat.watchdog"):
                 wait_for(lambda: exits, timeout=10)
@@ -65,6 +65,38 @@ def test_a_stuck_loop_is_reported_with_its_blocker_and_the_lease_released(
     assert "dispatch loop stuck" in text
     assert f"blocked by pid {holder_pid}" in text
     assert "UPDATE pg_beat_schedules" in text  # what the stuck backend runs
+    assert lease(db_url)[:2] == (epoch, "test-replica") and lease(db_url)[2] is False
+
+
+def test_a_publish_stuck_while_the_loop_runs_on_is_a_hang(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop keeps claiming and waking; the publisher thread is stuck in the broker."""
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.2)
+    exits: list[int] = []
+    release = threading.Event()
+
+    def broker_never_answers(claim: object, epoch: int) -> None:
+        release.wait(30)
+
+    try:
+        with replica(db_url, hang_timeout=1.0, on_hang="exit") as rep:
+            rep.watchdog.exit_process = exits.append
+            rep.dispatcher.publisher.send = broker_never_answers
+            epoch = rep.wait_leader()
+            deadline = time.monotonic() + 15
+            with caplog.at_level(logging.CRITICAL, logger="pg_beat.watchdog"):
+                while not exits:
+                    assert time.monotonic() < deadline, "the stuck publisher went unnoticed"
+                    rep.dispatcher.wait(min(rep.dispatcher.step(), 0.05))
+            assert exits == [70]
+            assert rep.state.epoch is None
+    finally:
+        release.set()
+    text = caplog.text
+    assert "dispatch loop stuck" in text
+    assert "broker_never_answers" in text  # the stack is the publisher thread's
     assert lease(db_url)[:2] == (epoch, "test-replica") and lease(db_url)[2] is False
 
 

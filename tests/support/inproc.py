@@ -65,6 +65,7 @@ class Replica:
         while time.monotonic() < deadline:
             delay = self.dispatcher.step()
             self.dispatcher.wait(min(delay, max(0.0, deadline - time.monotonic())))
+        self.settle()
 
     def run_until(self, predicate: Any, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -73,6 +74,20 @@ class Replica:
                 raise AssertionError("condition not reached in time")
             delay = self.dispatcher.step()
             self.dispatcher.wait(min(delay, 0.05))
+        self.settle()
+
+    def step(self) -> float:
+        """One step, then what it claimed is sent and recorded before the test looks."""
+        delay = self.dispatcher.step()
+        self.settle()
+        return delay
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Let the publisher thread send what was claimed, and record it as sent: tests look
+        at the outbox and the run rows as a whole. Not while the broker is down on purpose:
+        the publisher retries until it is back."""
+        if not self.outbox.fail:
+            self.dispatcher.drain(timeout)
 
 
 @contextmanager
