@@ -77,6 +77,7 @@ class Dispatcher:
         # One session of its own, kept open: no pool checkout or ping on the hot path.
         self.engine = store.make_engine(settings, "dispatch", dispatch=True)
         self._conn: Connection | None = None
+        self._reused = False  # the last transaction ran on a connection opened earlier
         self._busy = False
         self._listen: psycopg.Connection[Any] | None = None
         self.publisher = Publisher(state, send, settings.replica_name)
@@ -142,6 +143,8 @@ class Dispatcher:
             if _sqlstate(exc) in TRANSIENT_SQLSTATES:
                 self._contended(exc, epoch)
                 return CONTENTION_RETRY
+            if self._kept_connection_lost(exc, epoch):
+                return 0.0  # a new connection, at once: a takeover must not wait for it
             self._database_failed(exc, epoch)
             return min(self.settings.heartbeat_interval, 1.0)
         if self._failing and self._failing.startswith("contended:"):
@@ -157,7 +160,9 @@ class Dispatcher:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        self._reused = True
         if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._reused = False
             self._conn = self.engine.connect()
             self.backend_pid = store.backend_pid(self._conn)
             self._conn.commit()
@@ -377,6 +382,24 @@ class Dispatcher:
                 },
             )
         self._failing = state
+
+    def _kept_connection_lost(self, exc: Exception, epoch: int | None) -> bool:
+        """The connection kept open between steps was found closed, e.g. terminated while this
+        replica stood by and did not use it: replace it at once rather than back off. If the
+        server is really gone, the new connection fails and the usual back-off follows."""
+        lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+        if not (lost and self._reused and self._failing is None):
+            return False
+        logger.info(
+            "dispatch: the kept-open database connection was closed (%s); reconnecting "
+            "(replica %s, epoch %s)",
+            str(getattr(exc, "orig", exc)).splitlines()[0],
+            self.settings.replica_name,
+            epoch,
+            extra={"action": "reconnect", "epoch": epoch, "replica": self.settings.replica_name},
+        )
+        self._drop_connection()
+        return True
 
     def _database_failed(self, exc: Exception, epoch: int | None) -> None:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

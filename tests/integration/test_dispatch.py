@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -276,6 +277,27 @@ def test_claims_run_ahead_of_a_slow_broker_by_at_most_one_batch(db_url: str) -> 
     assert max(backlog) > 5, backlog  # it did claim while the previous batch went out
     statuses = sql(db_url, "SELECT status, count(*) FROM pg_beat_runs GROUP BY status")
     assert statuses == [("sent", 40)]
+
+
+def test_a_kept_connection_closed_while_idle_is_replaced_without_backing_off(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E.g. a standby whose sessions were all terminated, later taking over."""
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    with replica(db_url) as rep:
+        rep.run_until(lambda: rep.outbox.names() == ["s"], timeout=5)
+        victim = rep.dispatcher.backend_pid
+        assert victim is not None
+        sql(db_url, "SELECT pg_terminate_backend(%s)", victim)
+        sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() WHERE name = 's'")
+        with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
+            assert rep.dispatcher.step() == 0.0  # found dead: a new connection at once
+            rep.step()
+        assert rep.outbox.names() == ["s", "s"]
+        assert rep.dispatcher.backend_pid not in (None, victim)
+    assert "kept-open database connection was closed" in caplog.text
+    assert "not dispatching until it recovers" not in caplog.text
 
 
 def test_old_runs_are_pruned(db_url: str) -> None:
