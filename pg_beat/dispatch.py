@@ -85,6 +85,7 @@ class Dispatcher:
         self._behind = False
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
+        self._led_epoch: int | None = None  # the last epoch we claimed under, until disowned
         self._prune_at = 0.0
         self._failing: str | None = None
         self._progress_at = time.monotonic()
@@ -134,9 +135,10 @@ class Dispatcher:
         epoch = self.state.epoch
         try:
             if epoch is None:
-                # The publisher drops what is still queued: the next leader re-publishes those
-                # after our lease expires. What did go out is recorded now, so it never does.
+                # The publisher drops what is still queued: the next leader re-publishes those.
+                # What did go out is recorded now, so it never does.
                 self._mark_sent()
+                self._disown()
                 return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
@@ -172,6 +174,9 @@ class Dispatcher:
     def _lead(self, epoch: int) -> float:
         if self._orphan_epoch != epoch:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
+        if self._led_epoch != epoch:
+            self._disown()  # an earlier epoch of ours, lost and won again between two steps
+            self._led_epoch = epoch
         publisher, batch = self.publisher, self.settings.batch_size
         if publisher.backlog >= batch:
             # Claim at most one batch ahead of the broker: a claim that waits long to be sent
@@ -349,6 +354,28 @@ class Dispatcher:
         store.park_schedule(conn, row["id"], message)
 
     # --- recording what was sent --------------------------------------------------------------
+
+    def _disown(self) -> None:
+        """Once we have stepped down from the epoch we last led and nothing of it is being
+        sent, say so in the database (with the marks of what was sent, in one transaction), so
+        the next leader re-publishes its unsent claims now, not when its lease would expire.
+        Never merely past the local deadline: a renewal may still bring that epoch back."""
+        epoch = self._led_epoch
+        if epoch is None or self.state.holds(epoch) or self.publisher.backlog:
+            return
+        self._unmarked.extend(self.publisher.take_sent())
+        with self._transaction() as conn:
+            store.mark_sent(conn, self._unmarked)
+            store.disown(conn, self.settings.group, epoch, self.settings.replica_name)
+        self._unmarked = []
+        self._led_epoch = None
+        logger.info(
+            "dispatch: gave up epoch %s; its unsent claims are the next leader's to send "
+            "(replica %s)",
+            epoch,
+            self.settings.replica_name,
+            extra={"action": "disowned", "epoch": epoch, "replica": self.settings.replica_name},
+        )
 
     def _mark_sent(self) -> None:
         """Record what was published; kept and retried if the database fails, so a lost mark

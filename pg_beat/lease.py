@@ -88,6 +88,12 @@ class LeaderState:
             self.changed.set()
         return epoch
 
+    def holds(self, epoch: int) -> bool:
+        """True until this replica stepped down from ``epoch`` or won a later one, whatever the
+        deadline: past the deadline a renewal may still bring the epoch back."""
+        with self._lock:
+            return self._epoch == epoch
+
     @property
     def epoch(self) -> int | None:
         with self._lock:

@@ -626,6 +626,16 @@ RELEASE = text(
     """
 )
 
+# The holder of ``epoch`` will never publish under it again: its unsent claims may be
+# re-published by the next term now rather than once the epoch's lease would have expired.
+DISOWN_TERM = text(
+    """
+    UPDATE pg_beat_leader_terms SET previous_expires_at = clock_timestamp()
+    WHERE group_name = :group AND epoch = :epoch + 1 AND previous_holder = :holder
+      AND previous_expires_at > clock_timestamp()
+    """
+)
+
 LOCK_HOLDERS = text(
     """
     SELECT l.pid, l.granted, a.application_name, a.state, a.client_addr::text AS client_addr,
@@ -725,6 +735,14 @@ def renew(
 
 def release(conn: Connection, group: str, epoch: int, holder: str) -> None:
     conn.execute(RELEASE, {"group": group, "epoch": epoch, "holder": holder})
+
+
+def disown(conn: Connection, group: str, epoch: int, holder: str) -> None:
+    """Expire our lease of ``epoch`` if no one took it over yet, else shorten the wait of the
+    term that did. Two statements: the second must see a takeover the first waited for."""
+    params = {"group": group, "epoch": epoch, "holder": holder}
+    conn.execute(RELEASE, params)
+    conn.execute(DISOWN_TERM, params)
 
 
 def terminate_backend(conn: Connection, pid: int) -> bool:

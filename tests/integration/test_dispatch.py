@@ -225,6 +225,56 @@ def test_unsent_claims_of_a_dead_epoch_are_republished_with_the_same_task_id(
     assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
 
 
+def lease_row(url: str) -> tuple[int, str | None, int | None, bool]:
+    (row,) = sql(
+        url,
+        "SELECT epoch, holder, backend_pid, expires_at > clock_timestamp() FROM pg_beat_leases",
+    )
+    return row  # type: ignore[return-value]
+
+
+def test_a_leader_that_stepped_down_hands_its_unsent_claims_over_at_once(db_url: str) -> None:
+    """Without this the next leader waits for the old lease to expire (here 30 s)."""
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    with replica(db_url, replica_name="first", lease_ttl=30.0) as first:
+        first_epoch = first.wait_leader()
+        first.outbox.fail = True  # claimed, never sent
+        first.run_for(0.3)
+        assert [status for _, status, _ in runs(db_url, "s")] == ["claimed"]
+        first.state.step_down()  # as the watchdog does when it loses the lease connection
+        first.run_for(0.3)
+        epoch, holder, backend, fresh = lease_row(db_url)
+        assert (epoch, holder, backend, fresh) == (first_epoch, "first", None, False)
+        started = time.monotonic()
+        with replica(db_url, replica_name="second", lease_ttl=30.0) as second:
+            second.run_until(lambda: bool(second.outbox.sent), timeout=10)
+            took = time.monotonic() - started
+            claim, epoch = second.outbox.sent[0]
+    assert epoch > first_epoch and claim.epoch == first_epoch
+    assert took < 10, took
+    assert first.outbox.sent == []
+    assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
+
+
+def test_past_the_deadline_alone_the_epoch_is_not_given_up(db_url: str) -> None:
+    """A renewal may still bring the epoch back: its claims must not be handed over early."""
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=3600)
+    with replica(db_url) as rep:
+        epoch = rep.wait_leader()
+        rep.outbox.fail = True
+        rep.run_for(0.3)
+        rep.watchdog.stop()  # renewals stop, as when they are slow: the deadline passes
+        rep.watchdog.join(timeout=5)
+        time.sleep(rep.settings.lease_ttl)
+        assert rep.state.epoch is None and rep.state.holds(epoch)
+        assert rep.dispatcher.publisher.wait_below(1, 5.0)  # it dropped the unsent claim
+        rep.run_for(0.3)
+        assert lease_row(db_url)[2] is not None  # still ours: not released
+        assert sql(db_url, "SELECT count(*) FROM pg_beat_leader_terms") == [(1,)]
+
+
 def test_broker_failure_is_retried_by_the_same_leader(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("s", "t.s", every=3600)

@@ -86,3 +86,17 @@ def test_step_down_stops_publishing_and_signals_the_loop() -> None:
     assert state.step_down() == 5
     assert state.changed.is_set() and not state.may_publish(5)
     assert state.step_down() is None
+
+
+def test_an_epoch_is_held_past_its_deadline_until_stepped_down_or_replaced() -> None:
+    state = LeaderState()
+    assert not state.holds(1)
+    state.become_leader(1, time.monotonic(), 0.05)
+    time.sleep(0.1)
+    assert state.epoch is None and state.holds(1)  # a renewal may still bring it back
+    state.extend(1, time.monotonic(), 10.0)
+    assert state.may_publish(1)
+    state.become_leader(2, time.monotonic(), 10.0)
+    assert not state.holds(1) and state.holds(2)
+    state.step_down()
+    assert not state.holds(2)
