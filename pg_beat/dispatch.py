@@ -37,8 +37,7 @@ BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
 FLUSH_WAIT = 2.0  # seconds: how long shutdown waits for a send in progress
 CONTENTION_RETRY = 0.05
-# Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
-TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
+TRANSIENT_SQLSTATES = store.TRANSIENT_SQLSTATES
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -22,6 +22,8 @@ from pg_beat.urls import libpq_url, normalise_url
 
 NOTIFY_CHANNEL = "pg_beat_schedules"
 LOCK_CLASS_ID = 0x70676274  # 'pgbt': the advisory lock namespace, visible as classid in pg_locks
+# Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
 
 SCHEDULE_COLUMNS = (
     "name",

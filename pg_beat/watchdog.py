@@ -150,17 +150,33 @@ class Watchdog(threading.Thread):
             self._drop_connection()
             return
         first_line = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        # A lock or statement timeout, or a deadlock: the server answered, something blocked us.
+        blocked = sqlstate in store.TRANSIENT_SQLSTATES
         if self.epoch is not None:
             self.renewal_failures += 1
-            self._step_down(f"lease connection failed: {first_line}")
-        self._say(
-            "db",
-            "down",
-            logging.ERROR,
-            "watchdog: database unreachable, retrying (replica %s): %s",
-            self.settings.replica_name,
-            first_line,
-        )
+            what = "lease statement blocked" if blocked else "lease connection failed"
+            self._step_down(f"{what}: {first_line}")
+        if blocked:
+            self._say(
+                "db",
+                f"blocked:{sqlstate}",
+                logging.ERROR,
+                "watchdog: a lease statement was blocked (sqlstate %s), retrying on a new "
+                "connection (replica %s): %s",
+                sqlstate,
+                self.settings.replica_name,
+                first_line,
+            )
+        else:
+            self._say(
+                "db",
+                "down",
+                logging.ERROR,
+                "watchdog: database unreachable, retrying (replica %s): %s",
+                self.settings.replica_name,
+                first_line,
+            )
         self._drop_connection()
 
     # --- leader --------------------------------------------------------------------------

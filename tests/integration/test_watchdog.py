@@ -100,6 +100,24 @@ def test_a_publish_stuck_while_the_loop_runs_on_is_a_hang(
     assert lease(db_url)[:2] == (epoch, "test-replica") and lease(db_url)[2] is False
 
 
+def test_a_renewal_blocked_by_a_row_lock_is_logged_as_blocked_not_unreachable(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="pg_beat.watchdog"),
+        replica(db_url, lock_timeout=0.3) as rep,
+        psycopg.connect(libpq_url(db_url)) as admin,
+    ):
+        epoch = rep.wait_leader()
+        admin.execute("SELECT * FROM pg_beat_leases FOR UPDATE")  # an admin's open transaction
+        wait_for(lambda: not rep.state.holds(epoch), timeout=10)
+        admin.rollback()
+    text = caplog.text
+    assert "lease statement blocked" in text
+    assert "a lease statement was blocked (sqlstate 55P03)" in text
+    assert "database unreachable" not in text
+
+
 def test_standby_takes_over_when_the_leaders_backend_is_terminated(db_url: str) -> None:
     with (
         replica(db_url, replica_name="one") as one,
