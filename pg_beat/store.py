@@ -628,8 +628,18 @@ RELEASE = text(
     """
 )
 
-# The holder of ``epoch`` will never publish under it again: its unsent claims may be
-# re-published by the next term now rather than once the epoch's lease would have expired.
+# The holder of ``epoch`` will never publish under it again. The backend pid stays: if that
+# session still holds the advisory lock (its client is gone but the server has not noticed),
+# standbys see a stale holder and terminate it, as they would at the lease's expiry.
+EXPIRE_LEASE = text(
+    """
+    UPDATE pg_beat_leases SET expires_at = least(expires_at, clock_timestamp())
+    WHERE group_name = :group AND epoch = :epoch AND holder = :holder
+    """
+)
+
+# ...so its unsent claims may be re-published by the next term now rather than once the
+# epoch's lease would have expired.
 DISOWN_TERM = text(
     """
     UPDATE pg_beat_leader_terms SET previous_expires_at = clock_timestamp()
@@ -743,7 +753,7 @@ def disown(conn: Connection, group: str, epoch: int, holder: str) -> None:
     """Expire our lease of ``epoch`` if no one took it over yet, else shorten the wait of the
     term that did. Two statements: the second must see a takeover the first waited for."""
     params = {"group": group, "epoch": epoch, "holder": holder}
-    conn.execute(RELEASE, params)
+    conn.execute(EXPIRE_LEASE, params)
     conn.execute(DISOWN_TERM, params)
 
 

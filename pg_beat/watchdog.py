@@ -184,6 +184,11 @@ class Watchdog(threading.Thread):
     def _lead(self, conn: Connection) -> None:
         assert self.epoch is not None
         settings = self.settings
+        if not self.state.holds(self.epoch):
+            # The dispatch loop was fenced out, or we are shutting down: never renew a lease
+            # that this process will not publish under (the loop may have given it up).
+            self._step_down("the dispatch side gave the epoch up")
+            return
         stuck_for = time.monotonic() - self.progress()
         # When this thread was frozen as long as the loop, the whole process was paused
         # (SIGSTOP, VM freeze): not a hang of the loop. The renewal below tells if we lost.
