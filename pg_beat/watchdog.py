@@ -187,7 +187,7 @@ class Watchdog(threading.Thread):
         if not self.state.holds(self.epoch):
             # The dispatch loop was fenced out, or we are shutting down: never renew a lease
             # that this process will not publish under (the loop may have given it up).
-            self._step_down("the dispatch side gave the epoch up")
+            self._step_down("this process gave the epoch up (fenced out, or shutting down)")
             return
         stuck_for = time.monotonic() - self.progress()
         # When this thread was frozen as long as the loop, the whole process was paused
