@@ -37,7 +37,6 @@ BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
 FLUSH_WAIT = 2.0  # seconds: how long shutdown waits for a send in progress
 CONTENTION_RETRY = 0.05
-TRANSIENT_SQLSTATES = store.TRANSIENT_SQLSTATES
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -141,7 +140,7 @@ class Dispatcher:
                 return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
-            if _sqlstate(exc) in TRANSIENT_SQLSTATES:
+            if _sqlstate(exc) in store.TRANSIENT_SQLSTATES:
                 self._contended(exc, epoch)
                 return CONTENTION_RETRY
             if self._kept_connection_lost(exc, epoch):
@@ -213,11 +212,10 @@ class Dispatcher:
     def _claim(self, epoch: int) -> tuple[list[Claim], float | None]:
         """One fenced transaction: record what was sent, re-claim orphans, plan new rows, claim
         due ticks, and find how long to wait after them (None: the epoch is no longer ours)."""
-        marking = list(self._unmarked)
         with self._transaction() as conn:
-            claims, wait = self._claim_in(conn, epoch, marking)
+            claims, wait = self._claim_in(conn, epoch, self._unmarked)
         if wait is not None:  # committed: what was marked in that transaction is recorded
-            del self._unmarked[: len(marking)]
+            self._unmarked = []
         return claims, wait
 
     def _claim_in(
