@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 
@@ -22,6 +23,13 @@ def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         cur = conn.execute(statement, params or None)
         return cur.fetchall() if cur.description else []
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 def get(url: str, name: str) -> ScheduleInfo:
@@ -199,7 +207,7 @@ def test_past_the_local_deadline_nothing_is_published(db_url: str) -> None:
         epoch = rep.wait_leader()
         rep.watchdog.stop()  # renewals stop, as when the process is paused
         rep.watchdog.join(timeout=5)
-        time.sleep(rep.settings.lease_ttl)
+        wait_until(lambda: rep.state.epoch is None, timeout=rep.settings.lease_ttl + 2)
         assert rep.state.may_publish(epoch) is False
         rep.outbox.sent.clear()
         rep.step()
@@ -268,8 +276,8 @@ def test_past_the_deadline_alone_the_epoch_is_not_given_up(db_url: str) -> None:
         rep.run_for(0.3)
         rep.watchdog.stop()  # renewals stop, as when they are slow: the deadline passes
         rep.watchdog.join(timeout=5)
-        time.sleep(rep.settings.lease_ttl)
-        assert rep.state.epoch is None and rep.state.holds(epoch)
+        wait_until(lambda: rep.state.epoch is None, timeout=rep.settings.lease_ttl + 2)
+        assert rep.state.holds(epoch)
         assert rep.dispatcher.publisher.wait_below(1, 5.0)  # it dropped the unsent claim
         rep.run_for(0.3)
         assert lease_row(db_url)[2] is not None  # still ours: not released

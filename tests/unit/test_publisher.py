@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,6 +17,13 @@ from pg_beat.publisher import Publisher
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 def claim(run_id: int) -> Claim:
     return Claim(run_id, f"s{run_id}", "t.task", [], {}, {}, T0 + timedelta(seconds=run_id), "", 1)
 
@@ -26,11 +33,13 @@ class Broker:
 
     def __init__(self) -> None:
         self.sent: list[int] = []
+        self.attempts = 0
         self.fail = False
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, c: Claim, epoch: int) -> None:
+        self.attempts += 1
         self.gate.wait()
         if self.fail:
             raise ConnectionError("broker down (test)")
@@ -70,7 +79,7 @@ def test_past_the_deadline_the_queue_is_dropped_unsent(
     pub = Publisher(state, broker, "r")
     broker.gate.clear()  # the first send blocks until after the deadline
     pub.submit([claim(i) for i in range(1, 11)], 1)
-    time.sleep(0.5)
+    until(lambda: broker.attempts == 1 and not state.may_publish(1))
     with caplog.at_level(logging.WARNING, logger="pg_beat.dispatch"):
         broker.gate.set()
         assert pub.wait_below(1, 5.0)
@@ -98,7 +107,7 @@ def test_a_failed_publish_is_retried_first_and_logged_once(
     broker.fail = True
     with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
         pub.submit([claim(1), claim(2)], 1)
-        time.sleep(0.5)  # several attempts, backing off
+        until(lambda: broker.attempts >= 3)  # backing off between them
         assert broker.sent == [] and pub.backlog == 2
         assert pub.in_flight() == {1, 2}  # still ours: never re-claimed as an orphan
         pub.submit([claim(3)], 1)
@@ -148,10 +157,10 @@ def test_stop_drops_the_queue_and_ends_the_thread(broker: Broker) -> None:
     pub = Publisher(leader(), broker, "r")
     broker.gate.clear()
     pub.submit([claim(i) for i in range(1, 6)], 1)
-    time.sleep(0.1)
+    until(lambda: broker.attempts == 1)  # the first send has begun, and blocks
     stopper = threading.Thread(target=pub.stop, args=(5.0,))
     stopper.start()
-    time.sleep(0.1)
+    until(lambda: pub.backlog == 1)  # the queue is dropped; the send in progress remains
     broker.gate.set()
     stopper.join(5.0)
     assert not stopper.is_alive()
