@@ -259,6 +259,17 @@ def classify_exits(r: Round, exits: list[tuple[str, int]], faulted: str) -> None
         r.notes.append(f"expected exit {sorted(allowed)} of {faulted} not seen")
 
 
+def close_round(r: Round, cluster: Cluster, seen: dict[str, int], faulted: str) -> dict[str, int]:
+    """Count the round's replica exits and a dead worker; return the exit counts from which
+    the next round counts."""
+    exits = exits_since(cluster, seen)
+    counts = exit_counts(cluster)
+    classify_exits(r, exits, faulted)
+    if not worker_alive(cluster):
+        r.notes.append("the worker died")
+    return counts
+
+
 def running(cluster: Cluster) -> bool:
     with cluster._lock:
         return all(
@@ -435,11 +446,7 @@ class PgBeatKind:
         ):
             if ticks:
                 r.examples[label] = [f"{s} @ {d.isoformat()}" for s, d in ticks[:10]]
-        exits = exits_since(cluster, self.exits_seen)
-        self.exits_seen = exit_counts(cluster)
-        classify_exits(r, exits, leader)
-        if not worker_alive(cluster):
-            r.notes.append("the worker died")
+        self.exits_seen = close_round(r, cluster, self.exits_seen, leader)
         return r
 
     def _fail_over(self, r: Round, leader: str, epoch: int) -> None:
@@ -728,11 +735,7 @@ class RedBeatKind:
         self.wait_sent_until(end)
         self.verdict(r, start, end)
         self.window_start = end
-        exits = exits_since(cluster, self.exits_seen)
-        self.exits_seen = exit_counts(cluster)
-        classify_exits(r, exits, leader)
-        if not worker_alive(cluster):
-            r.notes.append("the worker died")
+        self.exits_seen = close_round(r, cluster, self.exits_seen, leader)
         return r
 
 

@@ -196,13 +196,18 @@ def child_main_run(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: 
     beside_loop(adapter, out, lambda: out.put(**measure_edits(adapter, layout, recorder, spec)))
 
 
-def child_burst(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: ResultFile) -> None:
-    app = adapter.make_app(layout)
+def start_recording(adapter: Adapter, layout: Layout, out: ResultFile) -> tuple[Recorder, float]:
+    """Start the scheduler with a recorder hooked in; return it and when it was ready."""
     recorder = Recorder()
-    parts = adapter.start(app, recorder)
+    parts = adapter.start(adapter.make_app(layout), recorder)
     ready = time.time()
     out.put(startup=sum(parts.values()))
     adapter.warm_up()
+    return recorder, ready
+
+
+def child_burst(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: ResultFile) -> None:
+    recorder, ready = start_recording(adapter, layout, out)
 
     def driver() -> None:
         names = {layout.name(i) for i in range(layout.burst)}
@@ -224,12 +229,7 @@ def child_burst(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: Res
 
 
 def child_lateness(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: ResultFile) -> None:
-    app = adapter.make_app(layout)
-    recorder = Recorder()
-    parts = adapter.start(app, recorder)
-    ready = time.time()
-    out.put(startup=sum(parts.values()))
-    adapter.warm_up()
+    recorder, ready = start_recording(adapter, layout, out)
 
     def driver() -> None:
         names = {layout.name(i) for i in range(layout.count)}
