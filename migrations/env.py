@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
+from pg_beat.migrate import migration_engine
 from pg_beat.models import Base
-from pg_beat.urls import normalise_url
 
 config = context.config
 
@@ -25,7 +25,7 @@ def run_migrations() -> None:
             "no database URL: pass -x url=postgresql://... or set PG_BEAT_DATABASE_URL"
         )
     schema = _setting("schema", "PG_BEAT_SCHEMA")
-    engine = create_engine(normalise_url(url), connect_args={"connect_timeout": 10})
+    engine = migration_engine(url)
     try:
         _migrate(engine, schema)
     finally:

@@ -243,6 +243,7 @@ class ScheduleManager:
         group: str = "default",
         schema: str | None = None,
         settings: Settings | None = None,
+        connector: store.Connector | None = None,
     ) -> None:
         if settings is None:
             if database_url is None:
@@ -250,7 +251,8 @@ class ScheduleManager:
             settings = Settings(database_url=database_url, group=group, schema=schema)
         self.settings = settings
         self.group = settings.group
-        self._engine: Engine = store.make_engine(settings, "api", pool_size=2)
+        connector = connector or store.Connector(settings)
+        self._engine: Engine = connector.engine("api", pool_size=2)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pg_beat import urls
 from pg_beat.exceptions import ConfigurationError
 from pg_beat.schedules import MISFIRE_POLICIES
-from pg_beat.urls import normalise_url
 
 ON_HANG_CHOICES = ("exit", "release")
+POOL_MODES = ("auto", "session", "transaction")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -49,10 +50,19 @@ class Settings:
     run_retention: float = 7 * 24 * 3600.0
     replica_stale_after: float = 60.0
     sync_config: bool = True
+    config_owner: str | None = None
+    config_prune: bool = False
     metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
+    pool_mode: str = "auto"
+    listen_url: str | None = None
+    poll_interval: float = 1.0
+    max_message_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        normalise_url(self.database_url)
+        urls.parse(self.database_url)
+        if self.listen_url is not None:
+            urls.parse(self.listen_url)
         for name in (
             "lease_ttl",
             "heartbeat_interval",
@@ -64,6 +74,7 @@ class Settings:
             "connect_timeout",
             "run_retention",
             "replica_stale_after",
+            "poll_interval",
         ):
             value = getattr(self, name)
             if (
@@ -86,16 +97,17 @@ class Settings:
                 f"pg_beat_publish_margin ({self.publish_margin:g}s) must be >= 0 and leave room "
                 f"in the lease: below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
             )
-        if self.on_hang not in ON_HANG_CHOICES:
-            raise ConfigurationError(
-                f"pg_beat_on_hang must be one of {', '.join(ON_HANG_CHOICES)}, got {self.on_hang!r}"
-            )
-        if self.misfire_policy not in MISFIRE_POLICIES:
-            raise ConfigurationError(
-                f"pg_beat_misfire_policy must be one of {', '.join(MISFIRE_POLICIES)}, "
-                f"got {self.misfire_policy!r}"
-            )
-        for name in ("catch_up_limit", "batch_size"):
+        for name, choices in (
+            ("on_hang", ON_HANG_CHOICES),
+            ("misfire_policy", MISFIRE_POLICIES),
+            ("pool_mode", POOL_MODES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigurationError(
+                    f"pg_beat_{name} must be one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        for name in ("catch_up_limit", "batch_size", "max_message_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(
@@ -139,6 +151,8 @@ class Settings:
             ("PG_BEAT_REPLICA_NAME", "replica_name"),
             ("PG_BEAT_SCHEMA", "schema"),
             ("PG_BEAT_GROUP", "group"),
+            ("PG_BEAT_POOL_MODE", "pool_mode"),
+            ("PG_BEAT_LISTEN_URL", "listen_url"),
         ):
             if key not in values and os.environ.get(env_name):
                 values[key] = os.environ[env_name]

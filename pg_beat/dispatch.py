@@ -69,11 +69,18 @@ class Dispatcher:
     """Runs in the beat process's main thread, driven by ``Scheduler.tick``; sends through a
     :class:`~pg_beat.publisher.Publisher` thread of its own."""
 
-    def __init__(self, settings: Settings, state: LeaderState, send: Send) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: LeaderState,
+        send: Send,
+        connector: store.Connector | None = None,
+    ) -> None:
         self.settings = settings
         self.state = state
+        self.connector = connector or store.Connector(settings)
         # One session of its own, kept open: no pool checkout or ping on the hot path.
-        self.engine = store.make_engine(settings, "dispatch", dispatch=True)
+        self.engine = self.connector.engine("dispatch", dispatch=True)
         self._conn: Connection | None = None
         self._reused = False  # the last transaction ran on a connection opened earlier
         self._busy = False
@@ -450,7 +457,11 @@ class Dispatcher:
             return
         try:
             if self._listen is None or self._listen.closed:
-                self._listen = store.listen_connection(self.settings, "listen")
+                self._listen = self.connector.listen("listen")
+            if self._listen is None:  # transaction pooling: no LISTEN, look again soon
+                self.state.changed.wait(min(timeout, self.settings.poll_interval))
+                self.state.changed.clear()
+                return
             for _ in self._listen.notifies(timeout=timeout, stop_after=1):
                 break
             # Drain whatever else arrived, so a burst of edits costs one wake-up.
@@ -500,7 +511,7 @@ class Dispatcher:
         self._unmarked.extend(self.publisher.take_sent())
         if not self._unmarked:
             return
-        engine = store.make_engine(self.settings, "shutdown", dispatch=True)
+        engine = self.connector.engine("shutdown", dispatch=True)
         try:
             with engine.begin() as conn:
                 store.mark_sent(conn, self._unmarked)

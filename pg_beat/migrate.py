@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
 
-from pg_beat.urls import normalise_url
+from pg_beat import urls
 
 VERSION_TABLE = "pg_beat_alembic_version"
 
@@ -35,7 +37,8 @@ def alembic_config(url: str, schema: str | None = None, *, stdout: TextIO | None
     config = Config(str(here / "alembic.ini"), stdout=stdout or sys.stdout)
     config.set_main_option("script_location", str(here))
     config.set_main_option("version_locations", str(here / "versions"))
-    config.attributes["url"] = str(normalise_url(url).render_as_string(hide_password=False))
+    urls.parse(url)  # a bad URL fails here, naming what was wrong
+    config.attributes["url"] = url
     if schema:
         config.attributes["schema"] = schema
     return config
@@ -64,6 +67,15 @@ def check(url: str, schema: str | None = None) -> None:
     command.check(alembic_config(url, schema, stdout=io.StringIO()))
 
 
+def migration_engine(url: str, connect_timeout: int = 10) -> Engine:
+    """An engine for Alembic on ``url`` (any form :mod:`pg_beat.urls` accepts): no statement
+    timeout, since building an index concurrently on a large table takes as long as it takes."""
+    info = urls.conninfo(url, connect_timeout=connect_timeout, application_name="pg_beat:migrate")
+    return create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(info), poolclass=NullPool
+    )
+
+
 def current_revision(connection: Connection, schema: str | None = None) -> str | None:
     """The revision the connected database is at, or None when it was never migrated."""
     # Alembic announces its dialect at INFO on every configure; a revision read is not news.
@@ -82,7 +94,7 @@ def current_revision(connection: Connection, schema: str | None = None) -> str |
 
 def current(url: str, schema: str | None = None) -> str | None:
     """The revision of the database at ``url``."""
-    engine = create_engine(normalise_url(url), connect_args={"connect_timeout": 10})
+    engine = migration_engine(url)
     try:
         with engine.connect() as connection:
             if schema:

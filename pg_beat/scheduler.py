@@ -93,6 +93,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def __init__(self, app: Any, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
         self.settings = Settings.from_celery(app.conf)
+        self.connector = store.Connector(self.settings)
         self.state = LeaderState()
         self.dispatcher: Dispatcher | None = None
         self.watchdog: Watchdog | None = None
@@ -114,13 +115,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._wait_for_schema()
         if settings.sync_config:
             self._sync_config()
-        self.dispatcher = Dispatcher(settings, self.state, self._send)
+        self.dispatcher = Dispatcher(settings, self.state, self._send, self.connector)
         self.watchdog = Watchdog(
             settings,
             self.state,
             lambda: self.dispatcher.progress_at if self.dispatcher else time.monotonic(),
             dispatch_thread=lambda: self.dispatcher.thread_id if self.dispatcher else None,
             dispatch_backend=lambda: self.dispatcher.backend_pid if self.dispatcher else None,
+            connector=self.connector,
         )
         if settings.metrics_port:
             from pg_beat.metrics import serve_metrics
@@ -219,7 +221,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _check_schema(self) -> None:
         settings = self.settings
-        engine = store.make_engine(settings, "check")
+        engine = self.connector.engine("check")
         try:
             with engine.connect() as conn:
                 current = migrate.current_revision(conn, settings.schema)
@@ -263,7 +265,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             name: entry_values(name, entry, tz)
             for name, entry in (self.app.conf.beat_schedule or {}).items()
         }
-        manager = ScheduleManager(settings=self.settings)
+        manager = ScheduleManager(settings=self.settings, connector=self.connector)
         try:
             upserted, removed = manager.sync_config(entries)
         finally:
@@ -313,7 +315,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if epoch is None:
             return
         settings = self.settings
-        engine = store.make_engine(settings, "shutdown")
+        engine = self.connector.engine("shutdown")
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -45,6 +45,7 @@ class Watchdog(threading.Thread):
         dispatch_thread: Callable[[], int | None] = lambda: None,
         dispatch_backend: Callable[[], int | None] = lambda: None,
         exit_process: Callable[[int], None] = os._exit,
+        connector: store.Connector | None = None,
     ) -> None:
         super().__init__(name=f"pg_beat-watchdog[{settings.replica_name}]", daemon=True)
         self.settings = settings
@@ -56,7 +57,8 @@ class Watchdog(threading.Thread):
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = time.time()
-        self.engine: Engine = store.make_engine(settings, "standby")
+        self.connector = connector or store.Connector(settings)
+        self.engine: Engine = self.connector.engine("standby")
         self.conn: Connection | None = None
         self.backend_pid: int | None = None
         self.epoch: int | None = None

@@ -60,12 +60,12 @@ class Env:
     @property
     def migrate_url(self) -> str:
         """The URL for Alembic, with the connect timeout added unless it names one."""
-        from pg_beat.urls import normalise_url
+        from pg_beat import urls
 
-        url = normalise_url(self.settings.database_url)
-        if "connect_timeout" not in url.query:
-            url = url.update_query_dict({"connect_timeout": str(self.connect_timeout)})
-        return url.render_as_string(hide_password=False)
+        url = self.settings.database_url
+        if "connect_timeout" in urls.parse(url):
+            return url
+        return urls.conninfo(url, connect_timeout=self.connect_timeout)
 
     @contextmanager
     def connect(self, *, schema: bool = True) -> Iterator[Connection]:
