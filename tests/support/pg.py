@@ -2,7 +2,8 @@
 
 ``admin_url()`` finds a server the suite may create databases on; ``PrivateCluster`` is a
 disposable cluster of our own that a test can stop, restart or crash without touching anybody
-else's server.
+else's server. A ``PrivateCluster`` may also be a streaming standby of another one, made with
+``pg_basebackup -R`` (see ``support.replication`` for a primary/standby pair).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -131,6 +132,17 @@ def _processes_in(directory: Path) -> list[int]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """Live PIDs whose parent is ``pid`` (e.g. a postmaster's backends and auxiliary processes)."""
+    found = []
+    for entry in glob.glob("/proc/[0-9]*"):
+        child = int(entry.rsplit("/", 1)[1])
+        stat = _proc_stat(child)
+        if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
+            found.append(child)
+    return found
+
+
 def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,9 +188,39 @@ class PrivateCluster:
     Tests may stop, restart or crash (``kill()``) it freely. As root it runs as the
     ``postgres`` OS user (initdb and postgres refuse root); otherwise as the current user.
     Only the postmaster whose PID it recorded is ever signalled.
+
+    ``settings`` are appended to postgresql.conf after the defaults below (so they win),
+    ``hba`` lines to pg_hba.conf. With ``standby_of`` the cluster is not made by initdb but
+    copied from that running cluster with ``pg_basebackup -R`` (creating the physical
+    replication slot ``slot`` on it when given): it starts as a streaming standby of it.
     """
 
-    def __init__(self) -> None:
+    # What a disposable test server can do without: durability against an OS crash.
+    DEFAULT_SETTINGS: Mapping[str, str] = {
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "shared_buffers": "16MB",
+        "max_connections": "60",
+        "max_wal_size": "256MB",
+        "logging_collector": "off",
+        "log_line_prefix": "'%m [%p] %q%a '",
+    }
+
+    def __init__(
+        self,
+        settings: Mapping[str, str] | None = None,
+        hba: Sequence[str] = (),
+        *,
+        standby_of: PrivateCluster | None = None,
+        slot: str | None = None,
+    ) -> None:
+        if slot is not None and standby_of is None:
+            raise ValueError("a replication slot needs standby_of")
+        self.settings = dict(settings or {})
+        self.hba = list(hba)
+        self.standby_of = standby_of
+        self.slot = slot
         self.base: Path | None = None
         self.port: int | None = None
         self.pid: int | None = None
@@ -252,6 +294,27 @@ class PrivateCluster:
         if self._run_as is not None:
             for path in (base, self.sockdir):
                 os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
+        if self.standby_of is not None:
+            self._basebackup(self.standby_of)
+        else:
+            self._initdb()
+        self.port = free_port()
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.sockdir}'",
+            **self.DEFAULT_SETTINGS,
+            **self.settings,
+        }
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# pg_beat test cluster\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        if self.hba:
+            with (self.datadir / "pg_hba.conf").open("a") as hba:
+                hba.write("\n# pg_beat test cluster\n")
+                hba.writelines(f"{line}\n" for line in self.hba)
+
+    def _initdb(self) -> None:
         self._run(
             "initdb",
             "-D",
@@ -264,23 +327,21 @@ class PrivateCluster:
             "--no-sync",
             "--no-instructions",
         )
-        self.port = free_port()
-        settings = {
-            "listen_addresses": "'127.0.0.1'",
-            "port": str(self.port),
-            "unix_socket_directories": f"'{self.sockdir}'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "shared_buffers": "16MB",
-            "max_connections": "60",
-            "max_wal_size": "256MB",
-            "logging_collector": "off",
-            "log_line_prefix": "'%m [%p] %q%a '",
-        }
-        with (self.datadir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# pg_beat test cluster\n")
-            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def _basebackup(self, primary: PrivateCluster) -> None:
+        """Copy ``primary`` (running) into our data directory as its streaming standby.
+
+        The copy brings the primary's postgresql.conf and pg_hba.conf along; ``_init`` then
+        appends our own port and settings, which win. ``-R`` writes ``primary_conninfo`` (and
+        ``primary_slot_name``) into postgresql.auto.conf and creates standby.signal.
+        """
+        if primary.port is None or not primary.is_running():
+            raise RuntimeError("pg_basebackup needs the primary running")
+        args = ["-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+        args += ["-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
+        if self.slot is not None:
+            args += ["-C", "-S", self.slot]
+        self._run("pg_basebackup", *args)
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode`` and wait; a no-op when not running."""
@@ -288,6 +349,10 @@ class PrivateCluster:
             return
         self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
         self.pid = None
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """``pg_ctl promote -w``: end recovery, so a standby accepts writes."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-w", "-t", str(round(timeout)), "promote")
 
     def restart(self, mode: str = "fast") -> None:
         """Stop (``mode``) and start again on the same port."""

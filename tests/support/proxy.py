@@ -5,10 +5,21 @@ Put it between a pg_beat replica and PostgreSQL, then:
 - ``cut()``: every connection is closed on both sides at once and new ones are refused, as when
   a server or a NAT drops its connections; both ends notice at once.
 - ``blackhole()``: every socket stays open but no byte moves either way, and new connections are
-  accepted but never reach the target: a network partition, nobody gets a FIN and every read
-  waits until a timeout fires.
-- ``restore()``: forwarding resumes (a held connection continues where it stopped, a connection
-  accepted during the partition is connected to the target now) and new connections get through.
+  accepted but never reach the target. Nobody gets a FIN and every read waits, but the proxy's
+  kernel still ACKs what the client sends and answers its keepalive probes, so a client's
+  ``tcp_user_timeout`` and keepalives never fire: only a timeout of its own (a statement, a
+  socket timeout in the application) ends the wait.
+- ``blackhole(kernel=True)``: a real partition. iptables drops every packet to and from the
+  proxy's port on ``lo`` (``support.blackhole``), so the client's kernel hears nothing: unACKed
+  data times out (``ETIMEDOUT`` after ``tcp_user_timeout``), keepalives fail, new connections
+  get no SYN-ACK. With ``upstream=True`` the proxy's connections to the target are dropped too,
+  so the server notices as well, through its own ``tcp_keepalives_*`` and ``tcp_user_timeout``
+  (a server with neither set keeps the session, and its locks, for hours). Needs root and
+  iptables, else ``support.blackhole.KernelBlackholeUnavailable``.
+- ``restore()``: the rules are removed and forwarding resumes. What was held is delivered late
+  (TCP retransmits what the kernel dropped; bytes the userspace black hole left unread are read
+  now); a connection accepted during a userspace black hole is connected to the target now; new
+  connections get through. A connection whose end gave up meanwhile stays dead.
 
 One daemon thread runs a selector loop over every socket; public methods hand it a command and
 wait until it has been carried out, so when ``cut()`` returns nothing is connected any more.
@@ -27,6 +38,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
+
+from support.blackhole import KernelBlackhole, flow_rules, port_rules, require
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +93,8 @@ class TcpProxy:
         )
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # The iptables rules of a kernel black hole; while set, userspace keeps forwarding.
+        self._kernel_hole: KernelBlackhole | None = None
 
     # -- public API: each call is carried out by the loop thread before it returns --
 
@@ -95,21 +110,56 @@ class TcpProxy:
         return self
 
     def cut(self) -> None:
-        """Close every connection on both sides and refuse new ones until ``restore()``."""
+        """Close every connection on both sides and refuse new ones until ``restore()``.
+
+        A kernel black hole is lifted first, so both ends do see the close."""
+        self._release_kernel_hole()
         self._call(self._do_cut)
 
-    def blackhole(self) -> None:
-        """Keep every socket open but move no bytes; accept new connections, connect none."""
-        self._call(self._do_blackhole)
+    def blackhole(self, kernel: bool = False, upstream: bool = False) -> None:
+        """Partition the link, keeping every socket open, until ``restore()``.
+
+        ``kernel=False``: stop moving bytes in userspace; new connections are accepted but not
+        connected (the kernel still ACKs, see the module docstring). ``kernel=True``: drop every
+        packet to and from the proxy's port with iptables, and with ``upstream=True`` the
+        packets of the proxy's present connections to the target as well. Raises
+        ``KernelBlackholeUnavailable`` (changing nothing) when iptables cannot be used.
+        """
+        if upstream and not kernel:
+            raise ValueError("upstream=True needs kernel=True")
+        if not kernel:
+            self._release_kernel_hole()
+            self._call(self._do_blackhole)
+            return
+        if self._kernel_hole is not None:
+            return
+        require()
+        matches = port_rules(self.port)
+        if upstream:
+            for local_port in self._call(self._upstream_ports):
+                matches += flow_rules(local_port, self.target[1])
+        hole = KernelBlackhole(matches)
+        hole.engage()
+        try:
+            self._call(lambda: self._do_kernel_blackhole(hole))
+        except BaseException:
+            hole.release()
+            raise
 
     def restore(self) -> None:
-        """Forward again, on held connections and new ones."""
+        """Lift the black hole or cut: forward again, on held connections and new ones."""
+        self._release_kernel_hole()
         self._call(self._do_restore)
 
     @property
     def mode(self) -> str:
-        """``"forward"``, ``"cut"`` or ``"blackhole"``."""
+        """``"forward"``, ``"cut"`` or ``"blackhole"`` (either kind)."""
         return self._mode
+
+    @property
+    def kernel_blackhole(self) -> bool:
+        """Whether iptables rules of ``blackhole(kernel=True)`` are in place."""
+        return self._kernel_hole is not None
 
     @property
     def connections(self) -> int:
@@ -118,6 +168,7 @@ class TcpProxy:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every socket and join the thread. Idempotent."""
+        self._release_kernel_hole()
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._close_all()
@@ -159,6 +210,28 @@ class TcpProxy:
     def _do_blackhole(self) -> None:
         self._mode = BLACKHOLE
         self._open_listener()
+
+    def _do_kernel_blackhole(self, hole: KernelBlackhole) -> None:
+        self._kernel_hole = hole
+        self._mode = BLACKHOLE
+        self._open_listener()
+
+    def _upstream_ports(self) -> list[int]:
+        return [
+            link.upstream.getsockname()[1]
+            for link in self._links
+            if link.upstream is not None and not link.closed
+        ]
+
+    def _release_kernel_hole(self) -> None:
+        hole = self._kernel_hole
+        if hole is None:
+            return
+        try:
+            hole.release()
+        finally:
+            # The loop thread reads it; a plain attribute store is atomic in CPython.
+            self._kernel_hole = None
 
     def _do_restore(self) -> None:
         self._mode = FORWARD
@@ -226,7 +299,7 @@ class TcpProxy:
             client.setblocking(False)
             link = _Link(client)
             self._links.append(link)
-            if self._mode == FORWARD:
+            if self._forwarding:
                 self._connect_upstream(link)
 
     def _connect_upstream(self, link: _Link) -> None:
@@ -275,6 +348,12 @@ class TcpProxy:
         if done_up and done_down:
             self._close_link(link)
 
+    @property
+    def _forwarding(self) -> bool:
+        """Whether bytes move in userspace: they do under a kernel black hole, which drops
+        packets before they reach the proxy's sockets."""
+        return self._mode == FORWARD or self._kernel_hole is not None
+
     @staticmethod
     def _link_interest(link: _Link) -> list[tuple[socket.socket, int, str]]:
         """What to wait for on each socket of a forwarding link: (socket, mask, side)."""
@@ -300,7 +379,7 @@ class TcpProxy:
         }
         if self._listener is not None:
             wanted[self._listener] = (selectors.EVENT_READ, None)
-        if self._mode == FORWARD:
+        if self._forwarding:
             for link in self._links:
                 for sock, mask, side in self._link_interest(link):
                     wanted[sock] = (mask, (link, side))
