@@ -3,16 +3,25 @@
 Nothing here touches the clock or the database: every function takes ``now`` or ``after``
 as an argument, so the DST, leap-day and misfire rules can be tested with plain tables.
 All datetimes are timezone-aware; every datetime returned is in UTC.
+
+Due times are those of Celery's own schedule classes (differential tests prove it), except:
+
+- Intervals keep a grid (next = previous due + interval); Celery drifts (next = run time + it).
+- DST, where Celery has bugs: a wall time skipped by spring-forward fires once, at the jump
+  (Celery: one gap later, 02:30 -> 03:30); a repeated wall time fires at its first occurrence,
+  and at both when the hour field is ``*`` (Celery skips the second pass of the hour, and
+  fires on every beat tick when its last run fell in that second pass).
+- Solar due times are the events rounded up to whole seconds.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
@@ -30,12 +39,18 @@ KINDS: tuple[str, ...] = get_args(Kind)
 MISFIRE_POLICIES: tuple[str, ...] = get_args(MisfirePolicy)
 
 UTC = timezone.utc
-_US = timedelta(microseconds=1)
+_US, _1S = timedelta(microseconds=1), timedelta(seconds=1)
 _1M, _59M = timedelta(minutes=1), timedelta(minutes=59)
-#: Most due times counted one by one when a crontab or solar schedule fell far behind.
-_SCAN_LIMIT = 10_000
-#: Crontab search horizon: the longest gap between two Feb 29ths is 8 years (2096 -> 2104).
-_CRON_YEARS = 9
+#: Crontab search horizon. Every day of month that validation accepts falls on every weekday
+#: within 40 years (the worst is Feb 29 on one weekday: 2072 -> 2112), so a crontab that
+#: validates always has a due time inside it, unless end_time or year 9999 comes first.
+_CRON_YEARS = 41
+#: ephem's rise/set search stops within 0.1 s, so the same sunrise found from two starts can
+#: round up to neighbouring seconds: an event less than this after ``after`` is that one.
+_SOLAR_SAME_EVENT = _1S
+#: Most daily solar search steps: a polar day or night lasts under 190 days, so 400 steps find
+#: the next event wherever it happens at all.
+_SOLAR_SEARCHES = 400
 # Field -> (label in messages, lowest, highest, names accepted besides numbers).
 _CRON_FIELDS: dict[str, tuple[str, int, int, dict[str, int]]] = {
     "cron_minute": ("minute", 0, 59, {}),
@@ -45,6 +60,7 @@ _CRON_FIELDS: dict[str, tuple[str, int, int, dict[str, int]]] = {
     "cron_month_of_year": ("month", 1, 12, YEARMONTHS),
 }
 _CRON_PART = re.compile(r"(?:\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/[0-9]+)?")
+_CRON_BARE_STEP = re.compile(r"([A-Za-z0-9]+)/([0-9]+)")
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -71,11 +87,19 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class Misfire:
-    """What to do with a claimed tick: send it or not, the next due time, ticks dropped."""
+    """What to do with a schedule found due: the ticks to record and the next due time."""
 
-    fire: bool
+    #: ``(due_at, send)`` pairs, oldest first, the claimed due time first: each is recorded as
+    #: a run; ``send=False`` records it as skipped instead of publishing it.
+    ticks: tuple[tuple[datetime, bool], ...]
+    #: How many due times the policy dropped: neither sent nor recorded. Exact for interval
+    #: and clocked schedules. ``None`` for crontab and solar ones when some may have been
+    #: dropped: counting them would cost a walk over every one, and even telling "none"
+    #: from "some" after a late ``fire_once`` or ``skip`` would cost a second search.
+    passed_over: int | None
+    #: The schedule's next due time after this decision (UTC); ``None`` when there is none
+    #: (past ``end_time``, or a clocked schedule that has fired).
     next_due: datetime | None
-    skipped: int
 
 
 @dataclass(frozen=True)
@@ -83,16 +107,15 @@ class _Cron:
     minutes: tuple[int, ...]
     hours: tuple[int, ...]
     days_of_week: frozenset[int]  # 0 = Sunday, as in cron
-    days_of_month: frozenset[int]
+    days_of_month: tuple[int, ...]
     months: frozenset[int]
-    either_day: bool  # both day fields restricted: a day matches when either does (Vixie cron)
     every_hour: bool  # both occurrences of a repeated (fall-back) hour fire
 
 
 class _BadCronField(ValueError):
-    def __init__(self, field: str) -> None:
+    def __init__(self, field: str, hint: str | None = None) -> None:
         super().__init__(field)
-        self.field = field
+        self.field, self.hint = field, hint
 
 
 # --------------------------------------------------------------------------- validation
@@ -154,7 +177,7 @@ def _cron(spec: ScheduleSpec) -> _Cron:
     except _BadCronField as exc:
         label, low, high, _ = _CRON_FIELDS[exc.field]
         text = getattr(spec, exc.field)
-        message = f"invalid crontab {label} {text!r} ({low}-{high})"
+        message = f"invalid crontab {label} {text!r} " + (exc.hint or f"({low}-{high})")
         raise _bad(spec, exc.field, message) from exc.__cause__
 
 
@@ -167,18 +190,32 @@ def _parse_cron(texts: tuple[object, ...]) -> _Cron:
         minutes=tuple(sorted(sets["cron_minute"])),
         hours=tuple(sorted(sets["cron_hour"])),
         days_of_week=sets["cron_day_of_week"],
-        days_of_month=sets["cron_day_of_month"],
+        days_of_month=tuple(sorted(sets["cron_day_of_month"])),
         months=sets["cron_month_of_year"],
-        either_day=str(texts[2]).strip() != "*" and str(texts[3]).strip() != "*",
         every_hour=len(sets["cron_hour"]) == 24,
     )
 
 
 def _parse_field(field: str, text: object) -> frozenset[int]:
+    """The values of one crontab field, as Celery's ``crontab_parser`` reads them.
+
+    A range ``a-b`` with a > b wraps around the field's end, as in Celery: hours ``22-2`` are
+    22, 23, 0, 1, 2 and ``fri-mon`` is fri, sat, sun, mon. A step needs ``*`` or a range
+    before it: Celery rejects ``5/15``, and so does pg_beat, with the fix in the message.
+    """
     _, low, high, names = _CRON_FIELDS[field]
     if not isinstance(text, str):
         raise _BadCronField(field)
     text = text.strip()
+    for part in text.split(","):
+        bare = _CRON_BARE_STEP.fullmatch(part)
+        if bare:
+            start, step = bare.groups()
+            end = (
+                next((n for n, v in names.items() if v == high), high) if start.isalpha() else high
+            )
+            hint = f"(a step needs '*' or a range: '{start}-{end}/{step}' or '*/{step}')"
+            raise _BadCronField(field, hint)
     # Celery's parser ignores trailing junk and takes month names in any field: be stricter.
     if not all(_CRON_PART.fullmatch(part) for part in text.split(",")) or any(
         word[:3].lower() not in names for word in re.findall(r"[A-Za-z]+", text)
@@ -194,8 +231,9 @@ def _parse_field(field: str, text: object) -> frozenset[int]:
 
 
 def _check_crontab_can_match(spec: ScheduleSpec, cron: _Cron) -> None:
-    if cron.either_day or spec.cron_day_of_month.strip() == "*":
-        return
+    # The three day fields must all match (Celery's rule, not Vixie cron's "either day"), so
+    # the only crontab that never fires names no day that its months have (Feb 30, Apr 31).
+    # Weekdays cannot make it impossible: see _CRON_YEARS.
     if not any(day <= _MONTH_DAYS[m - 1] for m in cron.months for day in cron.days_of_month):
         message = (
             f"crontab never matches: day of month {spec.cron_day_of_month!r} "
@@ -262,61 +300,113 @@ def next_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
 def first_due(spec: ScheduleSpec, now: datetime, last_due: datetime | None) -> datetime | None:
     """Due time of a schedule with none planned (new or redefined); may lie before ``now``.
 
-    A new interval schedule without ``start_time`` runs at once; a clocked schedule that
-    never ran fires once even when ``clocked_at`` is past.
+    One that was due before goes on from its last due time. A new one behaves as if it had
+    last run at ``now``, as Celery's ``ScheduleEntry`` does: an interval first runs one
+    interval after ``now``, a crontab or solar schedule at its first due time after ``now``.
+    An interval with ``start_time`` starts at its first grid time at or after ``now``; a
+    clocked schedule that never ran fires once even when ``clocked_at`` is past.
     """
     if last_due is not None:
         return next_after(spec, last_due)
     due: datetime | None
-    if spec.kind == "interval" and spec.start_time is None:
-        _interval(spec)
-        due = now
-    elif spec.kind == "clocked":
+    if spec.kind == "clocked":
         due = _clocked_at(spec)
         if spec.start_time is not None and due < spec.start_time:
             due = None
-    else:
+    elif spec.kind == "interval" and spec.start_time is not None:
         due = next_after(spec, now - _US)
+    else:
+        due = next_after(spec, now)
     if due is None or (spec.end_time is not None and due > spec.end_time):
         return None
     return due.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """An interval schedule's due times: ``origin + k * step`` for k >= 0, none after ``end``.
+
+    Integer arithmetic on microseconds (timedelta // timedelta), so a 0.1 s interval a
+    million seconds behind lands exactly on the grid, without a loop.
+    """
+
+    origin: datetime
+    step: timedelta
+    end: datetime | None
+
+    def index_after(self, moment: datetime) -> int:
+        """Index of the first grid time strictly after ``moment``."""
+        if moment < self.origin:
+            return 0
+        return (moment - self.origin) // self.step + 1
+
+    def point(self, index: int) -> datetime:
+        return (self.origin + index * self.step).astimezone(UTC)
+
+    def due(self, index: int) -> datetime | None:
+        """The grid time of ``index``, or None when it lies after ``end``."""
+        moment = self.point(index)
+        return None if self.end is not None and moment > self.end else moment
+
+    def count(self, low: datetime, high: datetime) -> int:
+        """How many grid times lie in (``low``, ``high``], ``end`` included at most."""
+        if self.end is not None:
+            high = min(high, self.end)
+        return max(0, self.index_after(high) - self.index_after(low))
+
+
+def _grid(spec: ScheduleSpec, anchor: datetime) -> _Grid:
+    """The grid of ``start_time``, or without one the grid through ``anchor``."""
+    return _Grid(spec.start_time or anchor, _interval(spec), spec.end_time)
+
+
 def _interval_after(spec: ScheduleSpec, after: datetime) -> datetime:
-    step = _interval(spec)
-    start = spec.start_time
-    if start is None:
-        return after + step
-    if after < start:
-        return start
-    return start + ((after - start) // step + 1) * step
+    grid = _grid(spec, after)
+    return grid.point(grid.index_after(after))
 
 
 def _cron_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
     cron, zone = _cron(spec), _zone(spec)
-    # In a repeated (fall-back) hour a wall time earlier than after's can still be due
-    # after it: 3 hours of slack covers every DST shift in the tz database.
-    floor = (after - timedelta(hours=3)).astimezone(zone).replace(tzinfo=None)
-    day = floor.date()
-    last = date(min(day.year + _CRON_YEARS, 9998), 12, 31)
+    floor = _wall_floor(after, zone)
+    last = date(min(floor.year + _CRON_YEARS, 9998), 12, 31)
     if spec.end_time is not None:
         last = min(last, spec.end_time.astimezone(zone).date() + timedelta(days=1))
-    while day <= last:
-        if day.month not in cron.months:
-            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
-            continue
-        if _day_matches(cron, day):
-            found = _cron_in_day(cron, zone, day, after, floor)
-            if found is not None:
-                return found
-        day += timedelta(days=1)
+    for day in _cron_days(cron, floor.date(), last):
+        found = _cron_in_day(cron, zone, day, after, floor)
+        if found is not None:
+            return found
     return None
 
 
-def _day_matches(cron: _Cron, day: date) -> bool:
-    dom = day.day in cron.days_of_month
-    dow = (day.weekday() + 1) % 7 in cron.days_of_week
-    return (dom or dow) if cron.either_day else (dom and dow)
+def _wall_floor(after: datetime, zone: ZoneInfo) -> datetime:
+    """The earliest wall time (naive) that an instant after ``after`` reads as in ``zone``.
+
+    Wall clocks run backwards only at a fall-back, and one more than a day after ``after``
+    cannot go back past its wall time (no shift in the tz database reaches a day; the widest
+    fall-back since 1970 is Antarctica/Vostok's 7 hours in 1994).
+    """
+    here, later = after.astimezone(zone), (after + timedelta(days=1)).astimezone(zone)
+    drop = (here.utcoffset() or timedelta(0)) - (later.utcoffset() or timedelta(0))
+    return here.replace(tzinfo=None) - max(drop, timedelta(0))
+
+
+def _cron_days(cron: _Cron, first: date, last: date) -> Iterator[date]:
+    """The days from ``first`` to ``last`` whose month, day of month and weekday all match.
+
+    Celery ANDs the two day fields (``0 9 1-7 * mon`` is the first Monday of each month);
+    Vixie cron would OR them when both are restricted.
+    """
+    year, month = first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        if month in cron.months:
+            length = calendar.monthrange(year, month)[1]
+            for number in cron.days_of_month:
+                if number > length:
+                    break
+                day = date(year, month, number)
+                if first <= day <= last and day.isoweekday() % 7 in cron.days_of_week:
+                    yield day
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
 def _cron_in_day(
@@ -394,22 +484,17 @@ def _solar_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
     find = getattr(observer, solar._methods[event])
     extra = {"use_center": True} if solar._use_center_l[event] else {}
     sun = ephem.Sun()
-    # Results are rounded up to whole seconds (stable from one computation to the next), so
-    # an event up to a second before ``after`` may still be due after it.
-    start = ephem.Date((after - timedelta(seconds=1)).astimezone(UTC).replace(tzinfo=None))
-    # Polar day or night: no event today, look again from the next anti-transit.
-    for _ in range(400):
+    start = ephem.Date(after.astimezone(UTC).replace(tzinfo=None))
+    for _ in range(_SOLAR_SEARCHES):
         try:
             found = find(sun, start=start, **extra)
-        except ephem.CircumpolarError:
+        except ephem.CircumpolarError:  # polar day or night: look again a day later
             start = observer.next_antitransit(sun, start=start)
             continue
         raw: datetime = found.datetime().replace(tzinfo=UTC)
-        result = raw.replace(microsecond=0)
-        if raw.microsecond:
-            result += timedelta(seconds=1)
-        if result > after:
-            return result
+        if raw > after + _SOLAR_SAME_EVENT:
+            # Round up: a due time never precedes its event, and it is a whole second.
+            return raw.replace(microsecond=0) + (_1S if raw.microsecond else timedelta(0))
         start = ephem.Date(found + ephem.second)
     return None
 
@@ -418,76 +503,71 @@ def _solar_after(spec: ScheduleSpec, after: datetime) -> datetime | None:
 
 
 def resolve_misfire(
-    spec: ScheduleSpec, due: datetime, now: datetime, policy: str, grace: float, catch_up_limit: int
+    spec: ScheduleSpec,
+    due: datetime,
+    now: datetime,
+    policy: str,
+    grace: float,
+    catch_up_limit: int,
 ) -> Misfire:
-    """Decide about the tick ``due`` claimed at ``now``; ``grace`` is in seconds.
+    """Decide about a schedule whose due time ``due`` (<= ``now``) was found at ``now``.
 
-    ``fire_once`` sends it and, when the next tick is overdue by more than ``grace``, moves
-    on to the first due time after ``now``. ``skip`` drops it when it is more than ``grace``
-    late. ``catch_up`` sends every missed tick, keeping at most ``catch_up_limit`` overdue.
+    A due time is late when older than ``now - grace`` (``grace`` in seconds, >= 0).
+    ``fire_once`` sends ``due`` and drops later due times up to ``now - grace``; ``skip`` does
+    the same but records a late ``due`` as skipped instead of sending it; ``catch_up`` sends
+    ``due`` and the due times after it up to ``now``, ``catch_up_limit`` (>= 1) in all, and
+    drops what is late beyond that. A due time still within grace is never dropped: it fires
+    on its own next. The cost does not grow with how far behind the schedule is: at most one
+    ``next_after`` (arithmetic for intervals), ``catch_up_limit + 1`` for ``catch_up``.
     """
     if policy not in MISFIRE_POLICIES:
         message = f"unknown misfire policy {policy!r} (one of: {', '.join(MISFIRE_POLICIES)})"
         raise _bad(spec, "misfire_policy", message)
-    if grace < 0 or catch_up_limit < 0:
-        raise ValueError("grace and catch_up_limit must be >= 0")
-    late = timedelta(seconds=grace)
-    following = next_after(spec, due)
-    if policy == "skip" and now - due > late:
-        following, skipped = _jump(spec, following, now)
-        return Misfire(False, following, skipped + 1)
-    if policy == "fire_once" and following is not None and following < now - late:
-        return Misfire(True, *_jump(spec, following, now))
-    if policy == "catch_up" and following is not None and following <= now:
-        return _catch_up(spec, following, now, catch_up_limit)
-    return Misfire(True, following, 0)
-
-
-def _jump(spec: ScheduleSpec, first: datetime | None, now: datetime) -> tuple[datetime | None, int]:
-    """From the due time ``first``: the first due time > ``now`` and how many are <= ``now``."""
-    if first is None or first > now:
-        return first, 0
-    if spec.kind != "interval":
-        following, count, _ = _walk(spec, first, now, 0)
-        return following, count
-    # Arithmetic on the grid: a 1 s interval ten days behind costs nothing.
-    step = _interval(spec)
-    count = ((now if spec.end_time is None else min(now, spec.end_time)) - first) // step + 1
-    following = first + count * step
-    if spec.end_time is not None and following > spec.end_time:
-        return None, count
-    return following.astimezone(UTC), count
-
-
-def _walk(
-    spec: ScheduleSpec, first: datetime, now: datetime, keep: int
-) -> tuple[datetime | None, int, deque[datetime]]:
-    """Step over the due times <= ``now``: the next one after, their count, the last ``keep``."""
-    recent: deque[datetime] = deque(maxlen=keep)
-    count, current = 0, first
-    while current <= now:
-        if count == _SCAN_LIMIT:  # far behind: stop counting, land after now, replay nothing
-            return next_after(spec, now), count, deque()
-        recent.append(current)
-        count += 1
-        following = next_after(spec, current)
-        if following is None:
-            return None, count, recent
-        current = following
-    return current, count, recent
-
-
-def _catch_up(spec: ScheduleSpec, following: datetime, now: datetime, limit: int) -> Misfire:
+    if not (math.isfinite(grace) and grace >= 0):
+        raise ValueError(f"grace={grace!r} must be a number of seconds >= 0")
+    if catch_up_limit < 1:
+        raise ValueError(f"catch_up_limit={catch_up_limit!r} must be >= 1")
+    cut = now - timedelta(seconds=grace)
     if spec.kind == "interval":
-        after_now, count = _jump(spec, following, now)
-        dropped = max(count - limit, 0)
-        if dropped and limit:
-            return Misfire(True, following + dropped * _interval(spec), dropped)
-        return Misfire(True, after_now if dropped else following, dropped)
-    after_now, count, recent = _walk(spec, following, now, limit)
-    if count <= limit:
-        return Misfire(True, following, 0)
-    return Misfire(True, recent[0] if recent else after_now, count - len(recent))
+        return _resolve_on_grid(_grid(spec, due), due, now, cut, policy, catch_up_limit)
+    if policy == "catch_up":
+        return _catch_up(spec, due, now, cut, catch_up_limit)
+    send = policy == "fire_once" or due >= cut
+    # Whether anything lay in (due, cut] would take a second search: count only what is sure.
+    passed_over = 0 if cut <= due or spec.kind == "clocked" else None
+    return Misfire(((due, send),), passed_over, next_after(spec, max(due, cut)))
+
+
+def _resolve_on_grid(
+    grid: _Grid, due: datetime, now: datetime, cut: datetime, policy: str, limit: int
+) -> Misfire:
+    if policy != "catch_up":
+        send = policy == "fire_once" or due >= cut
+        resume = grid.index_after(max(due, cut))
+        return Misfire(((due, send),), grid.count(due, cut), grid.due(resume))
+    following = grid.index_after(due)
+    missed = grid.count(due, now)  # grid times in (due, now], from index ``following`` on
+    taken = min(missed, limit - 1)
+    ticks = ((due, True), *((grid.point(following + i), True) for i in range(taken)))
+    if missed == taken:
+        return Misfire(ticks, 0, grid.due(following + taken))
+    last = ticks[-1][0]
+    return Misfire(ticks, grid.count(last, cut), grid.due(grid.index_after(max(last, cut))))
+
+
+def _catch_up(
+    spec: ScheduleSpec, due: datetime, now: datetime, cut: datetime, limit: int
+) -> Misfire:
+    sent = [due]
+    following = next_after(spec, due)
+    while following is not None and following <= now and len(sent) < limit:
+        sent.append(following)
+        following = next_after(spec, following)
+    ticks = tuple((moment, True) for moment in sent)
+    if following is None or following > cut:
+        # Nothing left behind, or only due times within grace: they fire on their own next.
+        return Misfire(ticks, 0, following)
+    return Misfire(ticks, None, next_after(spec, cut))
 
 
 # --------------------------------------------------------------------------- text
@@ -570,7 +650,8 @@ def _is_str(value: Any) -> bool:
     return isinstance(value, str)
 
 
-_OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+#: The ``apply_async`` options a schedule may carry: name -> (what it must be, its check).
+MESSAGE_OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "queue": ("a string", _is_str),
     "exchange": ("a string", _is_str),
     "routing_key": ("a string", _is_str),
@@ -598,10 +679,10 @@ def validate_payload(name: str, args: object, kwargs: object, options: object) -
         kind = type(options).__name__
         raise InvalidSchedule(name, f"must be an object, not {kind}", field="options")
     for key, value in options.items():
-        if key not in _OPTIONS:
-            message = f"unknown option {key!r} (allowed: {', '.join(sorted(_OPTIONS))})"
+        if key not in MESSAGE_OPTIONS:
+            message = f"unknown option {key!r} (allowed: {', '.join(sorted(MESSAGE_OPTIONS))})"
             raise InvalidSchedule(name, message, field="options")
-        expected, check = _OPTIONS[key]
+        expected, check = MESSAGE_OPTIONS[key]
         if not check(value):
             message = f"option {key!r} must be {expected}, not {value!r}"
             raise InvalidSchedule(name, message, field="options")

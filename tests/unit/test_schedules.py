@@ -1,11 +1,12 @@
 """Schedule math: every expected datetime below was worked out by hand from the calendar
 and the tz rules (US: 2nd Sunday of March 02:00 -> 03:00, 1st Sunday of November 02:00 ->
-01:00; EU: last Sunday of March 01:00 UTC, last Sunday of October 01:00 UTC)."""
+01:00; EU: last Sunday of March 01:00 UTC, last Sunday of October 01:00 UTC; Lord Howe, 30
+minutes: 1st Sunday of October 02:00 -> 02:30 (+10:30 -> +11), 1st Sunday of April 02:00 ->
+01:30). Where Celery differs (DST only), test_schedules_celery.py shows both values."""
 
 from __future__ import annotations
 
 import math
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,14 +15,13 @@ import pytest
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import (
     KINDS,
+    MESSAGE_OPTIONS,
     MISFIRE_POLICIES,
-    Misfire,
     ScheduleSpec,
     describe,
     first_due,
     next_after,
     parse_duration,
-    resolve_misfire,
     validate,
     validate_payload,
 )
@@ -29,6 +29,7 @@ from pg_beat.schedules import (
 UTC = timezone.utc
 NY = "America/New_York"
 BERLIN = "Europe/Berlin"
+LORD_HOWE = "Australia/Lord_Howe"
 
 
 def z(text: str) -> datetime:
@@ -99,13 +100,24 @@ def test_constants() -> None:
         ("0 0 * * fri-mon", "UTC", "2025-01-06 00:00", "2025-01-10 00:00"),
         # only one day field restricted: it alone decides
         ("0 0 1 * *", "UTC", "2025-01-02 00:00", "2025-02-01 00:00"),
-        # both restricted: either matches (Vixie cron). AND would give 2025-09-01.
-        ("0 0 1 * 1", "UTC", "2025-01-02 00:00", "2025-01-06 00:00"),
-        ("0 0 13 * fri", "UTC", "2025-01-01 00:00", "2025-01-03 00:00"),
-        ("0 0 13 * fri", "UTC", "2025-01-10 00:00", "2025-01-13 00:00"),
-        ("0 0 */10 * mon-fri", "UTC", "2025-01-01 00:00", "2025-01-02 00:00"),
-        ("0 0 */10 * mon-fri", "UTC", "2025-01-03 00:00", "2025-01-06 00:00"),
-        ("0 0 31 * sun", "UTC", "2025-04-07 00:00", "2025-04-13 00:00"),
+        # both restricted: both must match, as in Celery (Vixie cron would OR them)
+        ("0 0 1 * 1", "UTC", "2025-01-02 00:00", "2025-09-01 00:00"),
+        ("0 0 13 * fri", "UTC", "2025-01-01 00:00", "2025-06-13 00:00"),
+        ("0 0 13 * fri", "UTC", "2025-06-13 00:00", "2026-02-13 00:00"),
+        ("0 0 */10 * mon-fri", "UTC", "2025-01-01 00:00", "2025-01-21 00:00"),
+        ("0 0 */10 * mon-fri", "UTC", "2025-01-21 00:00", "2025-01-31 00:00"),
+        ("0 0 31 * sun", "UTC", "2025-04-07 00:00", "2025-08-31 00:00"),
+        ("0 9 1-7 * mon", "UTC", "2025-01-01 00:00", "2025-01-06 09:00"),
+        ("0 9 1-7 * mon", "UTC", "2025-01-06 09:00", "2025-02-03 09:00"),
+        # Feb 29 on a Monday: 28 years apart, 40 across the non-leap 2100
+        ("0 0 29 2 1", "UTC", "2025-01-01 00:00", "2044-02-29 00:00"),
+        ("0 0 29 2 1", "UTC", "2072-03-01 00:00", "2112-02-29 00:00"),
+        # ranges that wrap around the field's end, as Celery's parser reads them
+        ("0 22-1 * * *", "UTC", "2025-01-01 01:00", "2025-01-01 22:00"),
+        ("0 22-1 * * *", "UTC", "2025-01-01 23:00", "2025-01-02 00:00"),
+        ("50-10/5 * * * *", "UTC", "2025-01-01 00:10", "2025-01-01 00:50"),
+        ("0 0 30-2 * *", "UTC", "2025-02-03 00:00", "2025-03-01 00:00"),
+        ("0 0 1 nov-feb *", "UTC", "2025-03-01 00:00", "2025-11-01 00:00"),
         # New York spring-forward 2025-03-09: 02:00-02:59 EST does not exist, 07:00Z = 03:00 EDT
         ("30 2 * * *", NY, "2025-03-08 12:00", "2025-03-09 07:00"),
         ("30 2 * * *", NY, "2025-03-09 07:00", "2025-03-10 06:30"),
@@ -145,6 +157,17 @@ def test_constants() -> None:
         ("*/15 * * * *", BERLIN, "2025-10-26 01:45", "2025-10-26 02:00"),
         ("0 * * * *", BERLIN, "2025-10-26 00:00", "2025-10-26 01:00"),
         ("0 * * * *", BERLIN, "2025-10-26 01:00", "2025-10-26 02:00"),
+        # Lord Howe spring-forward 2025-10-05: 02:00-02:29 +10:30 does not exist, 15:30Z = 02:30
+        ("15 2 * * *", LORD_HOWE, "2025-10-04 00:00", "2025-10-04 15:30"),
+        ("45 2 * * *", LORD_HOWE, "2025-10-04 00:00", "2025-10-04 15:45"),
+        ("*/15 * * * *", LORD_HOWE, "2025-10-04 15:15", "2025-10-04 15:30"),
+        ("*/15 * * * *", LORD_HOWE, "2025-10-04 15:30", "2025-10-04 15:45"),
+        # Lord Howe fall-back 2025-04-06: 01:30-01:59 twice, +11 (14:xxZ) then +10:30 (15:xxZ)
+        ("30 1 * * *", LORD_HOWE, "2025-04-05 00:00", "2025-04-05 14:30"),
+        ("30 1 * * *", LORD_HOWE, "2025-04-05 14:30", "2025-04-06 15:00"),
+        ("*/15 * * * *", LORD_HOWE, "2025-04-05 14:45", "2025-04-05 15:00"),
+        ("*/15 * * * *", LORD_HOWE, "2025-04-05 15:15", "2025-04-05 15:30"),
+        ("0 2 * * *", LORD_HOWE, "2025-04-05 00:00", "2025-04-05 15:30"),
     ],
 )
 def test_crontab_next_after(expr: str, tz: str, after: str, expected: str) -> None:
@@ -167,17 +190,19 @@ def ticks(spec: ScheduleSpec, start: datetime, stop: datetime) -> list[datetime]
         (NY, "2025-11-02 04:00", "2025-11-03 05:00", 25),
         (BERLIN, "2025-03-29 23:00", "2025-03-30 22:00", 23),
         (BERLIN, "2025-10-25 22:00", "2025-10-26 23:00", 25),
+        (LORD_HOWE, "2025-10-04 13:30", "2025-10-05 13:00", 23.5),
+        (LORD_HOWE, "2025-04-05 13:00", "2025-04-06 13:30", 24.5),
     ],
 )
 def test_every_15_minutes_keeps_real_time_through_dst_days(
-    tz: str, local_midnight: str, next_local_midnight: str, hours: int
+    tz: str, local_midnight: str, next_local_midnight: str, hours: float
 ) -> None:
-    start = z(local_midnight)
+    start, quarters = z(local_midnight), int(hours * 4)
     found = ticks(
         cron("*/15 * * * *", tz), start - timedelta(microseconds=1), z(next_local_midnight)
     )
-    assert len(found) == hours * 4
-    assert found == [start + timedelta(minutes=15 * i) for i in range(hours * 4)]
+    assert len(found) == quarters
+    assert found == [start + timedelta(minutes=15 * i) for i in range(quarters)]
 
 
 def test_fixed_hour_job_fires_once_on_each_dst_day() -> None:
@@ -189,6 +214,22 @@ def test_fixed_hour_job_fires_once_on_each_dst_day() -> None:
         cron("* 2 * * *", BERLIN), z("2025-03-30 00:00"), z("2025-03-30 02:00")
     )
     assert every_gap_minute == [z("2025-03-30 01:00")]
+
+
+@pytest.mark.parametrize("after", ["2025-01-01 00:00", "2072-03-01 00:00", "2097-03-01 00:00"])
+def test_every_valid_day_meets_every_weekday_within_the_horizon(after: str) -> None:
+    # Why validation need not reject any weekday with any day of month (both must match):
+    # each one's next due time is found, from the worst start (Feb 29 on a Monday: 2072 ->
+    # 2112, over the non-leap 2100) too.
+    month_days = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+    start = z(after)
+    for month, days in enumerate(month_days, start=1):
+        for day in range(1, days + 1):
+            for weekday in range(7):
+                found = next_after(cron(f"0 0 {day} {month} {weekday}"), start)
+                assert found is not None, (month, day, weekday)
+                assert (found.month, found.day, found.isoweekday() % 7) == (month, day, weekday)
+                assert found - start < timedelta(days=41 * 366)
 
 
 def test_crontab_start_and_end_time() -> None:
@@ -269,13 +310,17 @@ NOW = z("2025-01-01 12:00:05")
 @pytest.mark.parametrize(
     ("spec", "now", "last_due", "expected"),
     [
-        (every(60), NOW, None, NOW),
+        # new: as if it had last run now (Celery's ScheduleEntry), so one interval later
+        (every(60), NOW, None, NOW + timedelta(seconds=60)),
+        (every(0.1), NOW, None, NOW + timedelta(seconds=0.1)),
+        (every(60, end_time=z("2025-01-01 12:00:30")), NOW, None, None),
         (every(60, start_time=z("2025-01-02 00:00")), NOW, None, z("2025-01-02 00:00")),
         (every(60, start_time=GRID), NOW, None, z("2025-01-01 12:00:10")),
         (every(60, start_time=GRID), z("2025-01-01 12:00:10"), None, z("2025-01-01 12:00:10")),
         (every(60), NOW, z("2025-01-01 09:00"), z("2025-01-01 09:01")),
         (every(60, end_time=z("2025-01-01 11:00")), NOW, None, None),
-        (cron("0 * * * *"), z("2025-01-01 12:00"), None, z("2025-01-01 12:00")),
+        (cron("0 * * * *"), z("2025-01-01 12:00"), None, z("2025-01-01 13:00")),
+        (cron("0 * * * *"), z("2025-01-01 11:59:59.999999"), None, z("2025-01-01 12:00")),
         (cron("0 * * * *"), NOW, None, z("2025-01-01 13:00")),
         (cron("0 * * * *"), NOW, z("2025-01-01 09:00"), z("2025-01-01 10:00")),
         (cron("0 * * * *", start_time=z("2025-02-01 00:30")), NOW, None, z("2025-02-01 01:00")),
@@ -290,99 +335,6 @@ def test_first_due(
     spec: ScheduleSpec, now: datetime, last_due: datetime | None, expected: datetime | None
 ) -> None:
     assert first_due(spec, now, last_due) == expected
-
-
-# --------------------------------------------------------------------------- misfires
-
-MINUTELY = every(60)
-TEN_MINUTES = cron("*/10 * * * *")
-DUE = z("2025-01-01 12:00")
-
-
-@pytest.mark.parametrize(
-    ("spec", "now", "policy", "limit", "expected"),
-    [
-        # on time or slightly late: fire, next tick on the grid
-        (MINUTELY, "2025-01-01 12:00:05", "fire_once", 3, Misfire(True, z("2025-01-01 12:01"), 0)),
-        (MINUTELY, "2025-01-01 12:01:20", "fire_once", 3, Misfire(True, z("2025-01-01 12:01"), 0)),
-        (MINUTELY, "2025-01-01 12:00:20", "skip", 3, Misfire(True, z("2025-01-01 12:01"), 0)),
-        (MINUTELY, "2025-01-01 12:00:20", "catch_up", 3, Misfire(True, z("2025-01-01 12:01"), 0)),
-        # 5.5 minutes behind: 12:01 .. 12:05 are overdue
-        (MINUTELY, "2025-01-01 12:05:30", "fire_once", 3, Misfire(True, z("2025-01-01 12:06"), 5)),
-        (MINUTELY, "2025-01-01 12:05:30", "skip", 3, Misfire(False, z("2025-01-01 12:06"), 6)),
-        (MINUTELY, "2025-01-01 12:00:45", "skip", 3, Misfire(False, z("2025-01-01 12:01"), 1)),
-        (MINUTELY, "2025-01-01 12:05:30", "catch_up", 3, Misfire(True, z("2025-01-01 12:03"), 2)),
-        (MINUTELY, "2025-01-01 12:05:30", "catch_up", 5, Misfire(True, z("2025-01-01 12:01"), 0)),
-        (MINUTELY, "2025-01-01 12:05:30", "catch_up", 10, Misfire(True, z("2025-01-01 12:01"), 0)),
-        (MINUTELY, "2025-01-01 12:05:30", "catch_up", 0, Misfire(True, z("2025-01-01 12:06"), 5)),
-        # the grid of start_time wins over the claimed tick: 12:00:10 .. 12:05:10 are jumped
-        (
-            every(60, start_time=z("2025-01-01 00:00:10")),
-            "2025-01-01 12:05:30",
-            "fire_once",
-            3,
-            Misfire(True, z("2025-01-01 12:06:10"), 6),
-        ),
-        # end_time: nothing after 12:03
-        (
-            every(60, end_time=z("2025-01-01 12:03")),
-            "2025-01-01 12:05:30",
-            "fire_once",
-            3,
-            Misfire(True, None, 3),
-        ),
-        (
-            every(60, end_time=z("2025-01-01 12:03")),
-            "2025-01-01 12:05:30",
-            "catch_up",
-            2,
-            Misfire(True, z("2025-01-01 12:02"), 1),
-        ),
-        # crontab, 35 minutes behind: 12:10, 12:20, 12:30 are overdue
-        (TEN_MINUTES, "2025-01-01 12:35", "fire_once", 2, Misfire(True, z("2025-01-01 12:40"), 3)),
-        (TEN_MINUTES, "2025-01-01 12:35", "skip", 2, Misfire(False, z("2025-01-01 12:40"), 4)),
-        (TEN_MINUTES, "2025-01-01 12:35", "catch_up", 2, Misfire(True, z("2025-01-01 12:20"), 1)),
-        (TEN_MINUTES, "2025-01-01 12:35", "catch_up", 0, Misfire(True, z("2025-01-01 12:40"), 3)),
-        (TEN_MINUTES, "2025-01-01 12:35", "catch_up", 3, Misfire(True, z("2025-01-01 12:10"), 0)),
-        # clocked: one shot, nothing follows
-        (clocked(DUE), "2025-01-01 13:00", "fire_once", 3, Misfire(True, None, 0)),
-        (clocked(DUE), "2025-01-01 13:00", "skip", 3, Misfire(False, None, 1)),
-        (clocked(DUE), "2025-01-01 13:00", "catch_up", 3, Misfire(True, None, 0)),
-    ],
-)
-def test_resolve_misfire(
-    spec: ScheduleSpec, now: str, policy: str, limit: int, expected: Misfire
-) -> None:
-    assert resolve_misfire(spec, DUE, z(now), policy, 30.0, limit) == expected
-
-
-@pytest.mark.parametrize(
-    ("policy", "expected"),
-    [
-        # 10 days = 864000 ticks of 1 s after the claimed one
-        ("fire_once", Misfire(True, z("2025-01-11 00:00:01"), 864_000)),
-        ("skip", Misfire(False, z("2025-01-11 00:00:01"), 864_001)),
-        ("catch_up", Misfire(True, z("2025-01-10 23:59:58"), 863_997)),
-    ],
-)
-def test_interval_far_behind_is_arithmetic(policy: str, expected: Misfire) -> None:
-    started = time.perf_counter()
-    result = resolve_misfire(every(1), z("2025-01-01 00:00"), z("2025-01-11 00:00"), policy, 0, 3)
-    assert result == expected
-    assert time.perf_counter() - started < 0.05
-
-
-def test_crontab_far_behind_stops_counting() -> None:
-    # 10 days of a minutely crontab is 14400 ticks: counting stops at 10000, then jumps.
-    result = resolve_misfire(cron("* * * * *"), DUE, z("2025-01-11 12:00:30"), "fire_once", 0, 3)
-    assert result == Misfire(True, z("2025-01-11 12:01"), 10_000)
-
-
-def test_resolve_misfire_rejects_unknown_policy_and_bad_numbers() -> None:
-    with pytest.raises(InvalidSchedule, match="misfire_policy: unknown misfire policy 'late'"):
-        resolve_misfire(MINUTELY, DUE, DUE, "late", 30, 3)
-    with pytest.raises(ValueError, match=">= 0"):
-        resolve_misfire(MINUTELY, DUE, DUE, "skip", -1, 3)
 
 
 # --------------------------------------------------------------------------- solar
@@ -400,7 +352,9 @@ def test_solar_sunrise_berlin() -> None:
     assert first.microsecond == 0 and first.tzinfo is UTC
     second = next_after(spec, first)
     assert second is not None and timedelta(hours=23) < second - first < timedelta(hours=25)
-    assert first_due(spec, first, None) == first
+    # A new schedule behaves as if it had last run at ``now``: created at the event, it waits.
+    assert first_due(spec, first - timedelta(seconds=2), None) == first
+    assert first_due(spec, first, None) == second
 
 
 def test_solar_polar_night_waits_for_the_sun() -> None:
@@ -422,7 +376,9 @@ def test_validate_accepts_good_specs() -> None:
         cron("*/5 9-17 * * mon-fri", BERLIN),
         cron("0 0 1,15,31 * *"),
         cron("0 12 29 feb *"),
-        cron("0 0 31 2 mon"),  # impossible day of month, but Mondays in February match
+        cron("0 0 29 2 mon"),  # once in 28 years (40 across 2100), but it does happen
+        cron("0 0 31 jan-feb *"),
+        cron("0 22-2 25-5 nov-feb fri-mon"),  # every field wraps around its end
         clocked(z("2025-01-01 00:00")),
     ):
         validate(spec)
@@ -463,6 +419,12 @@ NAIVE = datetime(2025, 1, 1)
         (cron("0 0 * mon *"), "cron_month_of_year", ["'mon'"]),
         (cron("0 0 31 2 *"), "cron_day_of_month", ["never matches", "'31'", "'2'"]),
         (cron("0 0 30,31 2 *"), "cron_day_of_month", ["never matches"]),
+        (cron("0 0 31 2 mon"), "cron_day_of_month", ["never matches"]),  # both days must match
+        (cron("0 0 31 4,6,9,11 *"), "cron_day_of_month", ["never matches"]),
+        (cron("5/15 * * * *"), "cron_minute", ["'5/15'", "'5-59/15' or '*/15'"]),
+        (cron("0 0 1/2 * *"), "cron_day_of_month", ["'1-31/2'"]),
+        (cron("0 0 * * mon/2"), "cron_day_of_week", ["'mon-sat/2'"]),
+        (cron("0 0 * feb/3 *"), "cron_month_of_year", ["'feb-dec/3'"]),
         (cron("0 0 * * *", "Mars/Base"), "timezone", ["unknown timezone 'Mars/Base'"]),
         (every(60, timezone=""), "timezone", ["unknown timezone ''"]),
         (every(-5), "interval_seconds", ["-5"]),
@@ -541,6 +503,22 @@ def test_next_after_rejects_invalid_spec() -> None:
 )
 def test_validate_payload_accepts(args: object, kwargs: object, options: object) -> None:
     validate_payload("job", args, kwargs, options)
+
+
+def test_message_options_is_the_whitelist_validate_payload_checks() -> None:
+    assert sorted(MESSAGE_OPTIONS) == [
+        "exchange",
+        "expire_seconds",
+        "expires",
+        "headers",
+        "priority",
+        "queue",
+        "routing_key",
+        "soft_time_limit",
+        "time_limit",
+    ]
+    with pytest.raises(InvalidSchedule, match="allowed: exchange, expire_seconds, expires"):
+        validate_payload("job", [], {}, {"countdown": 1})
 
 
 @pytest.mark.parametrize(
