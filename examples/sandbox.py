@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from examples.cluster import ROOT, Cluster
 from pg_beat.exceptions import PgBeatError
-from pg_beat.urls import libpq_url, redact_url
+from pg_beat.urls import describe, libpq_url, redact_url
 
 SCHEDULES = [
     ("demo-every-second-a", 1.0),
@@ -192,7 +192,7 @@ def provision_database(stack: contextlib.ExitStack, private: bool) -> str:
         drop = functools.partial(_drop_database, server, name)
         stack.callback(_quietly(f"dropping database {name}", drop))
         url = _server_url(server, name)
-        say(f"database  {redact_url(libpq_url(url))} (created for the demo, dropped at exit)")
+        say(f"database  {describe(url)} (created for the demo, dropped at exit)")
         return url
     if from_env and not private:
         raise DemoError(

@@ -24,7 +24,7 @@ import time
 
 from examples import sandbox
 from examples.demo import watch
-from pg_beat.urls import libpq_url, redact_url
+from pg_beat.urls import redact_url
 
 
 def supervise(stack: contextlib.ExitStack, args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def supervise(stack: contextlib.ExitStack, args: argparse.Namespace) -> int:
     sandbox.say(
         f">>> {leader} leads (epoch {epoch}). Replicas: {pids}",
         "    try: kill -KILL <pid>, kill -STOP <pid> then kill -CONT <pid>, and",
-        f"    PG_BEAT_DATABASE_URL={redact_url(libpq_url(cluster.database_url))} pg-beat status",
+        f"    PG_BEAT_DATABASE_URL={redact_url(cluster.database_url)!r} pg-beat status",
         "    Ctrl-C stops everything and removes what was created.",
     )
     monitor.interval = args.interval

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -359,6 +359,14 @@ class ScheduleManager:
                 merged.update(dict.fromkeys(CRON_FIELDS, "*"))
             merged.update(changes)
             validate_values(name, merged)
+            if row["source"] == "config":
+                logger.warning(
+                    "schedule %r comes from the beat_schedule of %r: the next start of that app "
+                    "resets this change; detach it first to keep it",
+                    name,
+                    row["config_owner"] or "an app",
+                    extra={"action": "config_edit", "schedule": name},
+                )
             delta = {k: v for k, v in merged.items() if v != current[k]}
             if not delta:
                 return info_from_row(row)
@@ -383,10 +391,25 @@ class ScheduleManager:
             if not store.run_now(conn, self.group, name):
                 raise ScheduleNotFound(name)
 
-    def sync_config(self, entries: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
-        """Make the ``source='config'`` rows match ``entries`` (name -> column values).
+    def detach(self, name: str) -> ScheduleInfo:
+        """Make a schedule from ``beat_schedule`` an API schedule: no start of the app that
+        wrote it changes or removes it again (edit or delete it here instead)."""
+        with self._begin() as conn, _locked_as(name):
+            row = store.detach_schedule(conn, self.group, name)
+        if row is None:
+            raise ScheduleNotFound(name)
+        return info_from_row(row)
 
-        Returns (upserted, removed). Rows made through the API or SQL are left alone.
+    def sync_config(
+        self, entries: Mapping[str, Mapping[str, Any]], *, owner: str, prune: bool = False
+    ) -> SyncResult:
+        """Make ``owner``'s config rows match ``entries`` (name -> column values).
+
+        Rows made through the API or SQL, and another owner's, are never touched: an entry of
+        the same name is skipped with a warning. ``owner``'s rows whose entry is gone are
+        removed only with ``prune`` (each logged by name); otherwise they are kept and named
+        in one warning, since another version of the same app (a rolling deploy) may still
+        have them.
         """
         checked = []
         for name, values in entries.items():
@@ -395,16 +418,52 @@ class ScheduleManager:
             validate_values(name, full)
             checked.append((name, full))
         with self._begin() as conn:
-            taken = store.api_names_among(conn, self.group, entries)
-            for name in sorted(taken):
-                logger.warning(
-                    "beat_schedule entry %r skipped: a schedule of that name was made through "
-                    "the API or SQL and config never takes it over; rename one of them",
-                    name,
-                    extra={"action": "config_conflict", "schedule": name},
-                )
+            foreign = store.foreign_names_among(conn, self.group, entries, owner)
             for name, full in checked:
-                if name not in taken:
-                    store.upsert_config_schedule(conn, self.group, {"name": name, **full})
-            removed = store.delete_config_schedules_except(conn, self.group, entries)
-        return len(checked) - len(taken), removed
+                if name not in foreign:
+                    store.upsert_config_schedule(conn, self.group, owner, {"name": name, **full})
+            gone = [n for n in store.config_names(conn, self.group, owner) if n not in entries]
+            removed = store.delete_config_schedules(conn, self.group, owner, gone) if prune else []
+        self._report_sync(owner, foreign, removed, [] if prune else gone)
+        return SyncResult(len(checked) - len(foreign), removed, [] if prune else gone, foreign)
+
+    def _report_sync(
+        self, owner: str, foreign: Mapping[str, str], removed: Sequence[str], kept: Sequence[str]
+    ) -> None:
+        for name, other in sorted(foreign.items()):
+            whose = "made through the API or SQL" if other == "api" else f"from {other!r}"
+            logger.warning(
+                "beat_schedule entry %r of %r skipped: a schedule of that name exists, %s, "
+                "and is not %r's to change; rename one of them",
+                name,
+                owner,
+                whose,
+                owner,
+                extra={"action": "config_conflict", "schedule": name},
+            )
+        for name in removed:
+            logger.info(
+                "schedule %r removed: no longer in the beat_schedule of %r",
+                name,
+                owner,
+                extra={"action": "config_removed", "schedule": name},
+            )
+        if kept:
+            logger.warning(
+                "schedule(s) %s of %r are no longer in its beat_schedule and were kept (another "
+                "version of the app may use them): remove them with 'pg-beat schedules remove', "
+                "or set pg_beat_config_prune = True",
+                ", ".join(repr(n) for n in kept),
+                owner,
+                extra={"action": "config_stale", "owner": owner},
+            )
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a ``beat_schedule`` sync did."""
+
+    upserted: int
+    removed: Sequence[str]  # names pruned (only with prune=True)
+    kept: Sequence[str]  # names no longer in beat_schedule, kept (prune=False)
+    conflicts: Mapping[str, str]  # name -> 'api' or the other owner

@@ -20,7 +20,17 @@ class SchemaMismatch(PgBeatError):
 
 
 class SessionPoolingDetected(PgBeatError):
-    """Raised when the URL goes through a transaction-pooling proxy that breaks session locks."""
+    """Raised when the URL goes through a transaction-pooling proxy that breaks session locks.
+
+    Not raised by the scheduler, which instead logs :data:`POOLING_MESSAGE` and stands by."""
+
+
+POOLING_MESSAGE = (
+    "pg_beat_pool_mode is 'session' but the database URL goes through a transaction-pooling "
+    "proxy (the advisory lock is held by another server session than this one's): set "
+    "pg_beat_pool_mode = 'transaction' (or 'auto'), or point pg_beat at PostgreSQL directly or "
+    "at a session pool"
+)
 
 
 class ScheduleError(PgBeatError):
@@ -62,3 +72,7 @@ class ScheduleLocked(ScheduleError):
             "locked by another session (an open transaction?); try again, or find it with "
             "'pg-beat status'",
         )
+
+
+class MessageTooLarge(PgBeatError):
+    """Raised when a tick's message is larger than ``pg_beat_max_message_bytes``."""

@@ -47,7 +47,8 @@ from pg_beat.lease import LeaderState
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from pg_beat.dispatch import Claim, Dispatcher
+    from pg_beat.dispatch import Dispatcher
+    from pg_beat.ticks import Claim
     from pg_beat.watchdog import Watchdog
 
 logger = logging.getLogger("pg_beat.metrics")

@@ -86,6 +86,11 @@ class Schedule(Base):
             "group_name",
             postgresql_where=text("enabled AND next_run_at IS NULL AND last_error IS NULL"),
         ),
+        Index(
+            "ix_pg_beat_schedules_failing",
+            "group_name",
+            postgresql_where=text("last_error IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -120,6 +125,11 @@ class Schedule(Base):
     total_run_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(Text, server_default="api")
+    #: For ``source='config'``: the app (``pg_beat_config_owner``, else the Celery app's name)
+    #: whose ``beat_schedule`` wrote the row; a start only ever prunes its own rows.
+    config_owner: Mapped[str | None] = mapped_column(Text)
+    #: After a tick made due by hand (run now), the due time where the grid resumes.
+    resume_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
@@ -130,7 +140,9 @@ class Run(Base):
     __tablename__ = "pg_beat_runs"
     __table_args__ = (
         UniqueConstraint("schedule_id", "due_at"),
-        CheckConstraint("status IN ('claimed', 'sent', 'skipped', 'failed')", name="status"),
+        CheckConstraint(
+            "status IN ('claimed', 'sent', 'skipped', 'failed', 'expired')", name="status"
+        ),
         Index(
             "ix_pg_beat_runs_unsent",
             "group_name",
@@ -171,6 +183,9 @@ class Lease(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZ)
     expires_at: Mapped[datetime | None] = mapped_column(TZ)
     progress_at: Mapped[datetime | None] = mapped_column(TZ)
+    #: Set when the holder handed the lease over on purpose (shutdown, a hang, giving an epoch
+    #: up); cleared by the next takeover.
+    released_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class LeaderTerm(Base):

@@ -1,10 +1,17 @@
-"""The publisher thread: sends claimed ticks in claim order, so the dispatch loop can claim the
-next batch while this one goes out to the broker.
+"""The publisher thread: sends claimed ticks, so the dispatch loop can claim the next batch while
+this one goes out to the broker; nothing ever stalls behind one tick (invariant 12).
 
-The loop hands over ticks whose claims have committed (invariant 3); this thread checks the local
-deadline before every message (invariant 4) and keeps, under one lock, what is queued, what is
-being sent and what was sent but is not yet recorded, so the loop can mark the sent ones in its
-next transaction and never re-publish one of its own ticks as an orphan.
+The loop hands over ticks whose claims have committed (invariant 3). This thread:
+
+- sends ticks that are on time before late ones (a backlog after downtime, orphans of a dead
+  epoch), each lane in claim order, and never a schedule's on-time tick before its late ones;
+- checks the local deadline before every message (invariant 4). Past the deadline it waits
+  while the epoch is still ours (a renewal may bring it back) and drops the epoch's ticks once
+  it is not (the next leader re-publishes them);
+- retries a transient failure in order, and records a permanent one as failed and moves on. A
+  tick that keeps failing while the next one goes out is permanent too (a poison message);
+- keeps, under one lock, what is queued, being sent, and done but not yet recorded, so the loop
+  records outcomes in its next transaction and never re-publishes one of its own ticks.
 """
 
 from __future__ import annotations
@@ -12,21 +19,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
+from pg_beat import broker, clock
 from pg_beat.lease import LeaderState
-
-if TYPE_CHECKING:
-    from pg_beat.dispatch import Claim
+from pg_beat.ticks import Claim, Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 
 RETRY_FIRST = 0.1  # seconds before retrying a publish that failed; doubles up to RETRY_MAX
 RETRY_MAX = 1.0
+SUSPECT_AFTER = 3  # transient failures in a row of one tick before the next one is tried
+DEADLINE_POLL = 0.02  # seconds between looks at a passed deadline that a renewal may move
 
-Send = Callable[["Claim", int], None]
+Send = Callable[[Claim, int], None]
+
+
+@dataclass
+class _Item:
+    claim: Claim
+    epoch: int
+    failures: int = 0  # transient failures in a row
+    error: str = ""  # the last one
 
 
 class Publisher:
@@ -38,36 +54,55 @@ class Publisher:
         self.replica = replica
         self.on_sent: Callable[[Claim, float], None] | None = None
         self.sent_total = 0
+        self.failed_total = 0
         self.thread_id: int | None = None
         self._lock = threading.RLock()  # re-entrant: shutdown may run in a signal handler
         self._work = threading.Condition(self._lock)  # the thread waits for ticks to send
         self._drained = threading.Condition(self._lock)  # wait_below() waits for the backlog
         self._waiting_below: list[int] = []  # thresholds of the current wait_below() calls
-        self._queue: deque[tuple[Claim, int]] = deque()
-        self._current: Claim | None = None
-        self._sent: list[int] = []
+        self._on_time: deque[_Item] = deque()
+        self._late: deque[_Item] = deque()
+        self._late_of: Counter[int] = Counter()  # schedule id -> its ticks in the late lane
+        self._current: _Item | None = None
+        #: A tick that failed SUSPECT_AFTER times in a row, held aside while the next one is
+        #: tried: if that goes out, this one is poison; if not, the broker is down.
+        self._suspect: _Item | None = None
+        self._outcomes = Outcomes()
+        self._failing: set[int] = set()  # schedules whose last tick failed for good
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._progress_at = time.monotonic()
-        self._failing = False
+        self._progress_at = clock.now()
+        self._down = False  # the broker looks down: one line when it starts, one when it ends
         self._deadline_logged: int | None = None
 
     # --- the loop's side ------------------------------------------------------------------
 
     def submit(self, claims: list[Claim], epoch: int) -> None:
-        """Queue committed claims for sending, after whatever is already queued."""
+        """Queue committed claims for sending, after whatever is already queued in their lane."""
         if not claims:
             return
         with self._lock:
-            if not self._queue and self._current is None:
-                self._progress_at = time.monotonic()  # idle until now: not stalled
-            self._queue.extend((claim, epoch) for claim in claims)
+            if not self._backlog():
+                self._progress_at = clock.now()  # idle until now: not stalled
+            for claim in claims:
+                item = _Item(claim, epoch)
+                if claim.late or self._late_of[claim.schedule_id]:
+                    self._late.append(item)
+                    self._late_of[claim.schedule_id] += 1
+                else:
+                    self._on_time.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pg_beat-publisher", daemon=True
                 )
                 self._thread.start()
             self._work.notify()
+
+    def mark_failing(self, schedule_ids: set[int]) -> None:
+        """Schedules the database shows failing (at a takeover): a tick of theirs that goes
+        out is reported as recovered, so their ``last_error`` is cleared."""
+        with self._lock:
+            self._failing |= schedule_ids
 
     @property
     def backlog(self) -> int:
@@ -76,22 +111,25 @@ class Publisher:
             return self._backlog()
 
     def _backlog(self) -> int:
-        return len(self._queue) + (self._current is not None)
+        held = (self._current is not None) + (self._suspect is not None)
+        return len(self._on_time) + len(self._late) + held
 
     def in_flight(self) -> set[int]:
-        """Run ids queued, being sent, or sent and not yet taken: never orphans of ours."""
+        """Run ids queued, being sent, or done and not yet taken: never orphans of ours."""
         with self._lock:
-            ids = {claim.run_id for claim, _ in self._queue}
-            ids.update(self._sent)
-            if self._current is not None:
-                ids.add(self._current.run_id)
+            ids = {item.claim.run_id for item in (*self._on_time, *self._late)}
+            ids.update(self._outcomes.sent)
+            ids.update(run_id for run_id, _, _ in self._outcomes.failed)
+            for item in (self._current, self._suspect):
+                if item is not None:
+                    ids.add(item.claim.run_id)
             return ids
 
-    def take_sent(self) -> list[int]:
-        """Run ids sent since the last call, for the loop to mark in its next transaction."""
+    def take_outcomes(self) -> Outcomes:
+        """What was sent or failed since the last call, for the loop's next transaction."""
         with self._lock:
-            sent, self._sent = self._sent, []
-            return sent
+            outcomes, self._outcomes = self._outcomes, Outcomes()
+            return outcomes
 
     def wait_below(self, count: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s until fewer than ``count`` ticks are pending."""
@@ -115,9 +153,9 @@ class Publisher:
             self._drained.notify_all()
 
     def stalled_since(self) -> float | None:
-        """The monotonic time of the last progress while work is pending; None when idle."""
+        """The :func:`clock.now` of the last progress while work is pending; None when idle."""
         with self._lock:
-            if not self._queue and self._current is None:
+            if not self._backlog():
                 return None
             return self._progress_at
 
@@ -125,7 +163,10 @@ class Publisher:
         """Drop what is queued and wait up to ``timeout`` s for a send in progress to end."""
         with self._lock:
             self._stopping = True
-            self._queue.clear()
+            self._on_time.clear()
+            self._late.clear()
+            self._late_of.clear()
+            self._suspect = None
             self._work.notify_all()
             self._drained.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -138,83 +179,178 @@ class Publisher:
         delay = RETRY_FIRST
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._work.wait()
-                if self._stopping:
+                item = self._next()
+                if item is None:
                     return
-                claim, epoch = self._queue[0]
-                if not self.state.may_publish(epoch):
-                    self._drop(epoch)
-                    continue
-                self._queue.popleft()
-                self._current = claim
-            try:
-                ok = self._send_one(claim, epoch)
-            except Exception:  # the thread must never die; record and go on
-                logger.exception("dispatch: publisher error on %r", claim.schedule)
-                ok = False
+                self._current = item
+            error = self._send_one(item)
             with self._lock:
                 self._current = None
-                self._progress_at = time.monotonic()
-                if ok:
-                    delay = RETRY_FIRST
-                    self._sent.append(claim.run_id)
-                    self.sent_total += 1
-                else:  # keep it first in line, so ticks still go out oldest first
-                    self._queue.appendleft((claim, epoch))
+                if error is None or broker.is_permanent(error):
+                    # Progress means the queue moves on. Retrying a transient failure is not
+                    # progress: a leader that cannot publish for the hang timeout is reported
+                    # and lets a replica that can take over.
+                    self._progress_at = clock.now()
+                delay = self._settle(item, error, delay)
                 self._notify_drained()
-                if not ok:  # back off; only stop() ends the wait early
-                    until = time.monotonic() + delay
-                    while not self._stopping and (left := until - time.monotonic()) > 0:
-                        self._work.wait(left)
-                    self._progress_at = time.monotonic()
-                    delay = min(delay * 2, RETRY_MAX)
 
-    def _send_one(self, claim: Claim, epoch: int) -> bool:
-        try:
-            self.send(claim, epoch)
-        except Exception as exc:
-            if not self._failing:
-                logger.error(
-                    "dispatch: publishing %r due %s failed, will retry (replica %s, epoch %s): %s",
-                    claim.schedule,
-                    claim.due_at.isoformat(),
-                    self.replica,
-                    epoch,
-                    exc,
-                    extra={"action": "publish_failed", "schedule": claim.schedule, "epoch": epoch},
+    def _next(self) -> _Item | None:
+        """The next tick to send, waiting for one; None when stopping. Lock held."""
+        while True:
+            while not self._backlog() and not self._stopping:
+                self._work.wait()
+            if self._stopping:
+                return None
+            if self._suspect is not None and not (self._on_time or self._late):
+                self._requeue(self._suspect)  # nothing left to compare it with
+                self._suspect = None
+            lane = self._on_time if self._on_time else self._late
+            item = lane[0]
+            if self.state.may_publish(item.epoch):
+                lane.popleft()
+                if lane is self._late:
+                    self._late_of[item.claim.schedule_id] -= 1
+                return item
+            if self.state.holds(item.epoch):
+                # Past the deadline, but the epoch is still ours: a late renewal brings it back,
+                # a failed one steps down. Either way these ticks are not lost.
+                self._progress_at = clock.now()
+                self._work.wait(DEADLINE_POLL)
+                continue
+            self._drop(item.epoch)
+
+    def _settle(self, item: _Item, error: BaseException | None, delay: float) -> float:
+        """Record a send's outcome; return the next retry delay. Lock held."""
+        if error is None:
+            self._sent(item)
+            if self._suspect is not None:  # the tick after it went out: the suspect is poison
+                suspect, self._suspect = self._suspect, None
+                self._fail(
+                    suspect,
+                    f"failed {suspect.failures} times in a row while other ticks were "
+                    f"published; last error: {suspect.error}",
                 )
-            self._failing = True
-            return False
-        if self._failing:
+            return RETRY_FIRST
+        if broker.is_permanent(error):
+            self._fail(item, f"{type(error).__name__}: {error}")
+            return delay
+        item.failures += 1
+        item.error = f"{type(error).__name__}: {error}"
+        if self._suspect is not None:
+            # The next tick failed as well: the broker is down, not the suspect. Both go back,
+            # the suspect first, and it gets SUSPECT_AFTER more tries before the next probe.
+            suspect, self._suspect = self._suspect, None
+            self._requeue(item)
+            suspect.failures = 0
+            self._requeue(suspect)
+        elif item.failures >= SUSPECT_AFTER and (self._on_time or self._late):
+            self._suspect = item
+            return delay  # no back-off: the next tick tells at once
+        else:
+            self._requeue(item)
+        self._report_down(item, error)
+        self._back_off(delay)
+        return min(delay * 2, RETRY_MAX)
+
+    def _sent(self, item: _Item) -> None:
+        claim = item.claim
+        self._outcomes.sent.append(claim.run_id)
+        self.sent_total += 1
+        if claim.schedule_id in self._failing:
+            self._failing.discard(claim.schedule_id)
+            self._outcomes.recovered.append(claim.schedule_id)
+            logger.info(
+                "dispatch: %r publishes again (replica %s)",
+                claim.schedule,
+                self.replica,
+                extra={"action": "publish_recovered", "schedule": claim.schedule},
+            )
+        if self._down:
+            self._down = False
             logger.info(
                 "dispatch: publishing works again (replica %s, epoch %s)",
                 self.replica,
-                epoch,
-                extra={"action": "publish_recovered", "epoch": epoch},
+                item.epoch,
+                extra={"action": "publish_recovered", "epoch": item.epoch},
             )
-            self._failing = False
+
+    def _requeue(self, item: _Item) -> None:
+        """Put a failed tick back first in its lane, so ticks still go out oldest first."""
+        if item.claim.late:
+            self._late.appendleft(item)
+            self._late_of[item.claim.schedule_id] += 1
+        else:
+            self._on_time.appendleft(item)
+
+    def _fail(self, item: _Item, error: str) -> None:
+        """Park a tick that can never go out: recorded failed, the schedule's last_error set."""
+        claim = item.claim
+        self.failed_total += 1
+        self._outcomes.failed.append((claim.run_id, claim.schedule_id, error[:2000]))
+        if claim.schedule_id not in self._failing:
+            self._failing.add(claim.schedule_id)
+            logger.error(
+                "dispatch: the tick of %r due %s cannot be published and is recorded as failed "
+                "(replica %s, epoch %s): %s",
+                claim.schedule,
+                claim.due_at.isoformat(),
+                self.replica,
+                item.epoch,
+                error,
+                extra={"action": "publish_failed", "schedule": claim.schedule, "epoch": item.epoch},
+            )
+
+    def _report_down(self, item: _Item, error: BaseException) -> None:
+        if self._down:
+            return
+        self._down = True
+        logger.error(
+            "dispatch: publishing %r due %s failed, will retry (replica %s, epoch %s): %s",
+            item.claim.schedule,
+            item.claim.due_at.isoformat(),
+            self.replica,
+            item.epoch,
+            error,
+            extra={"action": "publish_down", "schedule": item.claim.schedule, "epoch": item.epoch},
+        )
+
+    def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` s before the retry; only stop() ends the wait early. Lock held."""
+        until = time.monotonic() + delay
+        while not self._stopping and (left := until - time.monotonic()) > 0:
+            self._work.wait(left)
+
+    def _send_one(self, item: _Item) -> BaseException | None:
+        """Send one tick; the error, or None."""
+        try:
+            self.send(item.claim, item.epoch)
+        except Exception as exc:
+            return exc
         if self.on_sent is not None:
             try:
-                self.on_sent(claim, time.time())
+                self.on_sent(item.claim, time.time())
             except Exception:
-                logger.exception("dispatch: on_sent hook failed for %r", claim.schedule)
-        return True
+                logger.exception("dispatch: on_sent hook failed for %r", item.claim.schedule)
+        return None
 
     def _drop(self, epoch: int) -> None:
-        """Past the deadline or deposed: leave this epoch's ticks to the next leader, which
-        re-publishes them (same task ids) once the epoch's lease has expired. Lock held."""
-        before = len(self._queue)
-        self._queue = deque(item for item in self._queue if item[1] != epoch)
+        """Deposed: leave this epoch's ticks to the next leader, which re-publishes them (same
+        task ids) once the epoch's lease has expired. Lock held."""
+        before = self._backlog()
+        if self._suspect is not None and self._suspect.epoch == epoch:
+            self._suspect = None
+        self._on_time = deque(i for i in self._on_time if i.epoch != epoch)
+        self._late = deque(i for i in self._late if i.epoch != epoch)
+        self._late_of = Counter(i.claim.schedule_id for i in self._late)
         if self._deadline_logged != epoch:
             self._deadline_logged = epoch
             logger.warning(
-                "dispatch: no longer leading (lease deadline passed or stepped down); %d "
-                "claimed tick(s) left for the next leader (replica %s, epoch %s)",
-                before - len(self._queue),
+                "dispatch: no longer leading; %d claimed tick(s) left for the next leader "
+                "(replica %s, epoch %s)",
+                before - self._backlog(),
                 self.replica,
                 epoch,
                 extra={"action": "deadline", "epoch": epoch, "replica": self.replica},
             )
-        self._progress_at = time.monotonic()
+        self._progress_at = clock.now()
         self._notify_drained()

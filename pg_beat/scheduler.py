@@ -1,13 +1,20 @@
 """``pg_beat.Scheduler``, the Celery beat scheduler (``beat_scheduler = "pg_beat:Scheduler"``).
 
-Thin by design: configuration, start-up checks, and wiring of the dispatcher (main thread)
-and the watchdog (its own thread). Celery builds a ``lazy=True`` instance for its banner;
-that one reads at most the schema revision and writes nothing.
+Thin by design: configuration, start-up, and wiring of the dispatcher (main thread), the
+watchdog (its own thread) and the publish path. Celery builds a ``lazy=True`` instance for its
+banner; that one reads at most the schema revision and writes nothing.
+
+Start-up waits for the database with one log line per state change, and can be stopped at
+any point: Celery's SIGTERM/SIGINT handler builds a second scheduler to close while the first
+is still starting, and that second one ends the process at once. A database or role that does
+not exist, a failed password, a bad setting and a schema mismatch are not retried: beat exits
+with one line and a non-zero status.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -15,40 +22,45 @@ from typing import Any
 
 from celery import beat
 from celery import schedules as celery_schedules
+from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import migrate, store
+from pg_beat import broker, migrate, store
 from pg_beat.api import ScheduleManager, split_crontab
 from pg_beat.config import Settings
-from pg_beat.dispatch import Claim, Dispatcher
-from pg_beat.exceptions import InvalidSchedule, SchemaMismatch
+from pg_beat.dispatch import Dispatcher
+from pg_beat.exceptions import (
+    ConfigurationError,
+    InvalidSchedule,
+    MessageTooLarge,
+    PgBeatError,
+    SchemaMismatch,
+)
 from pg_beat.lease import LeaderState
-from pg_beat.urls import redact_url
+from pg_beat.schedules import MESSAGE_OPTIONS
+from pg_beat.ticks import Claim
+from pg_beat.urls import describe
 from pg_beat.watchdog import Watchdog
 
 logger = logging.getLogger("pg_beat.scheduler")
 
-_OPTION_KEYS = (
-    "queue",
-    "exchange",
-    "routing_key",
-    "priority",
-    "headers",
-    "expires",
-    "expire_seconds",
-    "soft_time_limit",
-    "time_limit",
+EX_CONFIG = 78  # sysexits.h: a configuration error; a supervisor should not just restart us
+#: Connection failures that waiting will not cure.
+_PERMANENT = re.compile(
+    r"database \".*\" does not exist|role \".*\" does not exist|password authentication "
+    r"failed|no pg_hba\.conf entry|authentication failed"
 )
 
 
 def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[str, Any]:
     """Column values for one ``beat_schedule`` entry (Celery's schedule classes in, rows out)."""
     schedule = entry.get("schedule")
+    options = dict(entry.get("options") or {})
     values: dict[str, Any] = {
         "task": entry.get("task"),
         "args": list(entry.get("args") or ()),
         "kwargs": dict(entry.get("kwargs") or {}),
-        "options": {k: v for k, v in dict(entry.get("options") or {}).items() if k in _OPTION_KEYS},
+        "options": {k: v for k, v in options.items() if k in MESSAGE_OPTIONS},
         "description": f"from beat_schedule[{name!r}]",
     }
     if isinstance(schedule, (int, float)):
@@ -91,15 +103,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """A Celery beat scheduler whose schedules live in PostgreSQL and whose replicas elect one
     fenced leader. Settings: the ``pg_beat_*`` keys of the app's configuration."""
 
+    #: True while a (non-lazy) instance waits for its database at start.
+    _starting = False
+
     def __init__(self, app: Any, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
-        self.settings = Settings.from_celery(app.conf)
+        if Scheduler._starting and not lazy:
+            # Celery's SIGTERM/SIGINT handler is closing a scheduler that is still starting (it
+            # builds a new one to close): stop here. The SystemExit unwinds the handler and the
+            # start-up it interrupted.
+            raise SystemExit(0)
+        try:
+            self.settings = Settings.from_celery(app.conf)
+        except ConfigurationError as exc:
+            raise SystemExit(f"pg_beat: {exc}") from None
         self.connector = store.Connector(self.settings)
         self.state = LeaderState()
         self.dispatcher: Dispatcher | None = None
         self.watchdog: Watchdog | None = None
         self._closed = False
         self._producer_ready = False
-        self._lazy = lazy
+        self._unknown_tasks: set[str] = set()
         #: Kept empty on purpose: schedules are read from the database as they fall due.
         self._empty: dict[str, Any] = {}
         super().__init__(app, *args, lazy=lazy, **kwargs)
@@ -112,14 +135,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def setup_schedule(self) -> None:
         settings = self.settings
-        self._wait_for_schema()
-        if settings.sync_config:
-            self._sync_config()
+        Scheduler._starting = True
+        try:
+            self._start_up()
+        finally:
+            Scheduler._starting = False
         self.dispatcher = Dispatcher(settings, self.state, self._send, self.connector)
         self.watchdog = Watchdog(
             settings,
             self.state,
-            lambda: self.dispatcher.progress_at if self.dispatcher else time.monotonic(),
+            lambda: self.dispatcher.progress_at if self.dispatcher else 0.0,
             dispatch_thread=lambda: self.dispatcher.thread_id if self.dispatcher else None,
             dispatch_backend=lambda: self.dispatcher.backend_pid if self.dispatcher else None,
             connector=self.connector,
@@ -130,11 +155,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             serve_metrics(settings.metrics_port, self)
         self.watchdog.start()
         logger.info(
-            "pg_beat: replica %s started in group %r (lease ttl %gs, heartbeat %gs)",
+            "pg_beat: replica %s started in group %r (lease ttl %gs, heartbeat %gs, %s mode)",
             settings.replica_name,
             settings.group,
             settings.lease_ttl,
             settings.heartbeat_interval,
+            self.connector.mode,
             extra={"action": "start", "replica": settings.replica_name},
         )
 
@@ -147,6 +173,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         delay = self.dispatcher.step()
         self.dispatcher.wait(min(delay, float(self.max_interval)))
         return 0.0
+
+    @cached_property
+    def connection(self) -> Any:
+        """The broker connection of the publish path, with timeouts that fit in the publish
+        margin (see :mod:`pg_beat.broker`)."""
+        transport = str(self.app.connection_for_write().transport_cls)
+        options = broker.connection_options(transport, self.settings.publish_margin)
+        return self.app.connection_for_write(**options)
 
     def _warm_producer(self) -> None:
         """Connect to the broker while standing by, so a takeover's first publish does not pay
@@ -196,19 +230,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def info(self) -> str:
         settings = self.settings
         lines = [
-            f"database -> {redact_url(settings.database_url)}"
+            f"database -> {describe(settings.database_url)}"
             + (f" (schema {settings.schema})" if settings.schema else ""),
             f"    . group -> {settings.group}, replica -> {settings.replica_name}",
             f"    . lease -> ttl {settings.lease_ttl:g}s, heartbeat "
             f"{settings.heartbeat_interval:g}s, hang timeout {settings.hang_timeout:g}s, "
-            f"on hang {settings.on_hang}",
+            f"on hang {settings.on_hang}, pool mode {settings.pool_mode}",
             f"    . misfire -> {settings.misfire_policy} (grace {settings.misfire_grace_time:g}s)"
             f", timezone {self.app.conf.timezone or 'UTC'}",
             f"    . schema -> {self._schema_status()}",
         ]
         return "\n".join(lines)
 
-    # --- internals -------------------------------------------------------------------------
+    # --- start-up ----------------------------------------------------------------------------
 
     def _schema_status(self) -> str:
         try:
@@ -216,15 +250,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except SchemaMismatch as exc:
             return f"MISMATCH: {exc}"
         except DBAPIError as exc:
-            return f"unknown (database unreachable: {type(exc.orig).__name__})"
+            return f"unknown (database unreachable: {_first_line(exc)})"
         return f"at {migrate.head_revision()} (ok)"
 
     def _check_schema(self) -> None:
-        settings = self.settings
         engine = self.connector.engine("check")
         try:
             with engine.connect() as conn:
-                current = migrate.current_revision(conn, settings.schema)
+                current = migrate.current_revision(conn, self.settings.schema)
         finally:
             engine.dispose()
         head = migrate.head_revision()
@@ -234,50 +267,68 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 f"needs {head}: run 'pg-beat db upgrade'"
             )
 
-    def _wait_for_schema(self) -> None:
-        """Retry (with backoff) until the database answers; stop on a schema mismatch."""
-        delay = 0.5
-        logged = False
+    def _start_up(self) -> None:
+        """Check the schema and sync ``beat_schedule``, retrying (with backoff, one line per
+        state change) while the database is unreachable or read-only; exit on what waiting
+        cannot cure."""
+        delay, failing = 0.5, ""
+        where = describe(self.settings.database_url)
         while True:
             try:
                 self._check_schema()
-                if logged:
-                    logger.info("pg_beat: database reachable")
-                return
-            except SchemaMismatch as exc:
-                logger.critical("pg_beat: %s", exc)
-                raise SystemExit(f"pg_beat: {exc}") from exc
-            except DBAPIError as exc:
-                if not logged:
+                if self.settings.sync_config:
+                    self._sync_config()
+            except (PgBeatError, DBAPIError) as exc:
+                reason = _first_line(exc)
+                if not isinstance(exc, DBAPIError) or _PERMANENT.search(str(exc)):
+                    logger.critical(
+                        "pg_beat: cannot start (database %s): %s",
+                        where,
+                        reason,
+                        extra={"action": "start_failed", "replica": self.settings.replica_name},
+                    )
+                    raise SystemExit(EX_CONFIG) from None
+                if reason != failing:
                     logger.error(
-                        "pg_beat: database at %s unreachable (%s); retrying with backoff",
-                        redact_url(self.settings.database_url),
-                        str(exc.orig).splitlines()[0] if exc.orig else exc,
+                        "pg_beat: database %s not usable yet (%s); retrying with backoff",
+                        where,
+                        reason,
                         extra={"action": "db_wait", "replica": self.settings.replica_name},
                     )
-                    logged = True
+                    failing = reason
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            if failing:
+                logger.info("pg_beat: database reachable again (%s)", where)
+            return
 
     def _sync_config(self) -> None:
+        settings = self.settings
         tz = str(self.app.conf.timezone or "UTC")
         entries = {
             name: entry_values(name, entry, tz)
             for name, entry in (self.app.conf.beat_schedule or {}).items()
         }
-        manager = ScheduleManager(settings=self.settings, connector=self.connector)
+        owner = settings.config_owner or str(self.app.main or "celery")
+        manager = ScheduleManager(settings=settings, connector=self.connector)
         try:
-            upserted, removed = manager.sync_config(entries)
+            result = manager.sync_config(entries, owner=owner, prune=settings.config_prune)
         finally:
             manager.close()
         logger.info(
-            "pg_beat: beat_schedule synced: %d entries, %d removed",
-            upserted,
-            removed,
-            extra={"action": "config_sync"},
+            "pg_beat: beat_schedule of %r synced: %d entries, %d removed",
+            owner,
+            result.upserted,
+            len(result.removed),
+            extra={"action": "config_sync", "owner": owner},
         )
 
+    # --- publishing ----------------------------------------------------------------------------
+
     def _send(self, claim: Claim, epoch: int) -> None:
+        """Publish one tick (from the publisher thread); raises on failure, which
+        :mod:`pg_beat.broker` classifies as transient or permanent."""
         options = dict(claim.options)
         headers = dict(options.pop("headers", None) or {})
         headers.update(
@@ -287,29 +338,66 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             pg_beat_claim_epoch=claim.epoch,
             pg_beat_replica=self.settings.replica_name,
         )
-        expire_seconds = options.pop("expire_seconds", None)
-        if expire_seconds is not None and "expires" not in options:
-            options["expires"] = expire_seconds
+        options.pop("expire_seconds", None)
+        options.pop("expires", None)
+        if claim.expires_at is not None:
+            options["expires"] = claim.expires_at  # absolute: due time + expires
+        self._check_size(claim)
         task = self.app.tasks.get(claim.task)
-        if task is not None:
-            task.apply_async(
+        if task is None:
+            self._warn_unknown(claim)
+        publish = task.apply_async if task is not None else self._send_task(claim.task)
+        try:
+            # retry=False: the publisher thread retries, in order, within the lease's deadline.
+            publish(
                 claim.args,
                 claim.kwargs,
                 task_id=claim.task_id,
                 headers=headers,
                 producer=self.producer,
+                retry=False,
                 **options,
             )
-        else:
-            self.app.send_task(
-                claim.task,
-                claim.args,
-                claim.kwargs,
-                task_id=claim.task_id,
-                headers=headers,
-                producer=self.producer,
-                **options,
+        except Exception as exc:
+            if broker.is_channel_error(exc):
+                self._revive_channel()
+            raise
+
+    def _send_task(self, name: str) -> Any:
+        return lambda args, kwargs, **options: self.app.send_task(name, args, kwargs, **options)
+
+    def _check_size(self, claim: Claim) -> None:
+        from kombu.serialization import dumps
+
+        serializer = self.app.conf.task_serializer
+        _, _, body = dumps((claim.args, claim.kwargs, {}), serializer=serializer)  # type: ignore[no-untyped-call]
+        size = len(body)
+        if size > self.settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message of {size} bytes is over pg_beat_max_message_bytes "
+                f"({self.settings.max_message_bytes})"
             )
+
+    def _warn_unknown(self, claim: Claim) -> None:
+        """Once per schedule: the task may be defined on the workers only, so this is no
+        error, but a typo in a task name is otherwise only seen by the workers."""
+        if claim.schedule in self._unknown_tasks:
+            return
+        self._unknown_tasks.add(claim.schedule)
+        logger.warning(
+            "pg_beat: schedule %r sends task %r, which this app does not know (a typo, or a "
+            "task defined on the workers only?)",
+            claim.schedule,
+            claim.task,
+            extra={"action": "unknown_task", "schedule": claim.schedule},
+        )
+
+    def _revive_channel(self) -> None:
+        """The broker closed the channel over one message: the next one gets a new channel."""
+        try:
+            self.producer.revive(self.connection.channel())
+        except Exception:
+            logger.debug("pg_beat: could not open a new broker channel yet", exc_info=True)
 
     def _release(self, epoch: int | None, lock_backend: int | None) -> None:
         if epoch is None:
@@ -317,13 +405,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         settings = self.settings
         engine = self.connector.engine("shutdown")
         try:
-            with engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn, conn.begin():
                 store.release(conn, settings.group, epoch, settings.replica_name)
                 if lock_backend is not None:
                     # Ends our lease session, and with it the advisory lock, without touching the
                     # connection object the watchdog thread may be using right now.
-                    store.terminate_backend(conn, lock_backend)
+                    store.terminate_own_session(conn, lock_backend)
             logger.info(
                 "pg_beat: released the lease on shutdown (epoch %s)",
                 epoch,
@@ -334,7 +421,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "pg_beat: could not release the lease on shutdown (epoch %s): %s; it "
                 "expires by itself",
                 epoch,
-                exc.orig,
+                _first_line(exc),
             )
         finally:
             engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__

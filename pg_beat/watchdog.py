@@ -1,9 +1,12 @@
 """The watchdog thread: wins, renews and gives up the lease, and watches the holder.
 
 Every replica runs one. On the leader it renews the lease on its own connection, but only
-while the dispatch loop makes progress (invariant 6); on a standby it waits for the advisory
-lock and watches the lease row and ``pg_stat_activity`` for a holder that died or hung.
-Each iteration is guarded: the thread logs state changes once and never dies.
+while the dispatch loop makes progress (invariant 6). On a standby in session mode it waits
+for the advisory lock and watches ``pg_locks`` for a holder that died or hung; in
+transaction-pooling mode it reads the lease row each heartbeat and takes over a lease that
+expired or was released. Every statement runs in a short transaction of its own (so that
+``SET LOCAL`` applies behind a transaction pool); each iteration is guarded: the thread logs
+state changes once and never dies.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,18 +26,20 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import __version__, store
+from pg_beat import __version__, clock, store
 from pg_beat.config import Settings
-from pg_beat.exceptions import SessionPoolingDetected
+from pg_beat.exceptions import POOLING_MESSAGE
 from pg_beat.lease import LeaderState, LeaseStatus, lease_state
 
 logger = logging.getLogger("pg_beat.watchdog")
 
 HANG_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts us
+REPLICA_PRUNE_EVERY = 30.0  # seconds between prunes of replica rows not seen for long
 
 
 class Watchdog(threading.Thread):
-    """Leadership for one replica. ``progress`` returns the dispatch loop's last progress."""
+    """Leadership for one replica. ``progress`` returns the dispatch loop's last progress, on
+    :func:`pg_beat.clock.now`."""
 
     def __init__(
         self,
@@ -54,14 +59,15 @@ class Watchdog(threading.Thread):
         self.dispatch_thread = dispatch_thread
         self.dispatch_backend = dispatch_backend
         self.exit_process = exit_process
+        self.connector = connector or store.Connector(settings)
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = time.time()
-        self.connector = connector or store.Connector(settings)
         self.engine: Engine = self.connector.engine("standby")
         self.conn: Connection | None = None
-        self.backend_pid: int | None = None
+        self.backend_pid: int | None = None  # our lease session's, in session mode
         self.epoch: int | None = None
+        self.seen_epoch = 0  # the highest epoch seen: a new one is always above it
         self.stopping = threading.Event()
         self.failovers = 0
         self.renewal_failures = 0
@@ -69,6 +75,8 @@ class Watchdog(threading.Thread):
         self._replica_seen_at = 0.0
         self._hung = False
         self._gap = 0.0
+        self._terminated_epoch: int | None = None
+        self._refusing = False  # session mode was asked for, but the URL pools transactions
 
     # --- logging once per state change ---------------------------------------------------
 
@@ -95,25 +103,27 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         last_start: float | None = None
         while not self.stopping.is_set():
-            started = time.monotonic()
+            started = clock.now()
             self._gap = 0.0 if last_start is None else started - last_start
             last_start = started
             try:
                 self.iterate()
                 self._say("db", "ok", logging.INFO, "watchdog: connected to the database")
-            except SessionPoolingDetected as exc:
-                self._say("db", "pooling", logging.CRITICAL, "watchdog: %s", exc)
-                self._drop_connection()
+                self._said.pop("error", None)
             except DBAPIError as exc:
                 self._lost_database(exc)
-            except Exception:  # never let the thread die
-                logger.exception(
-                    "watchdog: unexpected error (replica %s, epoch %s)",
-                    self.settings.replica_name,
-                    self.epoch,
-                )
+            except Exception as exc:  # never let the thread die; one traceback per streak
+                if self._said.get("error") != type(exc).__name__:
+                    logger.exception(
+                        "watchdog: unexpected error (replica %s, epoch %s)",
+                        self.settings.replica_name,
+                        self.epoch,
+                    )
+                self._said["error"] = type(exc).__name__
+                if self.epoch is not None:
+                    self._step_down(f"unexpected error: {exc}")
                 self._drop_connection()
-            elapsed = time.monotonic() - started
+            elapsed = clock.now() - started
             pause = self.settings.heartbeat_interval - elapsed
             if self.epoch is None and self.conn is None:
                 pause = max(pause, 0.5)  # reconnect backoff
@@ -126,13 +136,24 @@ class Watchdog(threading.Thread):
             self._lead(conn)
         else:
             self._stand_by(conn)
-        self._heartbeat_replica(conn)
+        if self.conn is not None:  # a step-down closes the connection
+            self._heartbeat_replica(self.conn)
+
+    @property
+    def session_mode(self) -> bool:
+        return not self.connector.transaction_pooled
 
     def _connection(self) -> Connection:
         if self.conn is None:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self.backend_pid = store.backend_pid(conn)
-            store.ensure_lease(conn, self.settings.group)
+            conn = self.engine.connect()
+            try:
+                with conn.begin():
+                    pid = store.backend_pid(conn)
+                    store.ensure_lease(conn, self.settings.group)
+            except BaseException:
+                conn.close()
+                raise
+            self.backend_pid = pid if self.session_mode else None
             self.conn = conn
         return self.conn
 
@@ -175,11 +196,15 @@ class Watchdog(threading.Thread):
                 "db",
                 "down",
                 logging.ERROR,
-                "watchdog: database unreachable, retrying (replica %s): %s",
+                "watchdog: database unreachable or read-only, retrying (replica %s): %s",
                 self.settings.replica_name,
                 first_line,
             )
         self._drop_connection()
+
+    def _seen(self, epoch: int | None) -> None:
+        if epoch is not None and epoch > self.seen_epoch:
+            self.seen_epoch = epoch
 
     # --- leader --------------------------------------------------------------------------
 
@@ -191,7 +216,7 @@ class Watchdog(threading.Thread):
             # that this process will not publish under (the loop may have given it up).
             self._step_down("this process gave the epoch up (fenced out, or shutting down)")
             return
-        stuck_for = time.monotonic() - self.progress()
+        stuck_for = clock.now() - self.progress()
         # When this thread was frozen as long as the loop, the whole process was paused
         # (SIGSTOP, VM freeze): not a hang of the loop. The renewal below tells if we lost.
         paused = self._gap > stuck_for - 2 * settings.heartbeat_interval
@@ -204,13 +229,19 @@ class Watchdog(threading.Thread):
                 self._gap,
                 extra={"action": "paused", "epoch": self.epoch},
             )
-        started = time.monotonic()
-        expires = store.renew(
-            conn, settings.group, self.epoch, settings.replica_name, settings.lease_ttl, stuck_for
-        )
+        started = clock.now()
+        with conn.begin():
+            expires = store.renew(
+                conn,
+                settings.group,
+                self.epoch,
+                settings.replica_name,
+                settings.lease_ttl,
+                stuck_for,
+            )
         if expires is None:
             self.renewal_failures += 1
-            self._step_down("lease taken over by another replica")
+            self._step_down("the lease expired or was taken over by another replica")
             return
         self.state.extend(self.epoch, started, settings.lease_ttl - settings.publish_margin)
 
@@ -223,7 +254,8 @@ class Watchdog(threading.Thread):
         backend = self.dispatch_backend()
         waits = "(dispatch backend unknown)"
         if backend is not None:
-            rows = store.backend_diagnostics(conn, [backend])
+            with conn.begin():
+                rows = store.backend_diagnostics(conn, [backend])
             waits = "; ".join(_describe_backend(row) for row in rows) or "(backend idle or gone)"
         logger.critical(
             "watchdog: dispatch loop stuck for %.1fs (replica %s, epoch %s); releasing the lease."
@@ -251,8 +283,10 @@ class Watchdog(threading.Thread):
         conn = conn or self.conn
         if epoch is not None and conn is not None:
             try:
-                store.release(conn, self.settings.group, epoch, self.settings.replica_name)
-                store.unlock_all(conn)
+                with conn.begin():
+                    store.release(conn, self.settings.group, epoch, self.settings.replica_name)
+                    if self.session_mode:
+                        store.unlock_all(conn)
             except DBAPIError:
                 self._drop_connection()
             logger.info(
@@ -279,20 +313,14 @@ class Watchdog(threading.Thread):
     def _stand_by(self, conn: Connection) -> None:
         settings = self.settings
         if self._hung:
-            if time.monotonic() - self.progress() > settings.hang_timeout:
+            if clock.now() - self.progress() > settings.hang_timeout:
                 return  # our own loop is still stuck: never lead with it
             self._hung = False
-        lease = store.read_lease(conn, settings.group)
-        # The row exists (ensured at connect); the local clock only stands in for a missing one.
-        view = lease_state(lease, lease["db_now"] if lease else datetime.now(timezone.utc))
-        if view.status is LeaseStatus.STALE and view.holder != settings.replica_name:
-            self._terminate_hung_holder(conn, view.backend_pid, view.holder, view.heartbeat_age)
-        if (
-            view.status is LeaseStatus.HELD
-            and view.holder == settings.replica_name
-            and (view.backend_pid == self.backend_pid)
-        ):
-            return
+        with conn.begin():
+            lease = store.read_lease(conn, settings.group)
+        assert lease is not None  # ensured at connect
+        self._seen(lease["epoch"])
+        view = lease_state(lease, lease["db_now"])
         self._say(
             "standby",
             str(view.holder),
@@ -301,23 +329,33 @@ class Watchdog(threading.Thread):
             view.holder,
             view.epoch,
         )
-        wait = min(settings.heartbeat_interval, 1.0)
-        if store.wait_lock(conn, settings.group, wait):
+        if not self.session_mode:
+            if view.status is not LeaseStatus.HELD:
+                self._take_over(conn, locked=False)
+            return
+        if self._refusing:
+            return
+        if view.status is not LeaseStatus.HELD and view.holder != settings.replica_name:
+            self._terminate_hung_holder(conn, lease, view.status)
+        self._note_outside_holder(lease)
+        if store.wait_lock(conn, settings.group, min(settings.heartbeat_interval, 1.0)):
             if self.stopping.is_set():  # shutting down: never start a term now
-                store.unlock_all(conn)
+                self._unlock(conn)
                 return
-            self._take_over(conn, view.status.value)
+            self._take_over(conn, locked=True)
 
     def _terminate_hung_holder(
-        self, conn: Connection, pid: int | None, holder: str | None, age: float | None
+        self, conn: Connection, lease: Mapping[Any, Any], status: LeaseStatus
     ) -> None:
-        if pid is None or not self.settings.terminate_hung_leader:
+        """The lease expired or was given up, yet the session recorded as its holder's still
+        holds the advisory lock (a hung or paused process, or a session the server has not
+        seen die): terminate it, once pg_locks has shown that it is that holder."""
+        pid, holder = lease["backend_pid"], lease["holder"]
+        if pid is None or not lease["backend_alive"] or not self.settings.terminate_hung_leader:
             return
         try:
-            done = store.terminate_backend(conn, pid)
-            # Its other sessions too: a dispatch transaction left open by the hung process
-            # (e.g. cut off mid-claim) holds the lease row and would stall the takeover.
-            others = store.terminate_replica_backends(conn, holder) if holder else []
+            with conn.begin():
+                others = store.terminate_lock_holder(conn, self.settings.group, pid, holder)
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
                 raise
@@ -327,80 +365,144 @@ class Watchdog(threading.Thread):
                 logging.WARNING,
                 "watchdog: leader %s looks hung (no heartbeat for %.1fs) but this role may "
                 "not terminate its backend %s (grant pg_signal_backend); waiting for it "
-                "to release the lease",
+                "to let go of the lock",
                 holder,
-                age or 0.0,
+                _age(lease),
                 pid,
             )
             return
-        if done:
-            logger.warning(
-                "watchdog: leader %s hung (no heartbeat for %.1fs): terminated its backend %s"
-                " and %d other session(s) of it",
-                holder,
-                age or 0.0,
-                pid,
-                len(others),
-                extra={
-                    "action": "terminate",
-                    "replica": self.settings.replica_name,
-                    "holder": holder,
-                },
-            )
-
-    def _take_over(self, conn: Connection, reason: str) -> None:
-        settings = self.settings
-        holders = store.lock_holders(conn, settings.group)
-        if not any(h["granted"] and h["pid"] == self.backend_pid for h in holders):
-            store.unlock_all(conn)
-            raise SessionPoolingDetected(
-                "the advisory lock is held by another backend than this session's: the database "
-                "URL goes through a transaction-pooling proxy (e.g. PgBouncer pool_mode="
-                "transaction); point pg_beat at PostgreSQL directly or at a session pool"
-            )
-        started = time.monotonic()
-        row = store.take_over(
-            conn,
-            settings.group,
-            settings.replica_name,
-            self.host,
-            self.pid,
-            settings.lease_ttl,
-            reason,
+        if others is None:
+            return  # it let go of the lock meanwhile: nothing was terminated
+        self._terminated_epoch = int(lease["epoch"])
+        logger.warning(
+            "watchdog: leader %s %s (no heartbeat for %.1fs) but its session %s still held the "
+            "lock: terminated it and %d other session(s) of it holding the lease row",
+            holder,
+            "hung" if status is LeaseStatus.HUNG else "let go of the lease",
+            _age(lease),
+            pid,
+            others,
+            extra={"action": "terminate", "replica": self.settings.replica_name, "holder": holder},
         )
+
+    def _note_outside_holder(self, lease: Mapping[Any, Any]) -> None:
+        """Say once when the leadership lock is held by a session that is no pg_beat replica:
+        nobody can lead until it lets go, and an operator must be told who it is."""
+        pid = lease["lock_holder_pid"]
+        if pid is None or pid == lease["backend_pid"]:
+            self._said.pop("outside", None)
+            return
+        app = lease.get("lock_holder_application") or ""
+        if app.startswith("pg_beat:"):
+            return  # a standby that has just won it
+        self._say(
+            "outside",
+            str(pid),
+            logging.WARNING,
+            "watchdog: the leadership lock of group %r is held by pid %s (application %r, "
+            "user %r), which is not a pg_beat replica: no replica can lead until it lets go",
+            self.settings.group,
+            pid,
+            app,
+            lease.get("lock_holder_user"),
+        )
+
+    def _unlock(self, conn: Connection) -> None:
+        with conn.begin():
+            store.unlock_all(conn)
+
+    def _pooling_detected(self, conn: Connection) -> bool:
+        """In session mode, after winning the lock: True (and the lock let go) when the lock is
+        held by another server session than ours, i.e. the URL pools transactions."""
+        with conn.begin():
+            holders = store.lock_holders(conn, self.settings.group)
+            ours = any(h["granted"] and h["pid"] == store.backend_pid(conn) for h in holders)
+        if ours:
+            return False
+        self._unlock(conn)
+        if self.connector.fall_back_to_transaction_mode():
+            self._drop_connection()
+            return True
+        self._refusing = True
+        logger.critical(
+            "watchdog: %s; this replica will not lead (replica %s)",
+            POOLING_MESSAGE,
+            self.settings.replica_name,
+            extra={"action": "pooling", "replica": self.settings.replica_name},
+        )
+        return True
+
+    def _take_over(self, conn: Connection, *, locked: bool) -> None:
+        settings = self.settings
+        if locked and self._pooling_detected(conn):
+            return
+        started = clock.now()
+        with conn.begin():
+            # Read again now that the lock is ours: the state before the wait is history.
+            lease = store.read_lease(conn, settings.group)
+            assert lease is not None
+            self._seen(lease["epoch"])
+            reason = lease_state(lease, lease["db_now"]).status.value
+            if self._terminated_epoch == lease["epoch"]:
+                reason = LeaseStatus.HUNG.value
+            row = store.take_over(
+                conn,
+                settings.group,
+                holder=settings.replica_name,
+                host=self.host,
+                pid=self.pid,
+                ttl=settings.lease_ttl,
+                reason=reason,
+                locked=locked,
+                seen_epoch=self.seen_epoch,
+            )
+            if row is not None and locked:
+                store.set_application_name(conn, self.connector.application_name("leader"))
+            if row is not None:
+                store.notify_schedules(conn, "leader")
+        if row is None:  # held by a live lease this session cannot take (transaction mode)
+            if locked:
+                self._unlock(conn)
+            return
         self.epoch = int(row["epoch"])
+        self._seen(self.epoch)
         self.failovers += 1
         self.state.become_leader(self.epoch, started, settings.lease_ttl - settings.publish_margin)
-        store.set_application_name(conn, f"pg_beat:{settings.replica_name}:leader")
-        store.notify_schedules(conn, "leader")
         self._said.pop("standby", None)
         logger.warning(
             "watchdog: now the leader, epoch %s (previous holder %s, %s)",
             self.epoch,
             row["previous_holder"],
             reason,
-            extra={"action": "take_over", "epoch": self.epoch, "replica": settings.replica_name},
+            extra={
+                "action": "take_over",
+                "epoch": self.epoch,
+                "replica": settings.replica_name,
+                "reason": reason,
+            },
         )
 
     # --- replica registry ----------------------------------------------------------------
 
     def _heartbeat_replica(self, conn: Connection) -> None:
         settings = self.settings
-        store.heartbeat_replica(
-            conn,
-            settings.group,
-            {
-                "name": settings.replica_name,
-                "host": self.host,
-                "pid": self.pid,
-                "role": "leader" if self.epoch is not None else "standby",
-                "version": __version__,
-                "started_at": datetime.fromtimestamp(self.started_at, tz=timezone.utc),
-            },
-        )
-        if time.monotonic() - self._replica_seen_at > 30.0:
-            self._replica_seen_at = time.monotonic()
-            store.prune_replicas(conn, settings.group, settings.replica_stale_after)
+        with conn.begin():
+            store.heartbeat_replica(
+                conn,
+                settings.group,
+                {
+                    "name": settings.replica_name,
+                    "host": self.host,
+                    "pid": self.pid,
+                    "role": "leader" if self.epoch is not None else "standby",
+                    "version": __version__,
+                    "started_at": datetime.fromtimestamp(self.started_at, tz=timezone.utc),
+                    "session": self.session_mode,
+                },
+            )
+            if clock.now() - self._replica_seen_at > REPLICA_PRUNE_EVERY:
+                self._replica_seen_at = clock.now()
+                store.prune_replicas(conn, settings.group, settings.replica_stale_after)
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -411,6 +513,11 @@ class Watchdog(threading.Thread):
         """After :meth:`stop` and a join: close the session (dropping any lock) and the engine."""
         self._drop_connection()
         self.engine.dispose()
+
+
+def _age(lease: Mapping[Any, Any]) -> float:
+    heartbeat = lease["heartbeat_at"]
+    return 0.0 if heartbeat is None else (lease["db_now"] - heartbeat).total_seconds()
 
 
 def _describe_backend(row: Any) -> str:

@@ -4,25 +4,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+_EPOCH_ZERO = datetime(1, 1, 1, tzinfo=timezone.utc)  # before any due time
+
+# FOR KEY SHARE: a takeover, which locks the row FOR UPDATE, waits for this transaction; the
+# holder's own renewal, an UPDATE of non-key columns (FOR NO KEY UPDATE), does not. A leader
+# must never lose its lease to its own work (invariant 10).
 FENCE = text(
     """
     SELECT clock_timestamp() AS now FROM pg_beat_leases
     WHERE group_name = :group AND epoch = :epoch AND holder = :holder
-      AND expires_at > clock_timestamp()
-    FOR SHARE
+      AND expires_at > clock_timestamp() AND released_at IS NULL
+    FOR KEY SHARE
     """
 )
 
-SELECT_DUE = text(
+# Due rows in two ranges of the due index: those due within the last :window seconds first
+# (on time), then the older ones (a backlog), so that a backlog never starves the schedules
+# that are on time.
+SELECT_ON_TIME = text(
     """
     SELECT * FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
-      AND next_run_at <= :now
+      AND next_run_at <= :now AND next_run_at > :now - make_interval(secs => :window)
+    ORDER BY next_run_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+SELECT_BACKLOG = text(
+    """
+    SELECT * FROM pg_beat_schedules
+    WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
+      AND next_run_at <= :now - make_interval(secs => :window)
     ORDER BY next_run_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -38,48 +57,61 @@ SELECT_UNPLANNED = text(
     """
 )
 
-# After a claim at :claimed_at, rows still due by then are locked by someone else (an admin's
-# open transaction): they must not set the pace for the others, so only later ones count.
-# Such a row is tried again at the next wake-up (at most a heartbeat interval away).
-NEXT_WAKE = text(
+# The earliest due time after :after, and whether a row awaits planning: all an idle step
+# reads, and what a claim reads to know how long to sleep. After a claim at time T, rows still
+# due by T are locked by someone else (an admin's open transaction): they must not set the
+# pace, so a claim passes T; they are tried again at the next wake-up.
+WAKE = text(
     """
     SELECT clock_timestamp() AS now,
            (SELECT min(next_run_at) FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at > :claimed_at) AS next_due,
+             WHERE group_name = :group AND enabled AND next_run_at > :after) AS next_due,
            EXISTS (SELECT 1 FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at IS NULL
                AND last_error IS NULL) AS unplanned
     """
 )
 
-# One statement claims a batch: the run rows (unique per tick: a tick claimed before is
-# skipped) and the schedules' next due time, run count and last run, together.
+# One statement claims a batch: the run rows (one per tick, unique per (schedule, due time):
+# a tick claimed before is skipped) and, per schedule, its next due time, run count (of the
+# runs this statement inserted) and last run, or its parking (an invalid row). Returns the new
+# runs to publish.
 CLAIM_TICKS = text(
     """
-    WITH u AS (
+    WITH r AS (
         SELECT * FROM unnest(
-            CAST(:ids AS bigint[]), CAST(:names AS text[]), CAST(:dues AS timestamptz[]),
-            CAST(:task_ids AS text[]), CAST(:fired AS boolean[]),
-            CAST(:nexts AS timestamptz[])) AS u(id, name, due_at, task_id, fired, next_run_at)
+            CAST(:r_ids AS bigint[]), CAST(:r_names AS text[]), CAST(:r_dues AS timestamptz[]),
+            CAST(:r_task_ids AS text[]), CAST(:r_statuses AS text[]), CAST(:r_errors AS text[])
+        ) AS r(schedule_id, name, due_at, task_id, status, error)
+    ), a AS (
+        SELECT * FROM unnest(
+            CAST(:a_ids AS bigint[]), CAST(:a_nexts AS timestamptz[]),
+            CAST(:a_last_dues AS timestamptz[]), CAST(:a_errors AS text[])
+        ) AS a(id, next_run_at, last_due_at, error)
     ), runs AS (
         INSERT INTO pg_beat_runs
-            (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status)
-        SELECT :group, id, name, due_at, task_id, :epoch, :replica,
-               CASE WHEN fired THEN 'claimed' ELSE 'skipped' END
-        FROM u
+            (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status,
+             error)
+        SELECT :group, schedule_id, name, due_at, task_id, :epoch, :replica, status, error
+        FROM r
         ON CONFLICT (schedule_id, due_at) DO NOTHING
-        RETURNING id, schedule_id, due_at
+        RETURNING id, schedule_id, due_at, status
+    ), fired AS (
+        SELECT schedule_id, count(*) AS n FROM runs WHERE status = 'claimed' GROUP BY 1
     ), advanced AS (
         UPDATE pg_beat_schedules AS s SET
-            next_run_at = u.next_run_at,
-            last_due_at = u.due_at,
-            last_run_at = CASE WHEN u.fired THEN clock_timestamp() ELSE s.last_run_at END,
-            total_run_count = s.total_run_count + CASE WHEN u.fired THEN 1 ELSE 0 END,
-            enabled = s.enabled AND NOT (s.one_off AND u.fired) AND u.next_run_at IS NOT NULL,
-            last_error = NULL
-        FROM u WHERE s.id = u.id
+            next_run_at = a.next_run_at,
+            last_due_at = coalesce(a.last_due_at, s.last_due_at),
+            last_run_at = CASE WHEN f.n > 0 THEN clock_timestamp() ELSE s.last_run_at END,
+            total_run_count = s.total_run_count + coalesce(f.n, 0),
+            enabled = s.enabled AND NOT (s.one_off AND coalesce(f.n, 0) > 0)
+                      AND (a.next_run_at IS NOT NULL OR a.error IS NOT NULL),
+            last_error = coalesce(a.error, s.last_error),
+            resume_at = NULL
+        FROM a LEFT JOIN fired f ON f.schedule_id = a.id
+        WHERE s.id = a.id
     )
-    SELECT id, schedule_id, due_at FROM runs
+    SELECT id, schedule_id, due_at FROM runs WHERE status = 'claimed'
     """
 )
 
@@ -93,24 +125,41 @@ SET_PLANNED = text(
     """
 )
 
-PARK_SCHEDULE = text(
+PARK_SCHEDULES = text(
     """
-    UPDATE pg_beat_schedules SET next_run_at = NULL, last_error = :error
-    WHERE id = :id
+    UPDATE pg_beat_schedules AS s SET next_run_at = NULL, last_error = u.error
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[])) AS u(id, error)
+    WHERE s.id = u.id
+    """
+)
+
+# Schedules still running whose last tick could not be published (not the parked ones).
+FAILING_SCHEDULES = text(
+    """
+    SELECT id FROM pg_beat_schedules
+    WHERE group_name = :group AND last_error IS NOT NULL AND next_run_at IS NOT NULL
     """
 )
 
 
 def fence(conn: Connection, group: str, epoch: int, holder: str) -> datetime | None:
     """The database time when (holder, epoch) is the current, unexpired lease, which stays
-    share-locked until commit (a takeover waits for this transaction); else None."""
+    key-share-locked until commit (a takeover waits for this transaction); else None."""
     row = conn.execute(FENCE, {"group": group, "epoch": epoch, "holder": holder}).first()
     return None if row is None else row[0]
 
 
-def select_due(conn: Connection, group: str, now: datetime, limit: int) -> Sequence[RowMapping]:
-    """Up to ``limit`` rows due at ``now``, locked; rows someone else holds are skipped."""
-    return conn.execute(SELECT_DUE, {"group": group, "now": now, "limit": limit}).mappings().all()
+def select_due(
+    conn: Connection, group: str, now: datetime, limit: int, window: float
+) -> Sequence[RowMapping]:
+    """Up to ``limit`` rows due at ``now``, locked (rows someone else holds are skipped): those
+    due within the last ``window`` seconds first, then the oldest of the others."""
+    params = {"group": group, "now": now, "limit": limit, "window": window}
+    rows = list(conn.execute(SELECT_ON_TIME, params).mappings().all())
+    if len(rows) < limit:
+        params["limit"] = limit - len(rows)
+        rows.extend(conn.execute(SELECT_BACKLOG, params).mappings().all())
+    return rows
 
 
 def select_unplanned(conn: Connection, group: str, limit: int) -> Sequence[RowMapping]:
@@ -124,53 +173,46 @@ class Wake:
     unplanned: bool
 
 
-IDLE_CHECK = text(
-    """
-    SELECT clock_timestamp() AS now,
-           (SELECT min(next_run_at) FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL) AS next_due,
-           EXISTS (SELECT 1 FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at IS NULL
-               AND last_error IS NULL) AS unplanned
-    """
-)
-
-
-@dataclass(frozen=True)
-class Idle:
-    now: datetime
-    next_due: datetime | None
-    unplanned: bool
-
-
-def idle_check(conn: Connection, group: str) -> Idle:
-    """The earliest due time and whether a row awaits planning: all an idle tick reads."""
-    row = conn.execute(IDLE_CHECK, {"group": group}).one()
-    return Idle(row.now, row.next_due, bool(row.unplanned))
-
-
-def next_wake(conn: Connection, group: str, claimed_at: datetime) -> Wake:
-    row = conn.execute(NEXT_WAKE, {"group": group, "claimed_at": claimed_at}).one()
+def wake(conn: Connection, group: str, after: datetime | None = None) -> Wake:
+    """The database time, the earliest due time after ``after`` (any, when None), and whether a
+    row awaits planning."""
+    row = conn.execute(WAKE, {"group": group, "after": after or _EPOCH_ZERO}).one()
     return Wake(row.now, row.next_due, bool(row.unplanned))
 
 
 @dataclass(frozen=True)
-class Tick:
-    """One due tick of a schedule, decided: send it or not, and the schedule's next due time."""
+class RunRow:
+    """One tick to record: ``status`` claimed (to publish), skipped, expired or failed."""
 
     schedule_id: int
     schedule: str
     due_at: datetime
     task_id: str
-    fire: bool
+    status: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Advance:
+    """What a claim does to one schedule: its next due time and last due time (None keeps the
+    old one), or, with ``error``, parks it (next_run_at NULL) until it is edited."""
+
+    schedule_id: int
     next_run_at: datetime | None
+    last_due_at: datetime | None
+    error: str | None = None
 
 
 def claim_ticks(
-    conn: Connection, group: str, epoch: int, replica: str, ticks: Sequence[Tick]
+    conn: Connection,
+    group: str,
+    epoch: int,
+    replica: str,
+    runs: Sequence[RunRow],
+    advances: Sequence[Advance],
 ) -> dict[tuple[int, datetime], int]:
-    """Record the ticks as runs and advance their schedules; map each *new* run to its id."""
-    if not ticks:
+    """Record the runs and advance their schedules; map each *new* claimed run to its id."""
+    if not runs and not advances:
         return {}
     rows = conn.execute(
         CLAIM_TICKS,
@@ -178,12 +220,16 @@ def claim_ticks(
             "group": group,
             "epoch": epoch,
             "replica": replica,
-            "ids": [t.schedule_id for t in ticks],
-            "names": [t.schedule for t in ticks],
-            "dues": [t.due_at for t in ticks],
-            "task_ids": [t.task_id for t in ticks],
-            "fired": [t.fire for t in ticks],
-            "nexts": [t.next_run_at for t in ticks],
+            "r_ids": [r.schedule_id for r in runs],
+            "r_names": [r.schedule for r in runs],
+            "r_dues": [r.due_at for r in runs],
+            "r_task_ids": [r.task_id for r in runs],
+            "r_statuses": [r.status for r in runs],
+            "r_errors": [r.error for r in runs],
+            "a_ids": [a.schedule_id for a in advances],
+            "a_nexts": [a.next_run_at for a in advances],
+            "a_last_dues": [a.last_due_at for a in advances],
+            "a_errors": [a.error for a in advances],
         },
     )
     return {(row.schedule_id, row.due_at): row.id for row in rows}
@@ -196,6 +242,15 @@ def set_planned(conn: Connection, plans: Sequence[tuple[int, datetime | None]]) 
     conn.execute(SET_PLANNED, {"ids": ids, "nexts": nexts})
 
 
-def park_schedule(conn: Connection, schedule_id: int, error: str) -> None:
-    """Take a schedule with bad data out of the due query until someone edits it."""
-    conn.execute(PARK_SCHEDULE, {"id": schedule_id, "error": error[:2000]})
+def park_schedules(conn: Connection, parked: Sequence[tuple[int, str]]) -> None:
+    """Take schedules with bad data out of the due query until someone edits them."""
+    if parked:
+        conn.execute(
+            PARK_SCHEDULES,
+            {"ids": [i for i, _ in parked], "errors": [e[:2000] for _, e in parked]},
+        )
+
+
+def failing_schedules(conn: Connection, group: str) -> set[int]:
+    """Ids of running schedules whose last tick could not be published (partial index)."""
+    return {row[0] for row in conn.execute(FAILING_SCHEDULES, {"group": group})}

@@ -95,6 +95,9 @@ class Connector:
         urls.parse(settings.database_url)  # a bad URL fails here, before any connection
         self._mode: str | None = None if settings.pool_mode == "auto" else settings.pool_mode
         self._lock = threading.Lock()
+        #: Bumped when the mode changes under running connections: holders of kept-open
+        #: connections compare it and reconnect.
+        self.generation = 0
 
     # --- the pool mode ---------------------------------------------------------------------
 
@@ -110,6 +113,24 @@ class Connector:
     @property
     def transaction_pooled(self) -> bool:
         return self.mode == TRANSACTION
+
+    def fall_back_to_transaction_mode(self) -> bool:
+        """Evidence that the URL pools transactions although ``auto`` took it for a session
+        (a session lock found on another server session): switch to transaction mode for good
+        (it is safe behind any pooler, so this never flaps) and return True. With an explicit
+        ``pg_beat_pool_mode = 'session'``, change nothing and return False."""
+        if self.settings.pool_mode != "auto":
+            return False
+        with self._lock:
+            if self._mode != TRANSACTION:
+                self._mode = TRANSACTION
+                self.generation += 1
+                logger.warning(
+                    "pg_beat: the advisory lock landed on another server session than ours: "
+                    "the database URL pools transactions; transaction-pooling mode from now on",
+                    extra={"action": "pool_mode", "replica": self.settings.replica_name},
+                )
+        return True
 
     def _detect(self, conn: psycopg.Connection[Any]) -> str:
         """The pool mode, from the first connection: ``auto`` looks at it once, under a lock."""

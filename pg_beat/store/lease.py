@@ -1,40 +1,77 @@
-"""The leadership lease: the row, the advisory lock, takeover, renewal, release."""
+"""The leadership lease: the row, the advisory lock, takeover, renewal, release.
+
+In session mode the holder also holds a session advisory lock (key ``pg_beat:<group>``), which
+PostgreSQL releases the moment the holder's session ends; the row adds the epoch (the fencing
+token), the holder's identity and database-clock heartbeats. In transaction-pooling mode there
+is no session to hold a lock: the row alone decides, and a standby takes over only a lease that
+expired or was released.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import OperationalError
 
 LOCK_CLASS_ID = 0x70676274  # 'pgbt': the advisory lock namespace, visible as classid in pg_locks
+
+# One advisory lock per group, found in pg_locks by (classid, objid, objsubid=2: the two-key
+# form) in this database.
+_LOCK_MATCH = """
+    l.locktype = 'advisory' AND l.classid = :classid
+    AND l.objid = CAST(hashtext(:key) AS oid) AND l.objsubid = 2
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 ENSURE_LEASE = text(
     "INSERT INTO pg_beat_leases (group_name) VALUES (:group) ON CONFLICT DO NOTHING"
 )
 
+# backend_alive: the session recorded as the holder's still holds the advisory lock. A pid
+# alone proves nothing: after a server restart or failover it can be anybody's.
 READ_LEASE = text(
-    """
-    SELECT l.*, clock_timestamp() AS db_now,
-           a.pid IS NOT NULL AS backend_alive, a.state AS backend_state,
-           a.wait_event_type, a.wait_event, a.application_name AS backend_application
-    FROM pg_beat_leases l
-    LEFT JOIN pg_stat_activity a ON a.pid = l.backend_pid
-    WHERE l.group_name = :group
+    f"""
+    SELECT lease.*, clock_timestamp() AS db_now,
+           EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = lease.backend_pid AND l.granted
+                   AND {_LOCK_MATCH}) AS backend_alive,
+           h.pid AS lock_holder_pid, h.application_name AS lock_holder_application,
+           h.usename AS lock_holder_user,
+           a.state AS backend_state, a.wait_event_type, a.wait_event,
+           a.application_name AS backend_application
+    FROM pg_beat_leases lease
+    LEFT JOIN pg_stat_activity a ON a.pid = lease.backend_pid
+    LEFT JOIN LATERAL (
+        SELECT l.pid, s.application_name, s.usename FROM pg_locks l
+        LEFT JOIN pg_stat_activity s ON s.pid = l.pid
+        WHERE l.granted AND {_LOCK_MATCH} LIMIT 1
+    ) h ON true
+    WHERE lease.group_name = :group
     """
 )
 
+# Takes the lease if it may be taken: it was released or expired, or (session mode, :locked)
+# its holder's session lost the advisory lock this session now holds. A lease taken in
+# transaction mode records no backend and is only ever taken once it expired. The epoch goes
+# up from the highest this replica has seen, so it never goes back even where a failover of
+# PostgreSQL lost the last commits.
 TAKE_OVER = text(
     """
     WITH old AS (
         SELECT group_name, epoch, holder, expires_at FROM pg_beat_leases
-        WHERE group_name = :group FOR UPDATE
+        WHERE group_name = :group
+          AND (expires_at IS NULL OR expires_at <= clock_timestamp() OR released_at IS NOT NULL
+               OR (:locked AND backend_pid IS NOT NULL))
+        FOR UPDATE
     ), new AS (
         UPDATE pg_beat_leases l SET
-            epoch = old.epoch + 1, holder = :holder, host = :host, pid = :pid,
-            backend_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
-            heartbeat_at = clock_timestamp(), progress_at = clock_timestamp(),
+            epoch = greatest(old.epoch, :seen_epoch) + 1, holder = :holder, host = :host,
+            pid = :pid, backend_pid = CASE WHEN :locked THEN pg_backend_pid() END,
+            acquired_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
+            progress_at = clock_timestamp(), released_at = NULL,
             expires_at = clock_timestamp() + make_interval(secs => :ttl)
         FROM old WHERE l.group_name = old.group_name
         RETURNING l.epoch, old.holder AS previous_holder,
@@ -52,6 +89,8 @@ TAKE_OVER = text(
     """
 )
 
+# Never an expired lease: once it expired a standby may have taken it, and the old epoch's
+# unsent claims may be going out again; the holder takes the lease anew, as a new epoch.
 RENEW = text(
     """
     UPDATE pg_beat_leases SET
@@ -59,7 +98,8 @@ RENEW = text(
         expires_at = clock_timestamp() + make_interval(secs => :ttl),
         progress_at = clock_timestamp() - make_interval(secs => :progress_age)
     WHERE group_name = :group AND epoch = :epoch AND holder = :holder
-      AND backend_pid = pg_backend_pid()
+      AND expires_at > clock_timestamp() AND released_at IS NULL
+      AND (backend_pid IS NULL OR backend_pid = pg_backend_pid())
     RETURNING expires_at
     """
 )
@@ -67,7 +107,8 @@ RENEW = text(
 RELEASE = text(
     """
     WITH released AS (
-        UPDATE pg_beat_leases SET expires_at = clock_timestamp(), backend_pid = NULL
+        UPDATE pg_beat_leases SET expires_at = clock_timestamp(), backend_pid = NULL,
+                                  released_at = clock_timestamp()
         WHERE group_name = :group AND epoch = :epoch AND holder = :holder
         RETURNING group_name, epoch
     )
@@ -78,10 +119,11 @@ RELEASE = text(
 
 # The holder of ``epoch`` will never publish under it again. The backend pid stays: if that
 # session still holds the advisory lock (its client is gone but the server has not noticed),
-# standbys see a stale holder and terminate it, as they would at the lease's expiry.
+# standbys see it in pg_locks and terminate it.
 EXPIRE_LEASE = text(
     """
-    UPDATE pg_beat_leases SET expires_at = least(expires_at, clock_timestamp())
+    UPDATE pg_beat_leases SET expires_at = least(expires_at, clock_timestamp()),
+                              released_at = clock_timestamp()
     WHERE group_name = :group AND epoch = :epoch AND holder = :holder
     """
 )
@@ -97,21 +139,44 @@ DISOWN_TERM = text(
 )
 
 LOCK_HOLDERS = text(
-    """
-    SELECT l.pid, l.granted, a.application_name, a.state, a.client_addr::text AS client_addr,
-           a.backend_start, a.query, clock_timestamp() - a.state_change AS state_age
+    f"""
+    SELECT l.pid, l.granted, a.application_name, a.usename AS user_name, a.state,
+           a.client_addr::text AS client_addr, a.backend_start, a.query,
+           clock_timestamp() - a.state_change AS state_age
     FROM pg_locks l
     LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.classid = :classid
-      AND l.objid = CAST(hashtext(:key) AS oid) AND l.objsubid = 2
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    WHERE {_LOCK_MATCH}
     ORDER BY l.granted DESC, a.backend_start
     """
 )
 
+# Only a session that pg_locks shows holding the group's advisory lock is terminated: a pid
+# read from the lease row is a hint, and after a restart it may be somebody else's.
+TERMINATE_LOCK_HOLDER = text(
+    f"""
+    SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+    WHERE l.pid = :pid AND l.granted AND {_LOCK_MATCH}
+    """
+)
 
-def _lock_key(group: str) -> str:
-    return f"pg_beat:{group}"
+# The same replica's other sessions that hold a lock on the lease table: an open dispatch
+# transaction of the hung process (its fence) would stall the takeover until the server's
+# idle_in_transaction_session_timeout.
+TERMINATE_LEASE_LOCKERS = text(
+    """
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.pid <> pg_backend_pid()
+      AND starts_with(a.application_name, left(:prefix, 63))
+      AND EXISTS (SELECT 1 FROM pg_locks l
+                  WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                    AND l.relation = to_regclass('pg_beat_leases'))
+      AND pg_terminate_backend(a.pid)
+    """
+)
+
+
+def _lock_params(group: str) -> dict[str, Any]:
+    return {"classid": LOCK_CLASS_ID, "key": f"pg_beat:{group}"}
 
 
 def ensure_lease(conn: Connection, group: str) -> None:
@@ -119,25 +184,29 @@ def ensure_lease(conn: Connection, group: str) -> None:
 
 
 def read_lease(conn: Connection, group: str) -> RowMapping | None:
-    return conn.execute(READ_LEASE, {"group": group}).mappings().first()
+    """The lease row with ``db_now``, ``backend_alive`` (the recorded session holds the lock),
+    ``lock_holder_pid`` (whoever holds the lock) and the holder backend's activity."""
+    return conn.execute(READ_LEASE, {"group": group, **_lock_params(group)}).mappings().first()
 
 
 def wait_lock(conn: Connection, group: str, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for the group's advisory lock (shown as a waiter in pg_locks)."""
-    from sqlalchemy.exc import OperationalError
+    """Wait up to ``timeout`` s for the group's advisory lock (shown as a waiter in pg_locks).
 
-    conn.execute(
-        text("SELECT set_config('lock_timeout', :t, false)"), {"t": f"{int(timeout * 1000)}"}
-    )
+    Runs in a transaction of its own: ``SET LOCAL`` bounds this one wait and leaves the
+    session's ``lock_timeout`` as it was; the session lock outlives the commit.
+    """
     try:
-        conn.execute(
-            text("SELECT pg_advisory_lock(:c, hashtext(:k))"),
-            {"c": LOCK_CLASS_ID, "k": _lock_key(group)},
-        )
+        with conn.begin():
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :t, true)"),
+                {"t": str(max(1, int(timeout * 1000)))},
+            )
+            conn.execute(
+                text("SELECT pg_advisory_lock(:classid, hashtext(:key))"), _lock_params(group)
+            )
         return True
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
-            conn.rollback()
             return False
         raise
 
@@ -148,38 +217,41 @@ def unlock_all(conn: Connection) -> None:
 
 def lock_holders(conn: Connection, group: str) -> Sequence[RowMapping]:
     """The advisory lock's holder (granted) and waiters, with their pg_stat_activity rows."""
-    return (
-        conn.execute(LOCK_HOLDERS, {"classid": LOCK_CLASS_ID, "key": _lock_key(group)})
-        .mappings()
-        .all()
-    )
+    return conn.execute(LOCK_HOLDERS, _lock_params(group)).mappings().all()
 
 
 def take_over(
-    conn: Connection, group: str, holder: str, host: str, pid: int, ttl: float, reason: str
-) -> RowMapping:
-    """Bump the epoch and make ``holder`` the leaseholder; record the new term."""
-    return (
-        conn.execute(
-            TAKE_OVER,
-            {
-                "group": group,
-                "holder": holder,
-                "host": host,
-                "pid": pid,
-                "ttl": ttl,
-                "reason": reason,
-            },
-        )
-        .mappings()
-        .one()
-    )
+    conn: Connection,
+    group: str,
+    *,
+    holder: str,
+    host: str,
+    pid: int,
+    ttl: float,
+    reason: str,
+    locked: bool,
+    seen_epoch: int,
+) -> RowMapping | None:
+    """Bump the epoch and make ``holder`` the leaseholder, recording the new term; None when
+    the lease may not be taken now (held, and not by a session that lost our lock)."""
+    params = {
+        "group": group,
+        "holder": holder,
+        "host": host,
+        "pid": pid,
+        "ttl": ttl,
+        "reason": reason,
+        "locked": locked,
+        "seen_epoch": seen_epoch,
+    }
+    return conn.execute(TAKE_OVER, params).mappings().first()
 
 
 def renew(
     conn: Connection, group: str, epoch: int, holder: str, ttl: float, progress_age: float
 ) -> datetime | None:
-    """Extend the lease; None when it is no longer ours (deposed, or our backend changed)."""
+    """Extend the lease; None when it is no longer ours (deposed, expired, released, or our
+    session changed)."""
     row = conn.execute(
         RENEW,
         {
@@ -205,24 +277,20 @@ def disown(conn: Connection, group: str, epoch: int, holder: str) -> None:
     conn.execute(DISOWN_TERM, params)
 
 
-def terminate_backend(conn: Connection, pid: int) -> bool:
+def terminate_lock_holder(conn: Connection, group: str, pid: int, replica: str) -> int | None:
+    """Terminate ``pid`` only if it holds the group's advisory lock, and then the replica's
+    other sessions that hold a lock on the lease table. The number of those others, or None
+    when ``pid`` did not hold the lock (nothing was terminated)."""
+    done = conn.execute(TERMINATE_LOCK_HOLDER, {"pid": pid, **_lock_params(group)}).first()
+    if done is None or not done[0]:
+        return None
+    others = conn.execute(TERMINATE_LEASE_LOCKERS, {"prefix": f"pg_beat:{replica}:"}).all()
+    return len(others)
+
+
+def terminate_own_session(conn: Connection, pid: int) -> bool:
+    """End a session of this very process (its lease session, at shutdown), by its pid."""
     return bool(conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one())
-
-
-TERMINATE_REPLICA = text(
-    """
-    SELECT pid FROM pg_stat_activity
-    WHERE pid <> pg_backend_pid()
-      AND starts_with(application_name, left(:prefix, 63))
-      AND pg_terminate_backend(pid)
-    """
-)
-
-
-def terminate_replica_backends(conn: Connection, replica: str) -> list[int]:
-    """Terminate every session of ``replica`` (by its ``pg_beat:<replica>:`` application name)."""
-    rows = conn.execute(TERMINATE_REPLICA, {"prefix": f"pg_beat:{replica}:"})
-    return [row[0] for row in rows]
 
 
 def recent_terms(conn: Connection, group: str, limit: int = 10) -> Sequence[RowMapping]:

@@ -15,12 +15,45 @@ MARK_SENT = text(
     """
 )
 
+# A tick that can never be published: the run is failed with the error, and so is the
+# schedule's last_error (it keeps running: the next tick may go out).
+MARK_FAILED = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(CAST(:run_ids AS bigint[]), CAST(:schedule_ids AS bigint[]),
+                             CAST(:errors AS text[])) AS u(run_id, schedule_id, error)
+    ), failed AS (
+        UPDATE pg_beat_runs r SET status = 'failed', error = u.error
+        FROM u WHERE r.id = u.run_id AND r.status = 'claimed'
+    )
+    UPDATE pg_beat_schedules s SET last_error = u.error
+    FROM u WHERE s.id = u.schedule_id AND s.next_run_at IS NOT NULL
+    """
+)
+
+CLEAR_ERRORS = text(
+    """
+    UPDATE pg_beat_schedules SET last_error = NULL
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND last_error IS NOT NULL AND next_run_at IS NOT NULL
+    """
+)
+
+# Orphans the misfire policy or their expiry drops: recorded, not sent.
+SET_RUN_STATUSES = text(
+    """
+    UPDATE pg_beat_runs r SET status = u.status
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[])) AS u(id, status)
+    WHERE r.id = u.id AND r.status = 'claimed'
+    """
+)
+
 # Claims of a dead epoch that were never marked sent, once that epoch's lease has expired
-# (the next term records when its predecessor's lease was due to expire).
+# (the next term records when its predecessor's lease was due to expire), with what the
+# misfire policy and the expiry need.
 ORPHANED_CLAIMS = text(
     """
     SELECT r.id, r.schedule_id, r.schedule_name, r.due_at, r.task_id, r.epoch,
-           s.task, s.args, s.kwargs, s.options
+           s.task, s.args, s.kwargs, s.options, s.misfire_policy, s.catch_up_limit
     FROM pg_beat_runs r
     JOIN pg_beat_schedules s ON s.id = r.schedule_id
     JOIN pg_beat_leader_terms t ON t.group_name = r.group_name AND t.epoch = r.epoch + 1
@@ -53,6 +86,28 @@ PRUNE_RUNS = text(
 def mark_sent(conn: Connection, run_ids: Sequence[int]) -> None:
     if run_ids:
         conn.execute(MARK_SENT, {"ids": list(run_ids)})
+
+
+def mark_failed(conn: Connection, failures: Sequence[tuple[int, int, str]]) -> None:
+    """Record (run id, schedule id, error) of ticks that can never be published."""
+    if failures:
+        run_ids, schedule_ids, errors = (list(c) for c in zip(*failures, strict=True))
+        conn.execute(
+            MARK_FAILED, {"run_ids": run_ids, "schedule_ids": schedule_ids, "errors": errors}
+        )
+
+
+def clear_errors(conn: Connection, schedule_ids: Sequence[int]) -> None:
+    """Clear ``last_error`` of running schedules whose tick went out again."""
+    if schedule_ids:
+        conn.execute(CLEAR_ERRORS, {"ids": list(schedule_ids)})
+
+
+def set_run_statuses(conn: Connection, statuses: Sequence[tuple[int, str]]) -> None:
+    """Record claimed runs as skipped or expired instead of sending them."""
+    if statuses:
+        ids, values = (list(c) for c in zip(*statuses, strict=True))
+        conn.execute(SET_RUN_STATUSES, {"ids": ids, "statuses": values})
 
 
 def orphaned_claims(conn: Connection, group: str, epoch: int, limit: int) -> Sequence[RowMapping]:

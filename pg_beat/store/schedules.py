@@ -69,28 +69,62 @@ def list_schedules(
     )
 
 
-def api_names_among(conn: Connection, group: str, names: Iterable[str]) -> set[str]:
-    """Which of ``names`` belong to schedules made through the API or SQL."""
+def foreign_names_among(
+    conn: Connection, group: str, names: Iterable[str], owner: str
+) -> dict[str, str]:
+    """Which of ``names`` belong to someone other than ``owner``'s ``beat_schedule``: made
+    through the API or SQL (``'api'``), or another app's config (its owner's name)."""
+    rows = conn.execute(
+        text(
+            "SELECT name, CASE WHEN source = 'api' THEN 'api' ELSE config_owner END "
+            "FROM pg_beat_schedules WHERE group_name = :g AND name = ANY(:names) "
+            "AND (source = 'api' OR config_owner IS DISTINCT FROM :owner) "
+            "AND NOT (source = 'config' AND config_owner IS NULL)"
+        ),
+        {"g": group, "names": list(names), "owner": owner},
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def config_names(conn: Connection, group: str, owner: str) -> list[str]:
+    """Names of the config rows ``owner``'s ``beat_schedule`` wrote (partial index)."""
     rows = conn.execute(
         text(
             "SELECT name FROM pg_beat_schedules "
-            "WHERE group_name = :g AND source = 'api' AND name = ANY(:names)"
+            "WHERE group_name = :g AND source = 'config' AND config_owner = :owner ORDER BY name"
         ),
-        {"g": group, "names": list(names)},
+        {"g": group, "owner": owner},
     )
-    return {row[0] for row in rows}
+    return [row[0] for row in rows]
 
 
-def delete_config_schedules_except(conn: Connection, group: str, keep: Iterable[str]) -> int:
-    """Remove ``source='config'`` rows whose entry left ``beat_schedule`` (partial index)."""
-    result = conn.execute(
+def delete_config_schedules(
+    conn: Connection, group: str, owner: str, names: Iterable[str]
+) -> list[str]:
+    """Remove ``owner``'s config rows of these names; the names removed."""
+    rows = conn.execute(
         text(
             "DELETE FROM pg_beat_schedules WHERE group_name = :g AND source = 'config' "
-            "AND NOT (name = ANY(:keep))"
+            "AND config_owner = :owner AND name = ANY(:names) RETURNING name"
         ),
-        {"g": group, "keep": list(keep)},
+        {"g": group, "owner": owner, "names": list(names)},
     )
-    return int(result.rowcount)
+    return sorted(row[0] for row in rows)
+
+
+def detach_schedule(conn: Connection, group: str, name: str) -> RowMapping | None:
+    """Make a config row the API's: no ``beat_schedule`` sync touches it again."""
+    return (
+        conn.execute(
+            text(
+                "UPDATE pg_beat_schedules SET source = 'api', config_owner = NULL "
+                "WHERE group_name = :g AND name = :n RETURNING *"
+            ),
+            {"g": group, "n": name},
+        )
+        .mappings()
+        .first()
+    )
 
 
 def insert_schedule(conn: Connection, group: str, values: Mapping[str, Any]) -> RowMapping:
@@ -123,26 +157,34 @@ def update_schedule(
     )
 
 
-def upsert_config_schedule(conn: Connection, group: str, values: Mapping[str, Any]) -> None:
-    """Insert or refresh a ``beat_schedule`` entry, keeping its run state (source 'config').
+def upsert_config_schedule(
+    conn: Connection, group: str, owner: str, values: Mapping[str, Any]
+) -> None:
+    """Insert or refresh ``owner``'s ``beat_schedule`` entry, keeping its run state.
 
-    A row of the same name made through the API or SQL is left alone: config never takes it.
+    Rows of the same name made through the API or SQL, or by another owner, are left alone
+    (the caller skips them); a config row of no owner (written before owners were recorded)
+    becomes ``owner``'s.
     """
-    columns = ["group_name", "source", *values.keys()]
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values if c != "name")
+    columns = ["group_name", "source", "config_owner", *values.keys()]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ["config_owner", *values] if c != "name")
     # Only write when something differs, so an unchanged config re-plans nothing.
     differs = " OR ".join(
-        f"pg_beat_schedules.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in values if c != "name"
+        f"pg_beat_schedules.{c} IS DISTINCT FROM EXCLUDED.{c}"
+        for c in ["config_owner", *values]
+        if c != "name"
     )
     sql = (
         f"INSERT INTO pg_beat_schedules ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + c for c in columns)}) "
         f"ON CONFLICT (group_name, name) DO UPDATE SET {updates} "
-        f"WHERE pg_beat_schedules.source = 'config' AND ({differs})"
+        "WHERE pg_beat_schedules.source = 'config' "
+        "AND (pg_beat_schedules.config_owner IS NULL OR pg_beat_schedules.config_owner = "
+        f"EXCLUDED.config_owner) AND ({differs})"
     )
     conn.execute(
         text(sql).bindparams(*_json_params(values)),
-        {"group_name": group, "source": "config", **values},
+        {"group_name": group, "source": "config", "config_owner": owner, **values},
     )
 
 

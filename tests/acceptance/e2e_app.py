@@ -1,8 +1,9 @@
 """The Celery app of the end-to-end test, for both ``celery beat`` and ``celery worker``.
 
 Configured from the environment the test sets: E2E_BROKER_URL, E2E_QUEUE (a queue of this run
-only, so runs sharing a Redis never take each other's messages) and E2E_DATABASE_URL (where
-``e2e.record`` writes one row per execution). pg_beat reads PG_BEAT_DATABASE_URL itself.
+only, so runs sharing a broker never take each other's messages), E2E_DATABASE_URL (where
+``e2e.record`` writes one row per execution) and, optionally, E2E_MAX_MESSAGE_BYTES. pg_beat
+reads PG_BEAT_DATABASE_URL itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
+if os.environ.get("E2E_MAX_MESSAGE_BYTES"):
+    app.conf.pg_beat_max_message_bytes = int(os.environ["E2E_MAX_MESSAGE_BYTES"])
 
 
 def _header(request: Any, name: str) -> Any:

@@ -21,7 +21,7 @@ from support.pg import libpq_url as libpq
 from support.procs import ProcessGroup
 
 from pg_beat.api import ScheduleManager
-from pg_beat.dispatch import task_id_for
+from pg_beat.ticks import task_id_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -175,8 +175,9 @@ def test_beat_to_worker_through_redis(
     sql(db_url, "UPDATE pg_beat_schedules SET interval_seconds = 0.5 WHERE name = 'every-second'")
     sql(
         db_url,
-        "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds, args) "
-        "VALUES ('from-sql', 'e2e.record', 'interval', 3600, '[\"sql\"]')",
+        # next_run_at = now(): at once (a new interval otherwise waits one interval, as in Celery)
+        "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds, args, next_run_at) "
+        "VALUES ('from-sql', 'e2e.record', 'interval', 3600, '[\"sql\"]', now())",
     )
 
     def half_second_ticks() -> list[Execution]:

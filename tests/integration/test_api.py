@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -528,12 +529,15 @@ def interval_entry(task: str, seconds: float, **extra: Any) -> Row:
     return {"task": task, "kind": "interval", "interval_seconds": seconds, **extra}
 
 
+def sync(api: ScheduleManager, entries: dict[str, Row], owner: str = "proj", **kw: Any) -> Any:
+    return api.sync_config(entries, owner=owner, **kw)
+
+
 def test_sync_config_upserts_and_keeps_run_state(api: ScheduleManager, db_url: str) -> None:
-    assert api.sync_config({"a": interval_entry("t.a", 10), "b": interval_entry("t.b", 20)}) == (
-        2,
-        0,
-    )
+    result = sync(api, {"a": interval_entry("t.a", 10), "b": interval_entry("t.b", 20)})
+    assert (result.upserted, result.removed, result.kept) == (2, [], [])
     assert {s.name: s.source for s in api.list()} == {"a": "config", "b": "config"}
+    assert {r[0] for r in sql(db_url, "SELECT config_owner FROM pg_beat_schedules")} == {"proj"}
     ran_at = datetime(2029, 6, 1, 12, tzinfo=UTC)
     sql(
         db_url,
@@ -542,9 +546,8 @@ def test_sync_config_upserts_and_keeps_run_state(api: ScheduleManager, db_url: s
         ran_at,
     )
     # A changed entry is rewritten; its run state survives, its plan is redone.
-    assert api.sync_config(
-        {"a": interval_entry("t.a", 15, args=[1]), "b": interval_entry("t.b", 20)}
-    ) == (2, 0)
+    result = sync(api, {"a": interval_entry("t.a", 15, args=[1]), "b": interval_entry("t.b", 20)})
+    assert result.upserted == 2
     a = row(db_url, "a")
     assert (a["interval_seconds"], a["args"], a["source"]) == (15.0, [1], "config")
     assert (a["total_run_count"], a["last_run_at"], a["last_due_at"]) == (41, ran_at, ran_at)
@@ -553,12 +556,57 @@ def test_sync_config_upserts_and_keeps_run_state(api: ScheduleManager, db_url: s
     assert (b["total_run_count"], b["last_run_at"]) == (41, ran_at)
 
 
-def test_sync_config_removes_config_rows_no_longer_present(api: ScheduleManager) -> None:
-    api.sync_config({"a": interval_entry("t.a", 10), "b": interval_entry("t.b", 20)})
-    assert api.sync_config({"b": interval_entry("t.b", 20)}) == (1, 1)
+def test_entries_gone_from_beat_schedule_are_kept_and_named_unless_pruning_is_asked_for(
+    api: ScheduleManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync(api, {"a": interval_entry("t.a", 10), "b": interval_entry("t.b", 20)})
+    with caplog.at_level(logging.INFO, logger="pg_beat.api"):
+        result = sync(api, {"b": interval_entry("t.b", 20)})
+    assert (result.removed, result.kept) == ([], ["a"])
+    assert [s.name for s in api.list()] == ["a", "b"]
+    assert "'a' of 'proj' are no longer in its beat_schedule and were kept" in caplog.text
+    # An empty beat_schedule (an app with none, an old version) deletes nothing either.
+    assert sync(api, {}).removed == []
+    assert sorted(s.name for s in api.list()) == ["a", "b"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pg_beat.api"):
+        result = sync(api, {"b": interval_entry("t.b", 20)}, prune=True)
+    assert (result.removed, result.kept) == (["a"], [])
     assert [s.name for s in api.list()] == ["b"]
-    assert api.sync_config({}) == (0, 1)
-    assert api.list() == []
+    assert "schedule 'a' removed: no longer in the beat_schedule of 'proj'" in caplog.text
+
+
+def test_two_apps_sharing_a_group_lose_none_of_each_others_schedules(
+    api: ScheduleManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync(api, {"billing": interval_entry("t.b", 10)}, owner="billing-app")
+    sync(api, {"reports": interval_entry("t.r", 20)}, owner="reports-app")
+    # Each prunes only its own; an entry of the other's name is refused, not taken over.
+    sync(api, {}, owner="billing-app", prune=False)
+    with caplog.at_level(logging.WARNING, logger="pg_beat.api"):
+        result = sync(api, {"reports": interval_entry("t.x", 5)}, owner="billing-app", prune=True)
+    assert result.conflicts == {"reports": "reports-app"}
+    assert "'reports' of 'billing-app' skipped" in caplog.text
+    assert {s.name: s.task for s in api.list()} == {"reports": "t.r"}  # billing pruned its own
+    assert sync(api, {"reports": interval_entry("t.r", 20)}, owner="reports-app").upserted == 1
+
+
+def test_an_old_and_a_new_version_started_in_turn_keep_both_sets(api: ScheduleManager) -> None:
+    old = {"a": interval_entry("t.a", 10)}
+    new = {"a": interval_entry("t.a", 10), "b": interval_entry("t.b", 20)}
+    sync(api, new)
+    sync(api, old)  # an old replica restarts during the rolling deploy
+    sync(api, new)
+    sync(api, old)
+    assert sorted(s.name for s in api.list()) == ["a", "b"]
+
+
+def test_config_rows_of_no_owner_are_adopted(api: ScheduleManager, db_url: str) -> None:
+    """Rows written before owners were recorded belong to the first app that has them."""
+    sync(api, {"a": interval_entry("t.a", 10)})
+    sql(db_url, "UPDATE pg_beat_schedules SET config_owner = NULL")
+    assert sync(api, {"a": interval_entry("t.a", 10)}, owner="other").conflicts == {}
+    assert row(db_url, "a")["config_owner"] == "other"
 
 
 def test_sync_config_never_touches_api_rows(api: ScheduleManager, db_url: str) -> None:
@@ -569,8 +617,8 @@ def test_sync_config_never_touches_api_rows(api: ScheduleManager, db_url: str) -
         "VALUES ('from-sql', 't.sql', 'interval', 40)",
     )
     before = snapshot(db_url)
-    api.sync_config({"cfg": interval_entry("t.cfg", 10)})
-    api.sync_config({})
+    sync(api, {"cfg": interval_entry("t.cfg", 10)})
+    sync(api, {}, prune=True)
     assert snapshot(db_url) == before
     assert {s.name: s.source for s in api.list()} == {"from-api": "api", "from-sql": "api"}
 
@@ -580,9 +628,26 @@ def test_sync_config_leaves_an_api_row_of_the_same_name_alone(
 ) -> None:
     api.create("shared", "t.api", every=30)
     before = snapshot(db_url)
-    api.sync_config({"shared": interval_entry("t.cfg", 5)})
-    api.sync_config({})
+    assert sync(api, {"shared": interval_entry("t.cfg", 5)}).conflicts == {"shared": "api"}
+    sync(api, {}, prune=True)
     assert snapshot(db_url) == before
+
+
+def test_an_edit_of_a_config_row_warns_and_detach_makes_it_the_apis(
+    api: ScheduleManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync(api, {"a": interval_entry("t.a", 10)})
+    with caplog.at_level(logging.WARNING, logger="pg_beat.api"):
+        api.update("a", every=20)
+    assert "comes from the beat_schedule of 'proj': the next start of that app resets" in (
+        caplog.text
+    )
+    detached = api.detach("a")
+    assert (detached.source, detached.spec.interval_seconds) == ("api", 20.0)
+    assert sync(api, {"a": interval_entry("t.a", 10)}).conflicts == {"a": "api"}
+    assert api.get("a").spec.interval_seconds == 20.0
+    with pytest.raises(ScheduleNotFound):
+        api.detach("nope")
 
 
 def test_unchanged_sync_writes_nothing(api: ScheduleManager, db_url: str) -> None:
@@ -605,19 +670,19 @@ def test_unchanged_sync_writes_nothing(api: ScheduleManager, db_url: str) -> Non
             "longitude": 11.6,
         },
     }
-    api.sync_config(entries)
+    sync(api, entries)
     planned = datetime(2030, 1, 1, tzinfo=UTC)
     sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = %s", planned)
     before = snapshot(db_url)
     time.sleep(0.01)  # a write would show as a later updated_at
-    assert api.sync_config(entries) == (3, 0)
+    assert sync(api, entries).upserted == 3
     assert snapshot(db_url) == before
     assert {r[0] for r in sql(db_url, "SELECT next_run_at FROM pg_beat_schedules")} == {planned}
 
 
 def test_sync_config_kind_change_drops_old_columns(api: ScheduleManager, db_url: str) -> None:
-    api.sync_config({"a": interval_entry("t.a", 10)})
-    api.sync_config({"a": {"task": "t.a", "kind": "crontab", "cron_minute": "0"}})
+    sync(api, {"a": interval_entry("t.a", 10)})
+    sync(api, {"a": {"task": "t.a", "kind": "crontab", "cron_minute": "0"}})
     stored = row(db_url, "a")
     assert (stored["kind"], stored["cron_minute"], stored["interval_seconds"]) == (
         "crontab",
@@ -629,14 +694,15 @@ def test_sync_config_kind_change_drops_old_columns(api: ScheduleManager, db_url:
 def test_sync_config_validates_every_entry_before_writing(
     api: ScheduleManager, db_url: str
 ) -> None:
-    api.sync_config({"old": interval_entry("t.old", 10)})
+    sync(api, {"old": interval_entry("t.old", 10)})
     before = snapshot(db_url)
     with pytest.raises(InvalidSchedule) as caught:
-        api.sync_config(
+        sync(
+            api,
             {
                 "new": interval_entry("t.new", 10),
                 "broken": {"task": "t.b", "kind": "crontab", "cron_hour": "25"},
-            }
+            },
         )
     assert (caught.value.schedule, caught.value.field) == ("broken", "cron_hour")
     assert snapshot(db_url) == before
@@ -778,7 +844,7 @@ def test_database_unavailable(db_url: str) -> None:
         lambda api: api.update("s", every=5),
         lambda api: api.delete("s"),
         lambda api: api.run_now("s"),
-        lambda api: api.sync_config({}),
+        lambda api: api.sync_config({}, owner="proj"),
     ]
     with ScheduleManager(url) as api:
         for call in calls:

@@ -8,15 +8,18 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
+from typing import Any
 
 import psycopg
 import pytest
-from support.inproc import replica
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from support.inproc import replica, settings_for
 from support.pg import libpq_url as libpq
 
 from pg_beat import store
 from pg_beat.api import ScheduleInfo, ScheduleManager
-from pg_beat.dispatch import Claim, task_id_for
+from pg_beat.ticks import Claim, task_id_for
 
 
 def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
@@ -35,6 +38,14 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
 def get(url: str, name: str) -> ScheduleInfo:
     with ScheduleManager(url) as api:
         return api.get(name)
+
+
+def create_due_now(url: str, name: str, task: str, **kwargs: object) -> None:
+    """A new schedule whose first tick is due at once (a new interval waits one interval, as
+    in Celery)."""
+    with ScheduleManager(url) as api:
+        api.create(name, task, **kwargs)  # type: ignore[arg-type]
+        api.run_now(name)
 
 
 def runs(url: str, name: str) -> list[tuple[datetime, str, int]]:
@@ -72,7 +83,7 @@ def test_plain_sql_insert_and_edit_take_effect_without_restart(db_url: str) -> N
         sql(
             db_url,
             "INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds) "
-            "VALUES ('from-sql', 't.sql', 'interval', 3600)",
+            "VALUES ('from-sql', 't.sql', 'interval', 0.5)",
         )
         rep.run_until(lambda: "from-sql" in rep.outbox.names(), timeout=5)
         # Changing the definition re-plans it: 3600 s becomes 0.1 s at once.
@@ -148,23 +159,36 @@ def test_start_time_in_the_future_waits(db_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "expected"),
+    ("policy", "late_ticks"),
     [("catch_up", 10), ("fire_once", 1), ("skip", 0)],
 )
-def test_misfire_policy_after_downtime(db_url: str, policy: str, expected: int) -> None:
+def test_misfire_policy_after_downtime(db_url: str, policy: str, late_ticks: int) -> None:
     with ScheduleManager(db_url) as api:
         api.create("s", "t.s", every=60, misfire_policy=policy, catch_up_limit=10)
-    # It last ran an hour ago: 60 ticks were missed while no beat ran.
-    sql(
+    # Its grid is at :30 of a minute; it last ran an hour ago: 60 ticks were missed while no
+    # beat ran, the oldest due 59.5 minutes ago.
+    (missed,) = sql(
         db_url,
-        "UPDATE pg_beat_schedules SET next_run_at = now() - interval '1 hour', "
-        "last_due_at = now() - interval '61 minutes' WHERE name = 's'",
-    )
+        "UPDATE pg_beat_schedules SET next_run_at = now() - interval '3570 s', "
+        "last_due_at = now() - interval '3630 s' WHERE name = 's' RETURNING next_run_at",
+    )[0]
+    assert isinstance(missed, datetime)
     with replica(db_url) as rep:
         rep.run_for(1.0)
-    assert len(rep.outbox.sent) == expected
+    grid = [missed + timedelta(seconds=60 * k) for k in range(61)]
+    sent = [c.due_at for c, _ in rep.outbox.sent]
+    # catch_up: the oldest missed ticks first, at most the limit; fire_once: the oldest, once;
+    # skip: none. Nothing is sent twice, all on the grid.
+    assert sent == grid[:late_ticks]
+    recorded = runs(db_url, "s")
+    assert [status for _, status, _ in recorded] == ["sent"] * late_ticks + (
+        ["skipped"] if policy == "skip" else []
+    )
+    # The next run is back on the grid, after now.
     next_run = get(db_url, "s").next_run_at
-    assert next_run is not None and next_run > datetime.now(timezone.utc)
+    assert next_run is not None and next_run > datetime.now(timezone.utc) - timedelta(seconds=1)
+    assert next_run in grid or (next_run - missed).total_seconds() % 60 == 0
+    assert next_run - timedelta(seconds=60) < datetime.now(timezone.utc)
 
 
 def test_a_row_locked_by_another_session_delays_only_that_schedule(db_url: str) -> None:
@@ -217,8 +241,7 @@ def test_past_the_local_deadline_nothing_is_published(db_url: str) -> None:
 def test_unsent_claims_of_a_dead_epoch_are_republished_with_the_same_task_id(
     db_url: str,
 ) -> None:
-    with ScheduleManager(db_url) as api:
-        api.create("s", "t.s", every=3600)
+    create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url, replica_name="first") as first:
         first.outbox.fail = True  # the broker is down: claimed, never sent
         first.run_for(0.5)
@@ -243,8 +266,7 @@ def lease_row(url: str) -> tuple[int, str | None, int | None, bool]:
 
 def test_a_leader_that_stepped_down_hands_its_unsent_claims_over_at_once(db_url: str) -> None:
     """Without this the next leader waits for the old lease to expire (here 30 s)."""
-    with ScheduleManager(db_url) as api:
-        api.create("s", "t.s", every=3600)
+    create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url, replica_name="first", lease_ttl=30.0) as first:
         first_epoch = first.wait_leader()
         first.outbox.fail = True  # claimed, never sent
@@ -267,9 +289,8 @@ def test_a_leader_that_stepped_down_hands_its_unsent_claims_over_at_once(db_url:
 
 
 def test_past_the_deadline_alone_the_epoch_is_not_given_up(db_url: str) -> None:
-    """A renewal may still bring the epoch back: its claims must not be handed over early."""
-    with ScheduleManager(db_url) as api:
-        api.create("s", "t.s", every=3600)
+    """A renewal may still bring the epoch back: its claims are kept, not handed over."""
+    create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url) as rep:
         epoch = rep.wait_leader()
         rep.outbox.fail = True
@@ -278,15 +299,65 @@ def test_past_the_deadline_alone_the_epoch_is_not_given_up(db_url: str) -> None:
         rep.watchdog.join(timeout=5)
         wait_until(lambda: rep.state.epoch is None, timeout=rep.settings.lease_ttl + 2)
         assert rep.state.holds(epoch)
-        assert rep.dispatcher.publisher.wait_below(1, 5.0)  # it dropped the unsent claim
+        rep.outbox.fail = False
+        assert not rep.dispatcher.publisher.wait_below(1, 0.5)  # kept, and not sent
+        assert rep.outbox.sent == []
         rep.run_for(0.3)
         assert lease_row(db_url)[2] is not None  # still ours: not released
         assert sql(db_url, "SELECT count(*) FROM pg_beat_leader_terms") == [(1,)]
 
 
+class RenewalGate:
+    """Holds the watchdog's renewals while closed, as a paused or starved thread would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        renew = store.renew
+
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            self.open.wait()
+            return renew(*args, **kwargs)
+
+        monkeypatch.setattr(store, "renew", gated)
+
+
+@pytest.mark.parametrize("pause", [2.4, 3.6])
+def test_a_pause_past_the_local_deadline_loses_no_tick_with_one_replica(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, pause: float
+) -> None:
+    """Deadline 2 s and lease 3 s after a renewal. Paused 2.4 s: the same epoch renews and
+    sends what it held. Paused 3.6 s: the lease expired, cannot be renewed, and is taken again
+    as a new epoch, which re-publishes the old one's unsent claims (all of them: catch_up)."""
+    gate = RenewalGate(monkeypatch)
+    create_due_now(db_url, "s", "t.s", every=0.2, misfire_policy="catch_up")
+    with replica(db_url, lease_ttl=3.0, heartbeat_interval=0.2, publish_margin=1.0) as rep:
+        first = rep.wait_leader()
+        rep.run_for(0.5)
+        rep.outbox.fail = True  # ticks are claimed, not sent...
+        rep.run_for(0.5)
+        gate.open.clear()  # ...and renewals stop
+        rep.run_for(pause)
+        assert rep.state.epoch is None and rep.state.holds(first)
+        rep.outbox.fail = False
+        gate.open.set()
+        rep.wait_leader()
+        rep.run_for(1.5)
+        epochs = {epoch for _, epoch in rep.outbox.sent}
+    assert (epochs == {first}) is (pause < 3.0), epochs
+    recorded = runs(db_url, "s")
+    dues = [due for due, _, _ in recorded]
+    assert [c.due_at for c, _ in rep.outbox.sent if c.due_at in set(dues)] == sorted(
+        set(c.due_at for c, _ in rep.outbox.sent)
+    )
+    assert len({c.due_at for c, _ in rep.outbox.sent}) == len(rep.outbox.sent)  # each once
+    assert {status for _, status, _ in recorded} == {"sent"}  # none left claimed or lost
+    steps = {round((b - a).total_seconds(), 6) for a, b in pairwise(dues)}
+    assert steps == {0.2}, steps  # every tick of the grid, none missing
+
+
 def test_broker_failure_is_retried_by_the_same_leader(db_url: str) -> None:
-    with ScheduleManager(db_url) as api:
-        api.create("s", "t.s", every=3600)
+    create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url) as rep:
         rep.outbox.fail = True
         rep.run_for(0.3)
@@ -342,8 +413,7 @@ def test_a_kept_connection_closed_while_idle_is_replaced_without_backing_off(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """E.g. a standby whose sessions were all terminated, later taking over."""
-    with ScheduleManager(db_url) as api:
-        api.create("s", "t.s", every=3600)
+    create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url) as rep:
         rep.run_until(lambda: rep.outbox.names() == ["s"], timeout=5)
         victim = rep.dispatcher.backend_pid
@@ -380,3 +450,90 @@ def test_store_reports_lock_holder_in_pg_locks(db_url: str) -> None:
         granted = [h for h in holders if h["granted"]]
         assert [h["pid"] for h in granted] == [rep.watchdog.backend_pid]
         assert granted[0]["application_name"] == "pg_beat:test-replica:leader"
+
+
+# --- the fence and the renewal (invariant 10) ------------------------------------------------
+
+
+def test_an_open_claim_transaction_never_blocks_the_holders_renewal(db_url: str) -> None:
+    """The fence's lock conflicts with a takeover, not with the holder's own renewal."""
+    with replica(db_url, lock_timeout=1.0) as rep:
+        epoch = rep.wait_leader()
+        engine = store.make_engine(rep.settings, "claim")
+        takeover = store.make_engine(rep.settings, "takeover")
+        try:
+            with engine.connect() as claim, claim.begin():
+                assert store.fence(claim, "default", epoch, "test-replica") is not None
+                (before,) = sql(db_url, "SELECT heartbeat_at FROM pg_beat_leases")[0]
+                # The watchdog renews every 0.2 s on its own session, claim transaction or not.
+                wait_until(
+                    lambda: sql(db_url, "SELECT heartbeat_at FROM pg_beat_leases")[0][0] > before,
+                    timeout=2,
+                )
+                assert rep.watchdog.renewal_failures == 0
+                # A takeover (FOR UPDATE) waits for the claim transaction, up to lock_timeout.
+                with takeover.connect() as conn, pytest.raises(DBAPIError) as caught:
+                    with conn.begin():
+                        conn.execute(
+                            text(
+                                "SELECT 1 FROM pg_beat_leases WHERE group_name = 'default' "
+                                "FOR UPDATE"
+                            )
+                        )
+                assert getattr(caught.value.orig, "sqlstate", None) == "55P03"
+        finally:
+            engine.dispose()
+            takeover.dispose()
+        assert rep.state.epoch == epoch  # the leader kept its lease throughout
+
+
+def test_the_lock_wait_leaves_the_sessions_lock_timeout_as_configured(db_url: str) -> None:
+    settings = settings_for(db_url, lock_timeout=2.0)
+    engine = store.make_engine(settings, "standby")
+    try:
+        with engine.connect() as conn:
+            assert store.wait_lock(conn, "default", 0.1) is True
+            with conn.begin():
+                assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "2s"
+    finally:
+        engine.dispose()
+
+
+def test_sixty_minutely_crontabs_a_week_behind_lead_drain_and_keep_the_lease(
+    db_url: str,
+) -> None:
+    """Beat was down over a long weekend: the next leader must not spend its lease on it."""
+    with ScheduleManager(db_url) as api:
+        for i in range(60):
+            api.create(f"minutely-{i:02d}", "t.m", crontab="* * * * *")
+    week_ago = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=7)
+    sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = %s", week_ago)
+    with replica(db_url, lease_ttl=3.0, heartbeat_interval=0.2) as rep:
+        epoch = rep.wait_leader()
+        rep.run_until(lambda: len(rep.outbox.sent) >= 60, timeout=10)
+        rep.run_for(1.0)
+        assert rep.state.epoch == epoch and rep.watchdog.renewal_failures == 0
+    late = [c for c, _ in rep.outbox.sent if c.due_at == week_ago]
+    assert len(late) == 60  # fire_once: exactly one late tick each
+    for row in sql(db_url, "SELECT next_run_at FROM pg_beat_schedules"):
+        due = row[0]
+        assert isinstance(due, datetime) and due.second == 0 and due.microsecond == 0
+        assert due > datetime.now(timezone.utc) - timedelta(minutes=1)  # back on the grid
+
+
+def test_orphans_go_through_their_expiry_and_misfire_policy(db_url: str) -> None:
+    """A dead epoch's unsent claims: past ``expires`` they are recorded expired; late ones
+    follow the policy (skip: none), never days late."""
+    create_due_now(db_url, "expiring", "t.e", every=3600, options={"expires": 1})
+    create_due_now(db_url, "skipping", "t.s", every=3600, misfire_policy="skip")
+    create_due_now(db_url, "keeping", "t.k", every=3600, misfire_policy="catch_up")
+    with replica(db_url, replica_name="first") as first:
+        first.outbox.fail = True  # claimed, never sent
+        first.run_until(lambda: len(runs(db_url, "keeping")) == 1, timeout=5)
+    time.sleep(1.5)  # past the expiry and the grace time
+    with replica(db_url, replica_name="second") as second:
+        second.run_until(lambda: bool(second.outbox.sent), timeout=10)
+        second.run_for(0.5)
+    assert second.outbox.names() == ["keeping"]
+    statuses = {name: [s for _, s, _ in runs(db_url, name)] for name in ("expiring", "skipping")}
+    assert statuses == {"expiring": ["expired"], "skipping": ["skipped"]}

@@ -61,6 +61,7 @@ def test_leader_metrics(db_url: str) -> None:
         with ScheduleManager(db_url) as manager:
             for name in ("a", "b", "c"):
                 manager.create(name, "app.tick", every="1h")
+                manager.run_now(name)  # a new interval first runs one interval after creation
         leader.run_until(lambda: leader.dispatcher.sent_total >= 3)
         samples = scrape(server.port)
 

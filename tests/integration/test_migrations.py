@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-HEAD = "0001_initial"
+HEAD = "0002_failures_owners_release"
 
 TABLES = {
     "pg_beat_schedules",
@@ -40,6 +40,7 @@ INDEXES = {
     "ix_pg_beat_schedules_config",
     "ix_pg_beat_runs_unsent",
     "ix_pg_beat_runs_claimed_at",
+    "ix_pg_beat_schedules_failing",
 }
 
 

@@ -21,7 +21,6 @@ from support.pg import libpq_url as libpq
 
 from pg_beat import migrate, store
 from pg_beat.api import ScheduleManager
-from pg_beat.exceptions import ConfigurationError
 from pg_beat.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(90)
@@ -145,10 +144,10 @@ def test_lazy_instance_writes_nothing_and_reports_the_schema(
         assert scheduler.dispatcher is None and scheduler.watchdog is None
         assert counts(db_url) == NOTHING
     assert counts(db_url) == NOTHING
-    assert "schema -> at 0001_initial (ok)" in info
+    assert f"schema -> at {migrate.head_revision()} (ok)" in info
     assert "ttl 3s, heartbeat 0.2s" in info
     assert "timezone Europe/Berlin" in info
-    assert "database -> postgresql+psycopg://" in info and db_url.rsplit("/", 1)[1] in info
+    assert "database -> postgres@127.0.0.1" in info and db_url.rsplit("/", 1)[1] in info
     # The banner's check left no session behind.
     replica = app.conf.pg_beat_replica_name
     assert sql(
@@ -214,7 +213,7 @@ def test_start_syncs_beat_schedule(db_url: str, make_app: AppFactory) -> None:
 
 
 def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory) -> None:
-    with running(make_app(db_url, beat_schedule=BEAT_SCHEDULE)):
+    with running(make_app(db_url, beat_schedule=BEAT_SCHEDULE, pg_beat_config_owner="proj")):
         pass
     with ScheduleManager(db_url) as api:
         api.create("from-api", "t.api", every=60)
@@ -225,8 +224,16 @@ def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory)
         "float": {**BEAT_SCHEDULE["float"], "schedule": 5.0},
         "crontab": BEAT_SCHEDULE["crontab"],
     }
-    with running(make_app(db_url, beat_schedule=changed)):
+    with running(make_app(db_url, beat_schedule=changed, pg_beat_config_owner="proj")):
         after = rows_by_name(db_url)
+    # Entries gone from beat_schedule are kept (another version of the app may have them)...
+    assert set(after) == {*BEAT_SCHEDULE, "from-api"}
+    app = make_app(
+        db_url, beat_schedule=changed, pg_beat_config_owner="proj", pg_beat_config_prune=True
+    )
+    with running(app):
+        after = rows_by_name(db_url)
+    # ...unless pruning is asked for.
     assert set(after) == {"float", "crontab", "from-api"}
     assert after["float"]["interval_seconds"] == 5.0
     for name in ("float", "crontab"):
@@ -269,40 +276,46 @@ def test_crontab_takes_the_timezone_of_the_schedulers_app(
 
 
 def test_an_invalid_beat_schedule_entry_stops_start_and_writes_nothing(
-    db_url: str, make_app: AppFactory
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     entries = {
         "good": {"task": "t.good", "schedule": 10},
         "bad": {"task": "t.bad", "schedule": "every day"},
     }
-    with pytest.raises(Exception, match="'bad'"):
+    with caplog.at_level(logging.CRITICAL, logger="pg_beat"), pytest.raises(SystemExit) as caught:
         Scheduler(make_app(db_url, beat_schedule=entries))
+    assert caught.value.code == 78  # EX_CONFIG: a supervisor should not merely restart it
+    assert "'bad'" in caplog.text and "cannot start" in caplog.text
     assert counts(db_url) == NOTHING
 
 
 # --- schema -------------------------------------------------------------------------------------
 
 
-def test_schema_mismatch_stops_start(empty_db_url: str, make_app: AppFactory) -> None:
-    with pytest.raises(SystemExit) as caught:
+def test_schema_mismatch_stops_start(
+    empty_db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.CRITICAL, logger="pg_beat"), pytest.raises(SystemExit) as caught:
         Scheduler(make_app(empty_db_url, beat_schedule=BEAT_SCHEDULE))
-    message = str(caught.value)
-    assert "pg-beat db upgrade" in message
-    assert "none (not migrated)" in message and "0001_initial" in message
+    assert caught.value.code == 78
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "pg-beat db upgrade" in line
+    assert "none (not migrated)" in line and migrate.head_revision() in line
 
 
 def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
     migrate.upgrade(empty_db_url, schema="beat")
     app = make_app(empty_db_url, pg_beat_schema="beat", beat_schedule=BEAT_SCHEDULE)
     with running(app, lazy=True) as lazy:
-        assert "schema -> at 0001_initial (ok)" in lazy.info
+        assert f"schema -> at {migrate.head_revision()} (ok)" in lazy.info
         assert "(schema beat)" in lazy.info
     with running(app) as scheduler:
         wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
     assert sql(empty_db_url, "SELECT count(*) FROM beat.pg_beat_schedules") == [(5,)]
     # The public schema was never migrated: without the setting, start-up refuses.
-    with pytest.raises(SystemExit, match="pg-beat db upgrade"):
+    with pytest.raises(SystemExit) as caught:
         Scheduler(make_app(empty_db_url))
+    assert caught.value.code == 78
 
 
 # --- database unreachable at start ---------------------------------------------------------------
@@ -329,9 +342,9 @@ def test_start_waits_for_the_database(
     thread.start()
     try:
         wait_for(
-            lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+            lambda: any("not usable yet" in r.getMessage() for r in caplog.records),
             10,
-            "the 'unreachable' log line",
+            "the 'not usable yet' log line",
         )
         time.sleep(1.0)  # a few retries against the stopped server
         assert thread.is_alive() and outcome == {}
@@ -351,7 +364,7 @@ def test_start_waits_for_the_database(
                 scheduler.close()
     assert "error" not in outcome, outcome.get("error")
     assert sql(url, "SELECT name, source FROM pg_beat_schedules") == [("s", "config")]
-    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    unreachable = [r for r in caplog.records if "not usable yet" in r.getMessage()]
     assert len(unreachable) == 1, "logged once, not once per retry"
     assert any("database reachable" in r.getMessage() for r in caplog.records)
 
@@ -461,19 +474,19 @@ def test_invalid_settings(
     db_url: str, make_app: AppFactory, conf: dict[str, Any], named: str, lazy: bool
 ) -> None:
     app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, **conf)
-    with pytest.raises(ConfigurationError) as caught:
+    with pytest.raises(SystemExit) as caught:  # one line on stderr, no traceback
         Scheduler(app, lazy=lazy)
-    assert named in str(caught.value)
+    assert named in str(caught.value.code) and str(caught.value.code).startswith("pg_beat: ")
     assert counts(db_url) == NOTHING
 
 
 def test_missing_database_url(make_app: AppFactory) -> None:
     app = make_app("postgresql://unused/x")
     app.conf.pg_beat_database_url = None
-    with pytest.raises(ConfigurationError) as caught:
+    with pytest.raises(SystemExit) as caught:
         Scheduler(app, lazy=True)
-    assert "pg_beat_database_url" in str(caught.value)
-    assert "PG_BEAT_DATABASE_URL" in str(caught.value)
+    assert "pg_beat_database_url" in str(caught.value.code)
+    assert "PG_BEAT_DATABASE_URL" in str(caught.value.code)
 
 
 def test_database_url_from_the_environment(
@@ -483,4 +496,4 @@ def test_database_url_from_the_environment(
     app = make_app("unused")
     app.conf.pg_beat_database_url = None
     with running(app, lazy=True) as scheduler:
-        assert "schema -> at 0001_initial (ok)" in scheduler.info
+        assert f"schema -> at {migrate.head_revision()} (ok)" in scheduler.info

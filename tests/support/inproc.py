@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pg_beat.config import Settings
-from pg_beat.dispatch import Claim, Dispatcher
+from pg_beat.dispatch import Dispatcher
 from pg_beat.lease import LeaderState
+from pg_beat.ticks import Claim
 from pg_beat.watchdog import Watchdog
 
 

@@ -2,8 +2,8 @@
 
 Users put PgBouncer between their apps and PostgreSQL, mostly with its default settings. The
 tests run pg_beat through one to prove what the README promises: it works behind *session*
-pooling and in transaction-pooling mode behind *transaction* pooling. So the config written here keeps
-PgBouncer's defaults for everything that changes what a client sees; in particular
+pooling, and in its transaction-pooling mode behind *transaction* pooling. So the config
+written here keeps the defaults for everything that changes what a client sees; in particular
 ``ignore_startup_parameters`` stays empty, so a client sending ``options`` (or
 ``extra_float_digits``, ``search_path``, ``statement_timeout``...) in its startup packet is
 refused with ``FATAL: unsupported startup parameter``. Only the plumbing is set: where to listen,

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pg_beat.dispatch import Claim
+from pg_beat import clock
 from pg_beat.lease import LeaderState
 from pg_beat.publisher import Publisher
+from pg_beat.ticks import Claim
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -24,17 +25,31 @@ def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def claim(run_id: int) -> Claim:
-    return Claim(run_id, f"s{run_id}", "t.task", [], {}, {}, T0 + timedelta(seconds=run_id), "", 1)
+def claim(run_id: int, *, late: bool = False, schedule: int | None = None) -> Claim:
+    sid = run_id if schedule is None else schedule
+    return Claim(
+        run_id,
+        sid,
+        f"s{sid}",
+        "t.task",
+        [],
+        {},
+        {},
+        T0 + timedelta(seconds=run_id),
+        "",
+        1,
+        late=late,
+    )
 
 
 class Broker:
-    """Records sends; can fail or block on demand."""
+    """Records sends; can fail (all, or some run ids) or block on demand."""
 
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.attempts = 0
         self.fail = False
+        self.poison: dict[int, BaseException] = {}  # run id -> what its every send raises
         self.gate = threading.Event()
         self.gate.set()
 
@@ -43,12 +58,14 @@ class Broker:
         self.gate.wait()
         if self.fail:
             raise ConnectionError("broker down (test)")
+        if c.run_id in self.poison:
+            raise self.poison[c.run_id]
         self.sent.append(c.run_id)
 
 
 def leader(epoch: int = 1, lifetime: float = 60.0) -> LeaderState:
     state = LeaderState()
-    state.become_leader(epoch, time.monotonic(), lifetime)
+    state.become_leader(epoch, clock.now(), lifetime)
     return state
 
 
@@ -66,25 +83,44 @@ def test_sends_in_order_and_hands_back_what_went_out(broker: Broker) -> None:
     pub.submit([claim(i) for i in range(51, 101)], 1)
     assert pub.wait_below(1, 5.0)
     assert broker.sent == list(range(1, 101))
-    assert pub.take_sent() == list(range(1, 101))
-    assert pub.take_sent() == []
+    assert pub.take_outcomes().sent == list(range(1, 101))
+    assert pub.take_outcomes().sent == []
     assert pub.sent_total == 100 and pub.backlog == 0 and pub.stalled_since() is None
     pub.stop(5.0)
 
 
-def test_past_the_deadline_the_queue_is_dropped_unsent(
-    broker: Broker, caplog: pytest.LogCaptureFixture
+def test_past_the_deadline_the_queue_waits_for_the_renewal_while_the_epoch_is_held(
+    broker: Broker,
 ) -> None:
     state = leader(lifetime=0.3)
     pub = Publisher(state, broker, "r")
     broker.gate.clear()  # the first send blocks until after the deadline
     pub.submit([claim(i) for i in range(1, 11)], 1)
     until(lambda: broker.attempts == 1 and not state.may_publish(1))
+    broker.gate.set()
+    until(lambda: broker.sent == [1])
+    assert not pub.wait_below(2, 0.3)  # nothing more goes out past the deadline...
+    assert broker.sent == [1] and pub.in_flight() >= set(range(2, 11))  # ...and nothing is lost
+    state.extend(1, clock.now(), 60.0)  # a late renewal of the same epoch
+    assert pub.wait_below(1, 5.0)
+    assert broker.sent == list(range(1, 11))  # each once, in order
+    pub.stop(5.0)
+
+
+def test_once_stepped_down_the_queue_is_left_for_the_next_leader(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = leader(lifetime=0.3)
+    pub = Publisher(state, broker, "r")
+    broker.gate.clear()
+    pub.submit([claim(i) for i in range(1, 11)], 1)
+    until(lambda: broker.attempts == 1 and not state.may_publish(1))
     with caplog.at_level(logging.WARNING, logger="pg_beat.dispatch"):
         broker.gate.set()
+        state.step_down()
         assert pub.wait_below(1, 5.0)
     # The send that had begun completes and is recorded; nothing after it goes out.
-    assert broker.sent == [1] and pub.take_sent() == [1]
+    assert broker.sent == [1] and pub.take_outcomes().sent == [1]
     assert pub.in_flight() == set()
     assert "9 claimed tick(s) left for the next leader" in caplog.text
     pub.stop(5.0)
@@ -124,19 +160,19 @@ def test_a_failed_publish_is_retried_first_and_logged_once(
 def test_a_blocked_send_shows_as_a_stall_and_its_claim_stays_in_flight(broker: Broker) -> None:
     pub = Publisher(leader(), broker, "r")
     broker.gate.clear()
-    before = time.monotonic()
+    before = clock.now()
     pub.submit([claim(1), claim(2)], 1)
     assert not pub.wait_below(1, 0.3)  # times out: the send hangs
     stalled = pub.stalled_since()
     assert stalled is not None and stalled <= before + 0.1
-    assert time.monotonic() - stalled >= 0.3
+    assert clock.now() - stalled >= 0.3
     assert pub.in_flight() == {1, 2}
     assert pub.thread_id is not None and pub.thread_id != threading.get_ident()
     broker.gate.set()
     assert pub.wait_below(1, 5.0)
     assert pub.stalled_since() is None
     assert pub.in_flight() == {1, 2}  # sent, not yet taken to be marked
-    assert pub.take_sent() == [1, 2] and pub.in_flight() == set()
+    assert pub.take_outcomes().sent == [1, 2] and pub.in_flight() == set()
     pub.stop(5.0)
 
 
@@ -149,7 +185,7 @@ def test_a_hook_that_raises_does_not_stop_the_thread(broker: Broker) -> None:
     pub.on_sent = hook
     pub.submit([claim(1), claim(2)], 1)
     assert pub.wait_below(1, 5.0)
-    assert broker.sent == [1, 2] and pub.take_sent() == [1, 2]
+    assert broker.sent == [1, 2] and pub.take_outcomes().sent == [1, 2]
     pub.stop(5.0)
 
 
@@ -165,3 +201,94 @@ def test_stop_drops_the_queue_and_ends_the_thread(broker: Broker) -> None:
     stopper.join(5.0)
     assert not stopper.is_alive()
     assert broker.sent == [1] and pub.backlog == 0
+
+
+def test_on_time_ticks_go_before_a_late_backlog_but_never_before_their_own_late_ones(
+    broker: Broker,
+) -> None:
+    pub = Publisher(leader(), broker, "r")
+    broker.gate.clear()
+    pub.submit([claim(1)], 1)  # being sent while the rest is queued
+    until(lambda: broker.attempts == 1)
+    pub.submit([claim(i, late=True) for i in range(2, 6)], 1)  # a backlog
+    pub.submit([claim(6), claim(7, schedule=3)], 1)  # on time; 7 is schedule 3's, late in line
+    broker.gate.set()
+    assert pub.wait_below(1, 5.0)
+    assert broker.sent == [1, 6, 2, 3, 4, 5, 7]
+    pub.stop(5.0)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("got multiple values for keyword argument 'task_id'"), ValueError("priority")],
+)
+def test_a_permanent_failure_is_recorded_and_the_queue_moves_on(
+    broker: Broker, caplog: pytest.LogCaptureFixture, error: BaseException
+) -> None:
+    pub = Publisher(leader(), broker, "r")
+    broker.poison = {2: error}
+    with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
+        pub.submit([claim(1), claim(2, schedule=9), claim(3)], 1)
+        assert pub.wait_below(1, 5.0)
+        pub.submit([claim(4, schedule=9)], 1)  # the same schedule, failing again: one line
+        broker.poison = {4: error}
+        assert pub.wait_below(1, 5.0)
+    assert broker.sent == [1, 3]
+    outcomes = pub.take_outcomes()
+    assert outcomes.sent == [1, 3]
+    assert [(run, sid) for run, sid, _ in outcomes.failed] == [(2, 9), (4, 9)]
+    assert type(error).__name__ in outcomes.failed[0][2]
+    assert pub.failed_total == 2
+    lines = [r for r in caplog.records if "cannot be published" in r.getMessage()]
+    assert len(lines) == 1 and "'s9'" in lines[0].getMessage()
+    pub.stop(5.0)
+
+
+def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(broker: Broker) -> None:
+    pub = Publisher(leader(), broker, "r")
+    broker.poison = {1: ConnectionError("looks transient")}
+    pub.submit([claim(1), claim(2), claim(3)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert broker.sent == [2, 3]
+    outcomes = pub.take_outcomes()
+    assert [run for run, _, _ in outcomes.failed] == [1]
+    assert "while other ticks were published" in outcomes.failed[0][2]
+    assert "looks transient" in outcomes.failed[0][2]
+    pub.stop(5.0)
+
+
+def test_an_outage_fails_nothing_and_keeps_the_order(broker: Broker) -> None:
+    pub = Publisher(leader(), broker, "r")
+    broker.fail = True
+    pub.submit([claim(i) for i in range(1, 5)], 1)
+    until(lambda: broker.attempts >= 8)  # several rounds of probing, all failing
+    assert pub.backlog == 4 and pub.take_outcomes().failed == []
+    broker.fail = False
+    assert pub.wait_below(1, 10.0)
+    assert broker.sent == [1, 2, 3, 4]
+    assert pub.take_outcomes().failed == []
+    pub.stop(5.0)
+
+
+def test_a_recovered_schedule_is_reported_once(broker: Broker) -> None:
+    pub = Publisher(leader(), broker, "r")
+    pub.mark_failing({5})
+    pub.submit([claim(1, schedule=5), claim(2, schedule=5)], 1)
+    assert pub.wait_below(1, 5.0)
+    assert pub.take_outcomes().recovered == [5]
+    pub.stop(5.0)
+
+
+def test_retrying_a_failing_broker_is_no_progress(broker: Broker) -> None:
+    """A leader that cannot publish looks stalled to the watchdog, which lets another lead."""
+    pub = Publisher(leader(), broker, "r")
+    broker.fail = True
+    before = clock.now()
+    pub.submit([claim(1)], 1)
+    until(lambda: broker.attempts >= 4)
+    stalled = pub.stalled_since()
+    assert stalled is not None and stalled <= before + 0.1
+    broker.fail = False
+    assert pub.wait_below(1, 5.0)
+    assert pub.stalled_since() is None
+    pub.stop(5.0)

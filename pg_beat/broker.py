@@ -1,0 +1,64 @@
+"""What a failed publish means, and how long one may take.
+
+A publish error is either *transient* (the broker or the link is down: retry in order, every
+tick waits) or *permanent* (this one message can never go out: record it failed and go on).
+Only errors that are about the message itself are permanent at once; anything else is treated
+as transient, and the publisher finds a poison message by trying the next one (see
+:mod:`pg_beat.publisher`).
+
+A publish that starts before the lease's local deadline must end before the lease can expire,
+or an ex-leader's message could land after its successor re-sent the tick: every socket
+operation of the scheduler's broker connection is bounded by a fraction of the publish margin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pg_beat.exceptions import MessageTooLarge
+
+__all__ = ["MessageTooLarge", "connection_options", "is_permanent"]
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when publishing this message again cannot succeed."""
+    if isinstance(exc, (MessageTooLarge, TypeError, ValueError, KeyError)):
+        # Bad options (e.g. task_id in options), unserialisable arguments, a bad priority.
+        return True
+    try:
+        from kombu.exceptions import ContentDisallowed, EncodeError
+    except ImportError:  # pragma: no cover - kombu comes with Celery
+        return False
+    if isinstance(exc, (EncodeError, ContentDisallowed)):
+        return True
+    try:
+        from amqp.exceptions import IrrecoverableChannelError
+    except ImportError:
+        return False
+    # 404 no such exchange, 406 precondition failed (e.g. over the broker's message size),
+    # 403 access refused: the broker closed the channel over this message.
+    return isinstance(exc, IrrecoverableChannelError)
+
+
+def is_channel_error(exc: BaseException) -> bool:
+    """True when the broker closed the channel (AMQP): the producer needs a new one."""
+    try:
+        from amqp.exceptions import ChannelError
+    except ImportError:
+        return False
+    return isinstance(exc, ChannelError)
+
+
+def connection_options(transport: str, publish_margin: float) -> dict[str, Any]:
+    """Keyword arguments for ``app.connection_for_write()`` of the scheduler: connect and
+    socket timeouts of half the publish margin each (a connect and a write fit in it), and
+    publisher confirms on AMQP so that "sent" means the broker took the message and a refusal
+    is reported for the message that caused it."""
+    timeout = max(publish_margin / 2, 0.05)
+    if transport in ("redis", "rediss", "sentinel"):
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        return {"transport_options": options, "connect_timeout": timeout}
+    if transport in ("amqp", "pyamqp", "amqps"):
+        options = {"confirm_publish": True, "read_timeout": timeout, "write_timeout": timeout}
+        return {"transport_options": options, "connect_timeout": timeout}
+    return {"connect_timeout": timeout}

@@ -1,0 +1,264 @@
+"""Deciding what to do with the rows a claim found: pure, no I/O, ``now`` is an argument.
+
+The dispatch loop reads due and unplanned rows inside its fenced transaction and hands them
+here; the planner returns what to write (run rows, each schedule's next due time, parked rows)
+and the claims to publish once that commits. Every row is validated as the API validates it
+(definition, task, args, kwargs and options), so a row edited by hand into something invalid is
+parked with its error, never published and never in the way of the others (invariant 12).
+
+The work per transaction is bounded (invariant 11): misfire resolution costs O(1) per schedule
+(O(limit) for ``catch_up``), the ticks of one claim are capped at the batch size, and rows are
+taken only while a time budget lasts; what is left is released at commit and claimed by the
+next transaction, so a long backlog drains through many short transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pg_beat import schedules
+from pg_beat.api import spec_from_row, validate_values
+from pg_beat.config import Settings
+from pg_beat.store import SCHEDULE_COLUMNS, Advance, RunRow
+from pg_beat.ticks import Claim, task_id_for
+
+logger = logging.getLogger("pg_beat.dispatch")
+
+#: Seconds of planning per claim transaction; rows beyond it wait for the next transaction.
+PLAN_BUDGET = 0.05
+#: Rows known valid, by (id, updated_at): every edit through SQL or the API bumps updated_at.
+_VALID_CACHE = 100_000
+
+Row = Mapping[Any, Any]  # a SQLAlchemy RowMapping, or a dict in tests
+
+
+@dataclass
+class Plan:
+    """What one claim transaction writes, and what it publishes after the commit."""
+
+    runs: list[RunRow] = field(default_factory=list)
+    advances: list[Advance] = field(default_factory=list)
+    #: The ticks to publish, by (schedule id, due time); run ids come from the insert.
+    claims: dict[tuple[int, datetime], Claim] = field(default_factory=dict)
+    #: A schedule is still due after this claim, or rows were left for the next one.
+    behind: bool = False
+    parked: list[tuple[str, str]] = field(default_factory=list)  # (schedule, error)
+
+
+class Planner:
+    """Turns due rows into runs and claims, with the group's settings; keeps a cache of the rows
+    it has validated."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._valid: set[tuple[int, datetime]] = set()
+
+    # --- validation ----------------------------------------------------------------------
+
+    def check(self, row: Row) -> str | None:
+        """None when the row is a valid schedule, else the error (as the API would raise it)."""
+        key = (row["id"], row["updated_at"])
+        if key in self._valid:
+            return None
+        try:
+            validate_values(row["name"], {c: row[c] for c in SCHEDULE_COLUMNS if c != "name"})
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if len(self._valid) >= _VALID_CACHE:
+            self._valid.clear()
+        self._valid.add(key)
+        return None
+
+    # --- rows without a due time ---------------------------------------------------------
+
+    def plan(
+        self, rows: Sequence[Row], now: datetime
+    ) -> tuple[list[tuple[int, datetime | None]], list[tuple[int, str]]]:
+        """First due times of new or redefined rows, and the rows to park (id, error): those
+        whose definition is invalid (they have no due time). A row whose definition is valid
+        but whose task or payload is not is planned: at its due time it is recorded as a failed
+        run, and parked then."""
+        plans: list[tuple[int, datetime | None]] = []
+        parked: list[tuple[int, str]] = []
+        for row in rows:
+            try:
+                spec = spec_from_row(row)
+                schedules.validate(spec)
+                plans.append((row["id"], schedules.first_due(spec, now, row["last_due_at"])))
+            except Exception as exc:  # an invalid definition, or ephem missing for solar
+                error = f"{type(exc).__name__}: {exc}"
+                self._log_parked(row["name"], error)
+                parked.append((row["id"], error))
+        return plans, parked
+
+    # --- due rows ------------------------------------------------------------------------
+
+    def claim(self, rows: Sequence[Row], now: datetime, epoch: int) -> Plan:
+        """Decide every due row, within the budget and the batch size."""
+        plan = Plan()
+        started = time.perf_counter()
+        for index, row in enumerate(rows):
+            if index and (
+                len(plan.runs) >= self.settings.batch_size
+                or time.perf_counter() - started > PLAN_BUDGET
+            ):
+                plan.behind = True  # the rest is released at commit and claimed next time
+                break
+            self._claim_row(plan, row, now, epoch)
+        return plan
+
+    def _claim_row(self, plan: Plan, row: Row, now: datetime, epoch: int) -> None:
+        due: datetime = row["next_run_at"]
+        error = self.check(row)
+        decision = None
+        if error is None:
+            try:
+                decision = self._decide(row, due, now)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        if decision is None:
+            # Recorded as a failed run, and parked until someone edits the row.
+            assert error is not None
+            self._log_parked(row["name"], error)
+            plan.parked.append((row["name"], error))
+            plan.runs.append(
+                RunRow(row["id"], row["name"], due, self._task_id(row, due), "failed", error)
+            )
+            plan.advances.append(Advance(row["id"], None, None, error))
+            return
+        ticks, next_due, last_due = decision
+        for due_at, send in ticks:
+            status = self._status(row, due_at, send, now)
+            task_id = self._task_id(row, due_at)
+            plan.runs.append(RunRow(row["id"], row["name"], due_at, task_id, status))
+            if status == "claimed":
+                plan.claims[(row["id"], due_at)] = self._claim(row, due_at, task_id, now, epoch)
+        plan.advances.append(Advance(row["id"], next_due, last_due))
+        if next_due is not None and next_due <= now:
+            plan.behind = True
+
+    def _decide(
+        self, row: Row, due: datetime, now: datetime
+    ) -> tuple[tuple[tuple[datetime, bool], ...], datetime | None, datetime | None]:
+        """(ticks, next due time, last due time to record; None keeps the old one)."""
+        resume: datetime | None = row.get("resume_at")
+        if resume is not None and due < resume:
+            # Made due by hand (run now): one tick, then the grid resumes where it was, and
+            # the last due time on the grid stays what it was.
+            return ((due, True),), resume, None
+        settings = self.settings
+        misfire = schedules.resolve_misfire(
+            spec_from_row(row),
+            due,
+            now,
+            row["misfire_policy"] or settings.misfire_policy,
+            settings.misfire_grace_time,
+            row["catch_up_limit"] or settings.catch_up_limit,
+        )
+        return misfire.ticks, misfire.next_due, misfire.ticks[-1][0]
+
+    def _status(self, row: Row, due_at: datetime, send: bool, now: datetime) -> str:
+        if not send:
+            return "skipped"
+        expires_at = expiry(row["options"], due_at)
+        return "expired" if expires_at is not None and expires_at <= now else "claimed"
+
+    def _task_id(self, row: Row, due_at: datetime) -> str:
+        return task_id_for(self.settings.group, row["name"], due_at)
+
+    def _claim(self, row: Row, due_at: datetime, task_id: str, now: datetime, epoch: int) -> Claim:
+        return Claim(
+            run_id=0,
+            schedule_id=row["id"],
+            schedule=row["name"],
+            task=row["task"],
+            args=row["args"],
+            kwargs=row["kwargs"],
+            options=row["options"],
+            due_at=due_at,
+            task_id=task_id,
+            epoch=epoch,
+            late=(now - due_at).total_seconds() > self.settings.misfire_grace_time,
+            expires_at=expiry(row["options"], due_at),
+        )
+
+    # --- orphans -------------------------------------------------------------------------
+
+    def orphans(
+        self, rows: Sequence[Row], now: datetime
+    ) -> tuple[list[Claim], list[tuple[int, str]]]:
+        """Claims of a dead epoch never marked sent, through each schedule's misfire policy and
+        expiry: the ones to re-publish (same task ids), and (run id, status) for the others.
+
+        On time (within the grace time) they go out. Late: ``skip`` skips them all,
+        ``fire_once`` sends the oldest of a schedule and skips the rest, ``catch_up`` sends the
+        oldest up to its limit. Past its ``expires`` a tick is recorded expired.
+        """
+        send: list[Claim] = []
+        statuses: list[tuple[int, str]] = []
+        late_sent: dict[int, int] = {}
+        grace = self.settings.misfire_grace_time
+        for row in rows:
+            due: datetime = row["due_at"]
+            expires_at = expiry(row["options"], due)
+            if expires_at is not None and expires_at <= now:
+                statuses.append((row["id"], "expired"))
+                continue
+            late = (now - due).total_seconds() > grace
+            if late and not self._late_allowed(row, late_sent.get(row["schedule_id"], 0)):
+                statuses.append((row["id"], "skipped"))
+                continue
+            if late:
+                late_sent[row["schedule_id"]] = late_sent.get(row["schedule_id"], 0) + 1
+            send.append(
+                Claim(
+                    run_id=row["id"],
+                    schedule_id=row["schedule_id"],
+                    schedule=row["schedule_name"],
+                    task=row["task"],
+                    args=row["args"],
+                    kwargs=row["kwargs"],
+                    options=row["options"],
+                    due_at=due,
+                    task_id=row["task_id"],
+                    epoch=row["epoch"],
+                    late=True,
+                    expires_at=expires_at,
+                )
+            )
+        return send, statuses
+
+    def _late_allowed(self, row: Row, sent: int) -> bool:
+        policy = row["misfire_policy"] or self.settings.misfire_policy
+        if policy == "skip":
+            return False
+        if policy == "fire_once":
+            return sent == 0
+        return sent < (row["catch_up_limit"] or self.settings.catch_up_limit)
+
+    # --- logging -------------------------------------------------------------------------
+
+    def _log_parked(self, name: str, error: str) -> None:
+        logger.error(
+            "dispatch: schedule %r skipped until it is edited: %s",
+            name,
+            error,
+            extra={"action": "parked", "schedule": name},
+        )
+
+
+def expiry(options: Mapping[str, Any] | None, due_at: datetime) -> datetime | None:
+    """The absolute expiry of a tick: its due time plus the ``expires`` (or ``expire_seconds``)
+    option in seconds; None without one. A tick due at 12:00 with ``expires=60`` expires at
+    12:01 however late it goes out."""
+    if not options:
+        return None
+    seconds = options.get("expires", options.get("expire_seconds"))
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    return due_at + timedelta(seconds=seconds)
