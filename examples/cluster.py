@@ -37,7 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Verdict:
-    """What the worker executed against what was due, for every schedule."""
+    """What the worker executed against what was due, for every schedule.
+
+    Every execution in the window counts: one that matches no due tick of the grid (off the
+    grid, of an unknown schedule, or without pg_beat's headers) is ``unexpected``, so the
+    number executed always equals the number expected when all is well.
+    """
 
     expected: int = 0
     executed: int = 0
@@ -47,16 +52,25 @@ class Verdict:
     #: Same tick re-published by a new epoch after the old leader died between publishing and
     #: marking it sent: recognisable (same task id), counted apart.
     republished: list[tuple[str, datetime]] = field(default_factory=list)
+    #: Executions that match no due tick: (schedule or None, due time or None, task id).
+    unexpected: list[tuple[str | None, datetime | None, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missed and not self.duplicates and not self.republished
+        return (
+            not self.missed
+            and not self.duplicates
+            and not self.republished
+            and not self.unexpected
+            and self.executed == self.expected
+        )
 
     def summary(self) -> str:
         return (
             f"{self.executed} executions of {self.expected} due ticks: "
             f"{len(self.missed)} missed, {len(self.duplicates)} duplicated, "
-            f"{len(self.republished)} re-published after a crash"
+            f"{len(self.republished)} re-published after a crash, "
+            f"{len(self.unexpected)} unexpected"
         )
 
 
@@ -362,16 +376,18 @@ class Cluster:
         raise TimeoutError(f"executions did not reach {until.isoformat()} within {timeout:g}s")
 
     def verify(self, start: datetime, end: datetime) -> Verdict:
-        """Compare executions with every schedule's grid of due times in [start, end]."""
+        """Compare every execution due in [start, end] (and every one without a due time that
+        ran meanwhile) with every schedule's grid of due times in [start, end]."""
         verdict = Verdict()
         with self._db() as conn:
-            schedules = conn.execute(
-                "SELECT name, interval_seconds, created_at FROM pg_beat_schedules"
-            ).fetchall()
+            schedules = dict(
+                conn.execute("SELECT name, interval_seconds FROM pg_beat_schedules").fetchall()
+            )
             rows = conn.execute(
-                "SELECT schedule, due_at, epoch, claim_epoch FROM pg_beat_demo_executions "
-                "WHERE due_at BETWEEN %s AND %s",
-                (start, end),
+                "SELECT schedule, due_at, epoch, task_id FROM pg_beat_demo_executions "
+                "WHERE due_at BETWEEN %s AND %s "
+                "OR (due_at IS NULL AND executed_at BETWEEN %s AND now())",
+                (start, end, start),
             ).fetchall()
             firsts = dict(
                 conn.execute(
@@ -379,10 +395,13 @@ class Cluster:
                 ).fetchall()
             )
         seen: dict[tuple[str, datetime], list[int]] = {}
-        for schedule, due, epoch, _ in rows:
-            seen.setdefault((schedule, due), []).append(epoch)
+        for schedule, due, epoch, task_id in rows:
+            if schedule is None or due is None or schedule not in schedules:
+                verdict.unexpected.append((schedule, due, task_id))
+            else:
+                seen.setdefault((schedule, due), []).append(epoch)
         verdict.executed = len(rows)
-        for name, every, _created in schedules:
+        for name, every in schedules.items():
             first = firsts.get(name)
             if first is None:
                 continue
@@ -391,17 +410,23 @@ class Cluster:
             due = first + k * step
             while due <= end:
                 verdict.expected += 1
-                epochs = seen.get((name, due), [])
+                epochs = seen.pop((name, due), [])
                 if not epochs:
                     verdict.missed.append((name, due))
                 elif len(epochs) > 1:
-                    counts = Counter(epochs)
-                    if any(c > 1 for c in counts.values()):
+                    if any(c > 1 for c in Counter(epochs).values()):
                         verdict.duplicates.append((name, due))
                     else:
                         verdict.republished.append((name, due))
                 due += step
+        # What is left ran, but was due at no tick of the grid (e.g. a tick off the grid).
+        for (name, due), epochs in seen.items():
+            verdict.unexpected.extend((name, due, f"epoch {e}") for e in epochs)
         return verdict
+
+    def log_lines(self, name: str) -> int:
+        """How many lines ``name`` has logged so far (to count the lines a fault causes)."""
+        return len(self.log(name).splitlines())
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"

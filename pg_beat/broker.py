@@ -13,6 +13,7 @@ operation of the scheduler's broker connection is bounded by a fraction of the p
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from pg_beat.exceptions import MessageTooLarge
@@ -50,15 +51,35 @@ def is_channel_error(exc: BaseException) -> bool:
 
 
 def connection_options(transport: str, publish_margin: float) -> dict[str, Any]:
-    """Keyword arguments for ``app.connection_for_write()`` of the scheduler: connect and
-    socket timeouts of half the publish margin each (a connect and a write fit in it), and
-    publisher confirms on AMQP so that "sent" means the broker took the message and a refusal
-    is reported for the message that caused it."""
+    """Keyword arguments for ``app.connection_for_write()`` of the scheduler.
+
+    Connect and socket timeouts of half the publish margin each (a connect and a write fit in
+    it). ``TCP_USER_TIMEOUT`` of half the margin too: bytes of a publish that the kernel is
+    still retransmitting are dropped then, even after the socket was closed or the process
+    exited, so a link that comes back cannot deliver them after the lease expired. Publisher
+    confirms on AMQP, so that "sent" means the broker took the message and a refusal is
+    reported for the message that caused it.
+    """
     timeout = max(publish_margin / 2, 0.05)
+    user_timeout = max(int(timeout * 1000), 50)
     if transport in ("redis", "rediss", "sentinel"):
-        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "socket_keepalive": True,
+            "socket_keepalive_options": {_TCP_USER_TIMEOUT: user_timeout},
+        }
         return {"transport_options": options, "connect_timeout": timeout}
     if transport in ("amqp", "pyamqp", "amqps"):
-        options = {"confirm_publish": True, "read_timeout": timeout, "write_timeout": timeout}
+        options = {
+            "confirm_publish": True,
+            "read_timeout": timeout,
+            "write_timeout": timeout,
+            "socket_settings": {_TCP_USER_TIMEOUT: user_timeout},
+        }
         return {"transport_options": options, "connect_timeout": timeout}
     return {"connect_timeout": timeout}
+
+
+# Linux's value where the socket module does not name it (it does from Python 3.6 on Linux).
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)

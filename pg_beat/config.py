@@ -37,7 +37,7 @@ class Settings:
     heartbeat_interval: float = 1.0
     hang_timeout: float = 5.0
     on_hang: str = "exit"
-    publish_margin: float = 0.5
+    publish_margin: float = 1.0
     terminate_hung_leader: bool = True
     misfire_policy: str = "fire_once"
     misfire_grace_time: float = 1.0

@@ -152,7 +152,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if settings.metrics_port:
             from pg_beat.metrics import serve_metrics
 
-            serve_metrics(settings.metrics_port, self)
+            serve_metrics(settings.metrics_port, self, settings.metrics_address)
         self.watchdog.start()
         logger.info(
             "pg_beat: replica %s started in group %r (lease ttl %gs, heartbeat %gs, %s mode)",

@@ -126,3 +126,37 @@ def db_check(env: Env, as_json: bool) -> None:
         click.echo(reason or f"ok: at {head} (head), no drift")
     if reason is not None:
         click.get_current_context().exit(EXIT_ERROR)
+
+
+@db.command()
+@click.argument("role")
+@click.option(
+    "--signal-backend",
+    is_flag=True,
+    help="Also grant pg_signal_backend: a standby may then terminate a hung leader that runs "
+    "as another role (the same role may always).",
+)
+@click.option(
+    "--read-all-stats",
+    is_flag=True,
+    help="Also grant pg_read_all_stats: 'pg-beat status' then shows other roles' queries.",
+)
+@pass_env
+def grant(env: Env, role: str, signal_backend: bool, read_all_stats: bool) -> None:
+    """Grant ROLE the least privileges a replica needs (DML on pg_beat's tables, no DDL).
+
+    Run it as the owner of the tables (the role that ran 'pg-beat db upgrade'); the optional
+    roles need a superuser or CREATEROLE with admin rights on them.
+    """
+    from pg_beat.store.grants import grant_replica
+
+    with env.connect() as conn:  # autocommit: each GRANT on its own
+        statements = grant_replica(
+            conn,
+            role,
+            env.schema,
+            signal_backend=signal_backend,
+            read_all_stats=read_all_stats,
+        )
+    for statement in statements:
+        click.echo(f"{statement};")

@@ -8,6 +8,7 @@ reads PG_BEAT_DATABASE_URL itself.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -48,4 +49,25 @@ def record(self: Task, *args: Any, **kwargs: Any) -> None:
                 _header(request, "pg_beat_replica"),
                 repr(args),
             ),
+        )
+
+
+@app.task(bind=True, name="e2e.inspect")
+def inspect(self: Task, *args: Any, **kwargs: Any) -> None:
+    """Record what the message carried: routing, priority, expiry and the user's headers."""
+    request = self.request
+    delivery = request.delivery_info or {}
+    seen = {
+        "routing_key": delivery.get("routing_key"),
+        "exchange": delivery.get("exchange"),
+        "priority": delivery.get("priority"),
+        "expires": str(request.expires) if request.expires else None,
+        # A custom header becomes an attribute of the request (or stays in request.headers).
+        "x_trace": _header(request, "x-trace") or (request.headers or {}).get("x-trace"),
+        "due_at": _header(request, "pg_beat_due_at"),
+    }
+    with psycopg.connect(os.environ["E2E_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO e2e_inspected (task_id, seen) VALUES (%s, %s)",
+            (request.id, json.dumps(seen)),
         )

@@ -231,3 +231,58 @@ def test_beat_to_worker_through_redis(
         db_url,
         "SELECT DISTINCT status FROM pg_beat_runs WHERE due_at < now() - interval '2 seconds'",
     ) == [("sent",)]
+
+
+def test_message_options_reach_the_worker(
+    db_url: str, redis_url: str, queue: str, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    """Queue, priority, expires (absolute: due time + seconds) and the user's headers, as the
+    worker receives them."""
+    sql(db_url, "CREATE TABLE e2e_inspected (task_id text, seen jsonb)")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "E2E_BROKER_URL": redis_url,
+        "E2E_QUEUE": f"{queue}-default",
+        "E2E_DATABASE_URL": libpq(db_url),
+        "PG_BEAT_DATABASE_URL": db_url,
+    }
+    with ScheduleManager(db_url) as api:
+        api.create(
+            "inspected",
+            "e2e.inspect",
+            every=3600,
+            options={"queue": queue, "priority": 5, "expires": 120, "headers": {"x-trace": "t1"}},
+        )
+        api.run_now("inspected")
+    procs.spawn(
+        "worker",
+        [
+            *CELERY,
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            queue,
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
+    procs.spawn(
+        "beat-1",
+        [*CELERY, "beat", "-l", "info", "-s", str(tmp_path / "s"), "-S", "pg_beat"],
+        env={**env, "PG_BEAT_REPLICA_NAME": "e2e-inspect"},
+        cwd=tmp_path,
+    )
+    wait_for(lambda: sql(db_url, "SELECT seen FROM e2e_inspected"), 45, "the inspected task", procs)
+    ((seen,),) = sql(db_url, "SELECT seen FROM e2e_inspected")
+    assert seen["routing_key"] == queue  # the queue of the options, not the app's default
+    assert seen["priority"] == 5
+    assert seen["x_trace"] == "t1"
+    due = parse_due(seen["due_at"])
+    expires = datetime.fromisoformat(seen["expires"])
+    assert expires == due + timedelta(seconds=120)

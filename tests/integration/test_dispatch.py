@@ -99,17 +99,38 @@ def test_a_notify_wakes_the_sleeping_loop(db_url: str) -> None:
         rep.outbox.sent.clear()
         delay = rep.step()
         assert delay > 0.1  # nothing due: it would sleep
+        # Later than the 0.5 s a failed LISTEN sleeps before trying again: only a NOTIFY can
+        # end this wait between 0.7 s and the 5 s asked for.
         threading.Timer(
-            0.2,
+            0.7,
             sql,
             (db_url, "UPDATE pg_beat_schedules SET next_run_at = now() WHERE name = 'later'"),
         ).start()
         started = time.monotonic()
         rep.dispatcher.wait(5.0)
         woke_after = time.monotonic() - started
-        assert woke_after < 2.0, woke_after
+        assert 0.65 < woke_after < 2.0, woke_after
+        assert rep.dispatcher.keeper._listen is not None  # it did LISTEN
         rep.step()
         assert rep.outbox.names() == ["later"]
+
+
+def test_behind_a_transaction_pool_edits_are_polled(db_url: str) -> None:
+    """No LISTEN in transaction-pooling mode: an edit is seen within pg_beat_poll_interval."""
+    with ScheduleManager(db_url) as api:
+        api.create("later", "t.later", every=3600)
+    with replica(db_url, pool_mode="transaction", poll_interval=0.5) as rep:
+        assert rep.dispatcher.connector.transaction_pooled
+        rep.run_for(0.3)
+        assert rep.step() > 0.1  # nothing due for an hour: it would sleep
+        sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() WHERE name = 'later'")
+        started = time.monotonic()
+        rep.dispatcher.wait(5.0)
+        assert time.monotonic() - started < 1.0  # the poll interval, not the 5 s asked for
+        rep.step()
+        assert rep.outbox.names() == ["later"]
+        assert rep.dispatcher.keeper._listen is None  # polled, never LISTENed
+        assert lease_row(db_url)[2] is None  # the lease records no session to watch
 
 
 def test_a_row_broken_by_sql_is_parked_and_the_others_keep_running(db_url: str) -> None:

@@ -142,3 +142,37 @@ def test_missing_prometheus_client_says_what_to_install(
     scheduler = Unconnected(settings_for("postgresql://u@127.0.0.1/x"))
     with pytest.raises(ConfigurationError, match=r"pip install 'pg-beat\[metrics\]'"):
         serve_metrics(0, scheduler, addr="127.0.0.1")
+
+
+def test_the_scheduler_serves_its_metrics_on_the_address_it_is_given(db_url: str) -> None:
+    from celery import Celery
+
+    from pg_beat.scheduler import Scheduler
+
+    port = pg.free_port()
+    app = Celery("metrics-test", set_as_current=False)
+    app.conf.update(
+        pg_beat_database_url=db_url,
+        pg_beat_replica_name="sched-metrics",
+        pg_beat_metrics_port=port,
+        pg_beat_metrics_address="127.0.0.1",
+        pg_beat_lease_ttl=3.0,
+        pg_beat_heartbeat_interval=0.2,
+    )
+    scheduler = Scheduler(app)
+    try:
+        samples = scrape(port)
+        assert value(samples, "pg_beat_is_leader", "sched-metrics") is not None
+        server = next(s for s in metrics_servers() if s.collector.scheduler is scheduler)
+        assert server.server.server_address[0] == "127.0.0.1"
+    finally:
+        scheduler.close()
+        app.close()
+    with pytest.raises(OSError):
+        scrape(port)  # stopped with the scheduler
+
+
+def metrics_servers() -> list[MetricsServer]:
+    from pg_beat import metrics
+
+    return list(metrics._servers)

@@ -189,3 +189,59 @@ def test_without_the_privilege_to_terminate_it_says_so_once_and_waits(
             owner.execute(f"DROP OWNED BY {role}")
         with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_on_hang_release_gives_the_lease_up_and_stays_up(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pg_beat_on_hang = release: no exit; the lease is released at once for a standby, and
+    this replica leads again only once its own loop moves."""
+    exits: list[int] = []
+    release = threading.Event()
+
+    def broker_never_answers(claim: object, epoch: int) -> None:
+        release.wait(30)
+
+    with ScheduleManager(db_url) as api:
+        api.create("s", "t.s", every=0.2)
+    try:
+        with replica(db_url, hang_timeout=1.0, on_hang="release") as rep:
+            rep.watchdog.exit_process = exits.append
+            rep.dispatcher.publisher.send = broker_never_answers
+            first = rep.wait_leader()
+            deadline = time.monotonic() + 15
+            with caplog.at_level(logging.INFO, logger="pg_beat.watchdog"):
+                while rep.state.holds(first):
+                    assert time.monotonic() < deadline, "the stuck publisher went unnoticed"
+                    rep.dispatcher.wait(min(rep.dispatcher.step(), 0.05))
+            with psycopg.connect(libpq_url(db_url)) as conn:
+                released = conn.execute("SELECT released_at FROM pg_beat_leases").fetchone()
+            assert released is not None and released[0] is not None  # handed over at once
+            time.sleep(1.5)
+            assert rep.state.epoch is None  # its loop is still stuck: it does not lead
+            release.set()  # the broker answers again
+            rep.run_until(lambda: rep.state.epoch is not None and rep.state.epoch > first, 15)
+    finally:
+        release.set()
+    assert exits == []
+    assert "dispatch loop stuck" in caplog.text and "released the lease" in caplog.text
+
+
+def test_replica_rows_not_seen_for_long_are_pruned(db_url: str) -> None:
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pg_beat_replicas (group_name, name, host, pid, role, version, "
+            "started_at, last_seen_at) VALUES "
+            "('default', 'long-gone', 'h', 1, 'standby', '0', now() - interval '2 hours', "
+            " now() - interval '1 hour'), "
+            "('default', 'just-seen', 'h', 2, 'standby', '0', now(), now())"
+        )
+    with replica(db_url, replica_stale_after=60.0) as rep:
+        rep.wait_leader()
+
+        def names() -> set[str]:
+            with psycopg.connect(libpq_url(db_url)) as conn:
+                return {r[0] for r in conn.execute("SELECT name FROM pg_beat_replicas")}
+
+        wait_for(lambda: "long-gone" not in names(), timeout=5)
+        assert names() == {"just-seen", "test-replica"}

@@ -10,7 +10,9 @@ and call :func:`unavailable`.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -26,3 +28,12 @@ def unavailable(message: str) -> NoReturn:
     if is_ci():
         pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
     pytest.skip(message)
+
+
+def require_module(name: str) -> ModuleType:
+    """``import name``, or :func:`unavailable` when it is not installed (never a silent skip
+    under CI, unlike ``pytest.importorskip``)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"module {name!r} is not installed: {exc}")

@@ -19,7 +19,14 @@ URL = "postgresql://pg@db.example/app"
 
 @pytest.fixture(autouse=True)
 def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PG_BEAT_DATABASE_URL", "PG_BEAT_SCHEMA", "PG_BEAT_GROUP", "PG_BEAT_REPLICA_NAME"):
+    for name in (
+        "PG_BEAT_DATABASE_URL",
+        "PG_BEAT_SCHEMA",
+        "PG_BEAT_GROUP",
+        "PG_BEAT_REPLICA_NAME",
+        "PG_BEAT_POOL_MODE",
+        "PG_BEAT_LISTEN_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -131,13 +138,46 @@ def test_from_celery_reads_every_prefixed_key() -> None:
     assert settings.sync_config is False and settings.metrics_port == 9808
 
 
+#: A value other than the default for every setting: each must arrive from its pg_beat_ key.
+NOT_DEFAULT: dict[str, Any] = {
+    "database_url": "postgresql://other@db/app",
+    "schema": "beat",
+    "group": "billing",
+    "replica_name": "beat-9",
+    "lease_ttl": 12.0,
+    "heartbeat_interval": 2.0,
+    "hang_timeout": 7.0,
+    "on_hang": "release",
+    "publish_margin": 2.5,
+    "terminate_hung_leader": False,
+    "misfire_policy": "catch_up",
+    "misfire_grace_time": 3.0,
+    "catch_up_limit": 7,
+    "batch_size": 11,
+    "statement_timeout": 6.0,
+    "lock_timeout": 1.5,
+    "idle_in_transaction_timeout": 9.0,
+    "connect_timeout": 4.0,
+    "run_retention": 3600.0,
+    "replica_stale_after": 30.0,
+    "sync_config": False,
+    "config_owner": "billing-app",
+    "config_prune": True,
+    "metrics_port": 9808,
+    "metrics_address": "127.0.0.1",
+    "pool_mode": "transaction",
+    "listen_url": "postgresql://other@db-direct/app",
+    "poll_interval": 0.5,
+    "max_message_bytes": 4096,
+}
+
+
 def test_every_setting_is_read_from_its_pg_beat_key() -> None:
-    names = {item.name for item in fields(Settings)}
-    conf = {f"pg_beat_{name}": getattr(Settings(database_url=URL), name) for name in names}
-    conf["pg_beat_database_url"] = URL
-    assert Settings.from_celery(conf) == Settings(
-        database_url=URL, replica_name=conf["pg_beat_replica_name"]
-    )
+    defaults = Settings(database_url=URL)
+    assert set(NOT_DEFAULT) == {item.name for item in fields(Settings)}  # one per setting
+    assert all(getattr(defaults, k) != v for k, v in NOT_DEFAULT.items())
+    settings = Settings.from_celery({f"pg_beat_{k}": v for k, v in NOT_DEFAULT.items()})
+    assert {k: getattr(settings, k) for k in NOT_DEFAULT} == NOT_DEFAULT
 
 
 def test_from_a_real_celery_conf() -> None:

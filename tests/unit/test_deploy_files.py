@@ -10,6 +10,7 @@ options, and the Dockerfile copies files that exist.
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from celery.app.utils import find_app
 from celery.bin.base import CLIContext
 from celery.bin.celery import celery as celery_cli
 from celery.utils.imports import symbol_by_name
+from support.env import require_module
 
 from pg_beat.cli import main as pg_beat_cli
 
@@ -226,7 +228,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_copies_what_exists_and_what_the_build_needs() -> None:
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = require_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
     copied: set[str] = set()
     for instruction, arguments in dockerfile_instructions():
         if instruction in ("COPY", "ADD"):
@@ -245,7 +247,7 @@ def test_dockerfile_copies_what_exists_and_what_the_build_needs() -> None:
 
 
 def test_dockerfile_installs_an_extra_that_exists_and_runs_a_real_command() -> None:
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = require_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]

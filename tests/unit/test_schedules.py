@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.env import require_module
 
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import (
@@ -341,7 +342,7 @@ def test_first_due(
 
 
 def test_solar_sunrise_berlin() -> None:
-    pytest.importorskip("ephem")
+    require_module("ephem")
     spec = ScheduleSpec(
         name="dawn", kind="solar", solar_event="sunrise", latitude=52.52, longitude=13.40
     )
@@ -358,7 +359,7 @@ def test_solar_sunrise_berlin() -> None:
 
 
 def test_solar_polar_night_waits_for_the_sun() -> None:
-    pytest.importorskip("ephem")
+    require_module("ephem")
     spec = ScheduleSpec(
         name="svalbard", kind="solar", solar_event="sunrise", latitude=78.22, longitude=15.65
     )

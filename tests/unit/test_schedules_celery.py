@@ -33,6 +33,7 @@ from celery.schedules import crontab, schedule
 from celery.utils.time import WEEKDAYS, YEARMONTHS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.env import require_module
 
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import ScheduleSpec, first_due, next_after, validate
@@ -568,7 +569,7 @@ def compare_solar(event: str, latitude: float, longitude: float, after: datetime
 
 
 def test_solar_due_times_equal_celery_bulk() -> None:
-    pytest.importorskip("ephem")
+    require_module("ephem")
     rng = random.Random(99)
     pairs = 0
     while pairs < SOLAR_PAIRS:
@@ -592,7 +593,7 @@ def test_solar_due_times_equal_celery_bulk() -> None:
 def test_solar_due_times_equal_celery(
     event: str, latitude: float, longitude: float, offset: int
 ) -> None:
-    pytest.importorskip("ephem")
+    require_module("ephem")
     after = FROM + timedelta(seconds=offset)
     for _ in range(2):
         after = compare_solar(event, latitude, longitude, after)
@@ -625,7 +626,7 @@ def test_solar_never_fires_the_same_event_twice(
 ) -> None:
     # Before the fix pg_beat searched again from a second before its previous due time,
     # found the same event 0.1 s later than before, and rounded it up to the next second.
-    pytest.importorskip("ephem")
+    require_module("ephem")
     spec = ScheduleSpec(
         name="job", kind="solar", solar_event=event, latitude=latitude, longitude=longitude
     )

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.env import require_module
 
 import pg_beat.schedules as schedules
 from pg_beat.exceptions import InvalidSchedule
@@ -292,7 +293,7 @@ def test_catch_up_through_new_york_spring_forward_sends_the_gap_once() -> None:
 
 
 def test_solar_misfire_resumes_on_the_next_event() -> None:
-    pytest.importorskip("ephem")
+    require_module("ephem")
     spec = ScheduleSpec(
         name="dawn", kind="solar", solar_event="sunrise", latitude=52.52, longitude=13.40
     )
