@@ -1,11 +1,34 @@
-"""``pg-beat status`` and ``pg-beat check``: the cluster as the database sees it."""
+"""``pg-beat status`` and ``pg-beat check``: the cluster as the database sees it.
+
+Both read each part of the report in a short transaction of its own, bounded by a lock and a
+statement timeout of about a second, so they answer during a migration's ACCESS EXCLUSIVE
+lock or a forgotten ``FOR UPDATE``: what they could not read is said, with who blocks it.
+"""
 
 from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pg_beat.cli.context import Env, json_option, pass_env, print_json
-from pg_beat.cli.errors import EXIT_ERROR
+from pg_beat.cli.errors import EXIT_ERROR, DatabaseUnreachable, database_error, driver_errors
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    import psycopg
+    from sqlalchemy.engine import Connection
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+#: Seconds a watch waits at least between two redraws, however many NOTIFYs arrive.
+MIN_REDRAW = 0.2
 
 
 class _StatusDefault:
@@ -38,6 +61,94 @@ max_stall_option = click.option(
 )
 
 
+@contextmanager
+def until_ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C ends a watch at its next pause: exit 0, no traceback, no click "Aborted!".
+
+    The statement under way finishes first (each is bounded by its timeouts, about a
+    second), so no query is cancelled half-way; a second Ctrl-C ends the watch at once.
+    """
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, handler) if main else None
+    try:
+        yield stop
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def repeat_until_interrupted(
+    env: Env, step: Callable[[Connection], None], every: float, *, listen: bool = False
+) -> None:
+    """Run ``step`` every ``every`` seconds until Ctrl-C (see :func:`until_ctrl_c`); with
+    ``listen``, also at once (after MIN_REDRAW) on a NOTIFY on the schedule channel: a schedule
+    edit, or a new leader taking over. Behind a transaction pool there is no LISTEN: timed only.
+
+    When the database goes away the error is said on stderr and the loop reconnects; any
+    other error ends the command as usual.
+    """
+    with until_ctrl_c() as stop:
+        while not stop.is_set():
+            try:
+                with env.connect() as conn, _listener(env, listen) as listener:
+                    while not stop.is_set():
+                        started = time.monotonic()
+                        step(conn)
+                        _pause(stop, listener, every - (time.monotonic() - started))
+            except driver_errors() as exc:
+                problem = database_error(exc, env.url or "")
+                if not isinstance(problem, DatabaseUnreachable):
+                    raise problem from exc
+                _say_unreachable(problem)
+            except DatabaseUnreachable as problem:
+                _say_unreachable(problem)
+            stop.wait(every)
+
+
+@contextmanager
+def _listener(env: Env, listen: bool) -> Iterator[psycopg.Connection[Any] | None]:
+    """A connection LISTENing on the schedule channel, or None (not asked for, or pooled)."""
+    if not listen:
+        yield None
+        return
+    from pg_beat import store
+
+    conn = store.Connector(env.settings).listen("cli")
+    try:
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _pause(stop: threading.Event, listener: psycopg.Connection[Any] | None, left: float) -> None:
+    """Wait ``left`` seconds, or until Ctrl-C, or a NOTIFY on ``listener`` (not sooner than
+    MIN_REDRAW: a burst of edits redraws a few times a second, not for each)."""
+    deadline = time.monotonic() + max(0.0, left)
+    if listener is None:
+        stop.wait(max(0.0, left))
+        return
+    stop.wait(min(MIN_REDRAW, max(0.0, left)))
+    while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+        # Short slices: Ctrl-C only sets ``stop``, it does not interrupt the wait.
+        if list(listener.notifies(timeout=min(remaining, 0.25), stop_after=1)):
+            list(listener.notifies(timeout=0))  # the rest of a burst
+            return
+
+
+def _say_unreachable(problem: DatabaseUnreachable) -> None:
+    click.echo(f"pg-beat: {problem.format_message()}; retrying", err=True)
+
+
 @click.command("status")
 @json_option
 @max_stall_option
@@ -64,6 +175,34 @@ max_stall_option = click.option(
     show_default=True,
     help="How many recent leader terms to show.",
 )
+@click.option(
+    "--failing",
+    "failing_limit",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many failing schedules (last_error set) to list; all are counted.",
+)
+@click.option(
+    "--show-queries",
+    is_flag=True,
+    help="Show other sessions' query text in full (default: its first 40 characters).",
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help=(
+        "Redraw every --interval seconds, and at once when a leader takes over or a schedule "
+        "changes (LISTEN; not behind a transaction pool), until Ctrl-C (exit 0)."
+    ),
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between redraws with --watch.",
+)
 @pass_env
 def status_command(
     env: Env,
@@ -72,26 +211,45 @@ def status_command(
     next_limit: int,
     long_transaction: float,
     failover_limit: int,
+    failing_limit: int,
+    show_queries: bool,
+    watch: bool,
+    interval: float,
 ) -> None:
-    """Leader, replicas, lock holder and waiters, blocked backends, failovers, next due.
+    """Verdict, who blocks pg_beat, lease, replicas, lock holder and waiters, blocked
+    backends, failovers, failing schedules, next due.
 
-    The verdict is one of: healthy, no leader, leader stale, blocked.
+    The verdict is one of: healthy, no leader, leader stale, blocked, unknown (the lease
+    could not be read). Each part is read with its own ~1 s lock and statement timeout; a
+    part that could not be read says why (in JSON: null, and listed under "unreadable").
+    With --watch the report is redrawn until Ctrl-C, which exits 0; with --json as well,
+    one JSON object per line.
     """
-    from pg_beat import status
 
-    with env.connect() as conn:
+    def draw(conn: Connection, *, clear: bool) -> None:
+        from pg_beat import status
+
         found = status.gather(
             conn,
             env.group,
             max_stall=max_stall,
             next_limit=next_limit,
             failover_limit=failover_limit,
+            failing_limit=failing_limit,
             long_transaction=long_transaction,
+            show_queries=show_queries,
         )
-    if as_json:
-        print_json(status.as_json(found))
-    else:
-        click.echo(status.render(found))
+        if as_json:
+            click.echo(status.dumps(status.as_json(found), compact=watch))
+        else:
+            click.echo((CLEAR_SCREEN if clear else "") + status.render(found) + ("\n" * watch))
+
+    if not watch:
+        with env.connect() as conn:
+            draw(conn, clear=False)
+        return
+    tty = sys.stdout.isatty() and not as_json
+    repeat_until_interrupted(env, lambda conn: draw(conn, clear=tty), interval, listen=True)
 
 
 @click.command("check")
@@ -101,28 +259,18 @@ def status_command(
 def check_command(env: Env, as_json: bool, max_stall: float) -> None:
     """Exit 0 when a leader holds a fresh lease and its loop progresses, else 1.
 
-    For container health checks and Kubernetes probes; prints one line.
-    JSON keys: healthy, state, message, lease.
+    For container health checks and Kubernetes probes; prints one line, which names what
+    blocks pg_beat when something does. The lease is read with a ~1 s lock and statement
+    timeout: a lease that could not be read is unhealthy ("could not read the lease").
+    JSON keys: healthy, state, message, lease, unreadable.
     """
-    from pg_beat import status, store
+    from pg_beat import status
 
     with env.connect() as conn:
-        lease = store.read_lease(conn, env.group)
-        now = lease["db_now"] if lease is not None else store.db_now(conn)
-        backends = status.gather_leader_backends(conn, lease, now, max_stall)
-    found = status.verdict(lease, now, leader_backends=backends, max_stall=max_stall)
-    healthy = found.state == status.HEALTHY
-    message = found.message if healthy else f"unhealthy: {found.message}"
+        health = status.check(conn, env.group, max_stall=max_stall)
     if as_json:
-        print_json(
-            {
-                "healthy": healthy,
-                "state": found.state,
-                "message": message,
-                "lease": status.lease_dict(lease, now),
-            }
-        )
+        print_json(status.check_json(health))
     else:
-        click.echo(message)
-    if not healthy:
+        click.echo(health.message)
+    if not health.healthy:
         click.get_current_context().exit(EXIT_ERROR)

@@ -1,4 +1,9 @@
-"""What sessions do and who blocks whom; replicas; the figures status and metrics show."""
+"""What sessions do and who blocks whom; replicas; the figures status and metrics show.
+
+Every statement here that ``pg-beat status`` runs first (:data:`LOCK_ACTIVITY`) reads only
+``pg_locks``, ``pg_stat_activity`` and the catalogs, never a pg_beat table: it answers while a
+migration holds ACCESS EXCLUSIVE on one of them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,105 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
+
+from pg_beat.store.lease import LOCK_CLASS_ID
+from pg_beat.store.schedules import ROW
+
+__all__ = [
+    "BACKEND_DIAGNOSTICS",
+    "COUNT_SCHEDULE_FAILURES",
+    "DUE_SCHEDULES",
+    "LIST_REPLICAS",
+    "LOCK_ACTIVITY",
+    "LONG_TRANSACTIONS",
+    "METRICS_SNAPSHOT",
+    "PRUNE_REPLICAS",
+    "REPLICA_BACKENDS",
+    "SCHEDULE_FAILURES",
+    "SET_LOCAL_TIMEOUTS",
+    "UPSERT_REPLICA",
+    "backend_diagnostics",
+    "due_schedules",
+    "heartbeat_replica",
+    "list_replicas",
+    "lock_activity",
+    "long_transactions",
+    "metrics_snapshot",
+    "prune_replicas",
+    "replica_backend_pids",
+    "schedule_failures",
+    "set_local_timeouts",
+]
+
+# Bounds the statements of one transaction only (a status section): SET LOCAL, as values.
+SET_LOCAL_TIMEOUTS = text(
+    "SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"
+)
+
+
+def set_local_timeouts(conn: Connection, lock_timeout: float, statement_timeout: float) -> None:
+    """``lock_timeout`` and ``statement_timeout`` (s) for the rest of this transaction."""
+
+    def ms(seconds: float) -> str:
+        return str(max(1, int(seconds * 1000)))
+
+    conn.execute(SET_LOCAL_TIMEOUTS, {"lock": ms(lock_timeout), "stmt": ms(statement_timeout)})
+
+
+# Every lock on pg_beat's tables (relation, tuple, page) and on the group's advisory key, held
+# or awaited, and every lock a pg_beat session awaits (a row: transactionid), with who holds
+# it: user, application, state, since when, and whom each waiter waits for. ``age`` is how
+# long a waiter has waited; for a table lock, how long its transaction has been open (the
+# lock is no older); for the advisory key, a session lock, since the holder's last state
+# change (it is at least that old). ``waitstart`` exists from PostgreSQL 14 on, hence jsonb.
+LOCK_ACTIVITY = text(
+    """
+    WITH tables AS (
+        SELECT c.oid, c.relname FROM pg_class c
+        WHERE c.oid IN (to_regclass('pg_beat_schedules'), to_regclass('pg_beat_runs'),
+                        to_regclass('pg_beat_leases'), to_regclass('pg_beat_leader_terms'),
+                        to_regclass('pg_beat_replicas'))
+    ), here AS (
+        SELECT oid FROM pg_database WHERE datname = current_database()
+    ), locks AS (
+        SELECT l.*, t.relname,
+               (l.locktype = 'advisory' AND l.classid = :classid
+                AND l.objid = CAST(hashtext(:key) AS oid) AND l.objsubid = 2) AS is_key
+        FROM pg_locks l LEFT JOIN tables t ON t.oid = l.relation
+        WHERE l.pid IS DISTINCT FROM pg_backend_pid()
+    )
+    SELECT l.pid, l.locktype, l.mode, l.granted, l.relname, l.is_key,
+           CASE WHEN l.is_key THEN CAST(:key AS text) END AS lock_key,
+           CAST(l.transactionid AS text) AS xid,
+           a.application_name, a.usename AS user_name, a.state, a.query,
+           CAST(a.client_addr AS text) AS client_addr, a.backend_start,
+           a.wait_event_type, a.wait_event,
+           clock_timestamp() - CASE
+               WHEN NOT l.granted
+                   THEN coalesce(CAST(to_jsonb(l) ->> 'waitstart' AS timestamptz), a.query_start)
+               WHEN l.is_key THEN least(a.xact_start, a.state_change)
+               ELSE coalesce(a.xact_start, a.query_start)
+           END AS age,
+           clock_timestamp() - a.state_change AS state_age,
+           clock_timestamp() - a.xact_start AS xact_age,
+           pg_blocking_pids(l.pid) AS blocked_by
+    FROM locks l
+    LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE (l.relname IS NOT NULL AND l.database = (SELECT oid FROM here))
+       OR (l.is_key AND l.database = (SELECT oid FROM here))
+       OR (NOT l.granted AND a.datid = (SELECT oid FROM here)
+           AND starts_with(a.application_name, 'pg_beat:'))
+    ORDER BY l.is_key DESC, l.granted DESC, a.backend_start, l.pid
+    """
+)
+
+
+def lock_activity(conn: Connection, group: str) -> Sequence[RowMapping]:
+    """Locks on pg_beat's tables and the group's advisory key, and what pg_beat sessions wait
+    for, with ``blocked_by`` pids; never waits on a table lock itself."""
+    params = {"classid": LOCK_CLASS_ID, "key": f"pg_beat:{group}"}
+    return conn.execute(LOCK_ACTIVITY, params).mappings().all()
+
 
 BACKEND_DIAGNOSTICS = text(
     """
@@ -41,7 +145,8 @@ UPSERT_REPLICA = text(
     """
     INSERT INTO pg_beat_replicas
         (group_name, name, host, pid, role, version, backend_pid, started_at, last_seen_at)
-    VALUES (:group, :name, :host, :pid, :role, :version, pg_backend_pid(), :started_at,
+    VALUES (:group, :name, :host, :pid, :role, :version,
+            CASE WHEN :session THEN pg_backend_pid() END, :started_at,
             clock_timestamp())
     ON CONFLICT (group_name, name) DO UPDATE SET
         host = EXCLUDED.host, pid = EXCLUDED.pid, role = EXCLUDED.role,
@@ -66,23 +171,34 @@ def prune_replicas(conn: Connection, group: str, older_than: float) -> int:
     return int(conn.execute(PRUNE_REPLICAS, {"group": group, "age": older_than}).rowcount)
 
 
+# backend_alive (session mode only, else NULL): the session the replica heartbeats on is still
+# connected: its pid, under the replica's application_name (a bare pid may be anybody's after
+# a restart of the server).
+LIST_REPLICAS = text(
+    """
+    SELECT r.group_name, r.name, r.host, r.pid, r.role, r.version, r.backend_pid,
+           r.started_at, r.last_seen_at, clock_timestamp() - r.last_seen_at AS last_seen_age,
+           CASE WHEN r.backend_pid IS NOT NULL THEN EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+               WHERE a.pid = r.backend_pid
+                 AND starts_with(a.application_name, left('pg_beat:' || r.name || ':', 63)))
+           END AS backend_alive
+    FROM pg_beat_replicas r
+    WHERE r.group_name = :group
+    ORDER BY r.name
+    """
+)
+
+
 def list_replicas(conn: Connection, group: str) -> Sequence[RowMapping]:
-    return (
-        conn.execute(
-            text(
-                "SELECT *, clock_timestamp() - last_seen_at AS last_seen_age FROM pg_beat_replicas "
-                "WHERE group_name = :g ORDER BY name"
-            ),
-            {"g": group},
-        )
-        .mappings()
-        .all()
-    )
+    """Replica rows with ``last_seen_age`` (an interval) and ``backend_alive`` (None when the
+    replica runs in transaction-pooling mode and records no session)."""
+    return conn.execute(LIST_REPLICAS, {"group": group}).mappings().all()
 
 
 DUE_SCHEDULES = text(
-    """
-    SELECT *, next_run_at - clock_timestamp() AS due_in FROM pg_beat_schedules
+    f"""
+    SELECT {ROW}, next_run_at - clock_timestamp() AS due_in FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
     ORDER BY next_run_at, name
     LIMIT :limit
@@ -111,6 +227,34 @@ METRICS_SNAPSHOT = text(
     LEFT JOIN pg_beat_leases l ON l.group_name = :group
     """
 )
+
+
+# Both on the partial index ix_pg_beat_schedules_failing.
+SCHEDULE_FAILURES = text(
+    """
+    SELECT name, task, enabled, last_error, next_run_at, last_run_at,
+           next_run_at IS NULL AS parked, next_run_at - clock_timestamp() AS due_in
+    FROM pg_beat_schedules
+    WHERE group_name = :group AND last_error IS NOT NULL
+    ORDER BY name
+    LIMIT :limit
+    """
+)
+
+COUNT_SCHEDULE_FAILURES = text(
+    "SELECT count(*) FROM pg_beat_schedules WHERE group_name = :group AND last_error IS NOT NULL"
+)
+
+
+def schedule_failures(
+    conn: Connection, group: str, limit: int = 10
+) -> tuple[int, Sequence[RowMapping]]:
+    """How many schedules have a ``last_error``, and the first ``limit`` of them by name;
+    ``parked`` when it has no ``next_run_at`` (it will not run until edited)."""
+    count = int(conn.execute(COUNT_SCHEDULE_FAILURES, {"group": group}).scalar_one())
+    if count == 0 or limit == 0:
+        return count, []
+    return count, conn.execute(SCHEDULE_FAILURES, {"group": group, "limit": limit}).mappings().all()
 
 
 def due_schedules(conn: Connection, group: str, limit: int = 5) -> Sequence[RowMapping]:
