@@ -118,6 +118,7 @@ class Dispatcher:
     def step(self) -> float:
         """Do what is due now; return how long to wait before the next step (seconds)."""
         self.progress()
+        self.publisher.log.flush()
         epoch = self.state.epoch
         try:
             if epoch is None:

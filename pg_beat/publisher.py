@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from pg_beat import broker, clock
 from pg_beat.lease import LeaderState
+from pg_beat.sendlog import SendLog
 from pg_beat.ticks import Claim, Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
@@ -53,6 +54,7 @@ class Publisher:
         self.send = send
         self.replica = replica
         self.on_sent: Callable[[Claim, float], None] | None = None
+        self.log = SendLog(replica)
         self.sent_total = 0
         self.failed_total = 0
         self.thread_id: int | None = None
@@ -326,6 +328,7 @@ class Publisher:
             self.send(item.claim, item.epoch)
         except Exception as exc:
             return exc
+        self.log.sent(item.claim, item.epoch)
         if self.on_sent is not None:
             try:
                 self.on_sent(item.claim, time.time())

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,9 +27,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from pg_beat import __version__, clock, store
+from pg_beat.candidate import Candidate
 from pg_beat.config import Settings
-from pg_beat.exceptions import POOLING_MESSAGE
-from pg_beat.lease import LeaderState, LeaseStatus, lease_state
+from pg_beat.lease import LeaderState
 
 logger = logging.getLogger("pg_beat.watchdog")
 
@@ -67,7 +67,6 @@ class Watchdog(threading.Thread):
         self.conn: Connection | None = None
         self.backend_pid: int | None = None  # our lease session's, in session mode
         self.epoch: int | None = None
-        self.seen_epoch = 0  # the highest epoch seen: a new one is always above it
         self.stopping = threading.Event()
         self.failovers = 0
         self.renewal_failures = 0
@@ -75,8 +74,7 @@ class Watchdog(threading.Thread):
         self._replica_seen_at = 0.0
         self._hung = False
         self._gap = 0.0
-        self._terminated_epoch: int | None = None
-        self._refusing = False  # session mode was asked for, but the URL pools transactions
+        self.candidate = Candidate(settings, self.connector, self._say, self.host, self.pid)
 
     # --- logging once per state change ---------------------------------------------------
 
@@ -202,10 +200,6 @@ class Watchdog(threading.Thread):
             )
         self._drop_connection()
 
-    def _seen(self, epoch: int | None) -> None:
-        if epoch is not None and epoch > self.seen_epoch:
-            self.seen_epoch = epoch
-
     # --- leader --------------------------------------------------------------------------
 
     def _lead(self, conn: Connection) -> None:
@@ -311,174 +305,33 @@ class Watchdog(threading.Thread):
     # --- standby -------------------------------------------------------------------------
 
     def _stand_by(self, conn: Connection) -> None:
-        settings = self.settings
         if self._hung:
-            if clock.now() - self.progress() > settings.hang_timeout:
+            if clock.now() - self.progress() > self.settings.hang_timeout:
                 return  # our own loop is still stuck: never lead with it
             self._hung = False
-        with conn.begin():
-            lease = store.read_lease(conn, settings.group)
-        assert lease is not None  # ensured at connect
-        self._seen(lease["epoch"])
-        view = lease_state(lease, lease["db_now"])
-        self._say(
-            "standby",
-            str(view.holder),
-            logging.INFO,
-            "watchdog: standing by; leader is %s (epoch %s)",
-            view.holder,
-            view.epoch,
-        )
-        if not self.session_mode:
-            if view.status is not LeaseStatus.HELD:
-                self._take_over(conn, locked=False)
-            return
-        if self._refusing:
-            return
-        if view.status is not LeaseStatus.HELD and view.holder != settings.replica_name:
-            self._terminate_hung_holder(conn, lease, view.status)
-        self._note_outside_holder(lease)
-        if store.wait_lock(conn, settings.group, min(settings.heartbeat_interval, 1.0)):
-            if self.stopping.is_set():  # shutting down: never start a term now
-                self._unlock(conn)
-                return
-            self._take_over(conn, locked=True)
-
-    def _terminate_hung_holder(
-        self, conn: Connection, lease: Mapping[Any, Any], status: LeaseStatus
-    ) -> None:
-        """The lease expired or was given up, yet the session recorded as its holder's still
-        holds the advisory lock (a hung or paused process, or a session the server has not
-        seen die): terminate it, once pg_locks has shown that it is that holder."""
-        pid, holder = lease["backend_pid"], lease["holder"]
-        if pid is None or not lease["backend_alive"] or not self.settings.terminate_hung_leader:
-            return
-        try:
-            with conn.begin():
-                others = store.terminate_lock_holder(conn, self.settings.group, pid, holder)
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
-                raise
-            self._say(
-                "terminate",
-                f"denied:{pid}",
-                logging.WARNING,
-                "watchdog: leader %s looks hung (no heartbeat for %.1fs) but this role may "
-                "not terminate its backend %s (grant pg_signal_backend); waiting for it "
-                "to let go of the lock",
-                holder,
-                _age(lease),
-                pid,
-            )
-            return
-        if others is None:
-            return  # it let go of the lock meanwhile: nothing was terminated
-        self._terminated_epoch = int(lease["epoch"])
-        logger.warning(
-            "watchdog: leader %s %s (no heartbeat for %.1fs) but its session %s still held the "
-            "lock: terminated it and %d other session(s) of it holding the lease row",
-            holder,
-            "hung" if status is LeaseStatus.HUNG else "let go of the lease",
-            _age(lease),
-            pid,
-            others,
-            extra={"action": "terminate", "replica": self.settings.replica_name, "holder": holder},
-        )
-
-    def _note_outside_holder(self, lease: Mapping[Any, Any]) -> None:
-        """Say once when the leadership lock is held by a session that is no pg_beat replica:
-        nobody can lead until it lets go, and an operator must be told who it is."""
-        pid = lease["lock_holder_pid"]
-        if pid is None or pid == lease["backend_pid"]:
-            self._said.pop("outside", None)
-            return
-        app = lease.get("lock_holder_application") or ""
-        if app.startswith("pg_beat:"):
-            return  # a standby that has just won it
-        self._say(
-            "outside",
-            str(pid),
-            logging.WARNING,
-            "watchdog: the leadership lock of group %r is held by pid %s (application %r, "
-            "user %r), which is not a pg_beat replica: no replica can lead until it lets go",
-            self.settings.group,
-            pid,
-            app,
-            lease.get("lock_holder_user"),
-        )
-
-    def _unlock(self, conn: Connection) -> None:
-        with conn.begin():
-            store.unlock_all(conn)
-
-    def _pooling_detected(self, conn: Connection) -> bool:
-        """In session mode, after winning the lock: True (and the lock let go) when the lock is
-        held by another server session than ours, i.e. the URL pools transactions."""
-        with conn.begin():
-            holders = store.lock_holders(conn, self.settings.group)
-            ours = any(h["granted"] and h["pid"] == store.backend_pid(conn) for h in holders)
-        if ours:
-            return False
-        self._unlock(conn)
-        if self.connector.fall_back_to_transaction_mode():
+        won = self.candidate.stand_by(conn, stopping=self.stopping.is_set)
+        if self.candidate.reconnect:  # the pool mode changed: a session made for the new one
+            self.candidate.reconnect = False
             self._drop_connection()
-            return True
-        self._refusing = True
-        logger.critical(
-            "watchdog: %s; this replica will not lead (replica %s)",
-            POOLING_MESSAGE,
-            self.settings.replica_name,
-            extra={"action": "pooling", "replica": self.settings.replica_name},
-        )
-        return True
-
-    def _take_over(self, conn: Connection, *, locked: bool) -> None:
+        if won is None:
+            return
         settings = self.settings
-        if locked and self._pooling_detected(conn):
-            return
-        started = clock.now()
-        with conn.begin():
-            # Read again now that the lock is ours: the state before the wait is history.
-            lease = store.read_lease(conn, settings.group)
-            assert lease is not None
-            self._seen(lease["epoch"])
-            reason = lease_state(lease, lease["db_now"]).status.value
-            if self._terminated_epoch == lease["epoch"]:
-                reason = LeaseStatus.HUNG.value
-            row = store.take_over(
-                conn,
-                settings.group,
-                holder=settings.replica_name,
-                host=self.host,
-                pid=self.pid,
-                ttl=settings.lease_ttl,
-                reason=reason,
-                locked=locked,
-                seen_epoch=self.seen_epoch,
-            )
-            if row is not None and locked:
-                store.set_application_name(conn, self.connector.application_name("leader"))
-            if row is not None:
-                store.notify_schedules(conn, "leader")
-        if row is None:  # held by a live lease this session cannot take (transaction mode)
-            if locked:
-                self._unlock(conn)
-            return
-        self.epoch = int(row["epoch"])
-        self._seen(self.epoch)
+        self.epoch = won.epoch
         self.failovers += 1
-        self.state.become_leader(self.epoch, started, settings.lease_ttl - settings.publish_margin)
+        self.state.become_leader(
+            won.epoch, won.started, settings.lease_ttl - settings.publish_margin
+        )
         self._said.pop("standby", None)
         logger.warning(
             "watchdog: now the leader, epoch %s (previous holder %s, %s)",
-            self.epoch,
-            row["previous_holder"],
-            reason,
+            won.epoch,
+            won.previous_holder,
+            won.reason,
             extra={
                 "action": "take_over",
-                "epoch": self.epoch,
+                "epoch": won.epoch,
                 "replica": settings.replica_name,
-                "reason": reason,
+                "reason": won.reason,
             },
         )
 
@@ -513,11 +366,6 @@ class Watchdog(threading.Thread):
         """After :meth:`stop` and a join: close the session (dropping any lock) and the engine."""
         self._drop_connection()
         self.engine.dispose()
-
-
-def _age(lease: Mapping[Any, Any]) -> float:
-    heartbeat = lease["heartbeat_at"]
-    return 0.0 if heartbeat is None else (lease["db_now"] - heartbeat).total_seconds()
 
 
 def _describe_backend(row: Any) -> str:

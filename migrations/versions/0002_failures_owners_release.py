@@ -9,10 +9,12 @@
   expired (the failover reason in ``pg-beat status``);
 - ``ix_pg_beat_schedules_failing``: the schedules whose last tick failed or whose row is invalid.
 
-Online: columns are added without a default (no table rewrite), the check constraint is added
-``NOT VALID`` and validated outside the DDL transaction (which only takes a SHARE UPDATE
-EXCLUSIVE lock), the index is built ``CONCURRENTLY``; every DDL lock waits at most
-``lock_timeout`` (5 s), so running replicas are never queued behind the migration for long.
+Online, under running replicas: columns are added without a default (no table rewrite), the
+check constraint is added ``NOT VALID`` and validated with a SHARE UPDATE EXCLUSIVE lock only,
+the index is built ``CONCURRENTLY``. Every statement runs in a transaction of its own and waits
+at most 0.5 s for its lock before trying again, so a replica is never queued behind the
+migration for longer, and no lock is held beyond one statement. Every statement can run again:
+an interrupted migration is finished by running it again.
 
 Revision ID: 0002_failures_owners_release
 Revises: 0001_initial
@@ -21,7 +23,10 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
+import sqlalchemy.exc
 from alembic import op
 
 revision = "0002_failures_owners_release"
@@ -85,38 +90,60 @@ def _status_check(statuses: tuple[str, ...]) -> str:
     return "status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")"
 
 
+def _online(statement: str) -> None:
+    """Run one DDL statement in a transaction of its own, waiting at most 0.5 s for its lock
+    and trying again (up to a minute): running replicas queue behind a lock request, so none
+    may be waited for long, and no lock is held past its statement."""
+    for attempt in range(120):
+        try:
+            with op.get_context().autocommit_block():
+                op.execute("SET lock_timeout = '500ms'")
+                op.execute(statement)
+            return
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "55P03" or attempt == 119:
+                raise
+            time.sleep(0.5)
+
+
 def upgrade() -> None:
-    op.execute("SET lock_timeout = '5s'")
-    op.add_column("pg_beat_schedules", sa.Column("config_owner", sa.Text(), nullable=True))
-    op.add_column("pg_beat_schedules", sa.Column("resume_at", TZ, nullable=True))
-    op.add_column("pg_beat_leases", sa.Column("released_at", TZ, nullable=True))
-    op.execute(_trigger_function(resume=True))
-    # Raw SQL: Alembic applies the models' naming convention to a name once more, which is how
-    # 0001 came to name this constraint ck_pg_beat_runs_ck_pg_beat_runs_status.
-    op.execute(f"ALTER TABLE pg_beat_runs DROP CONSTRAINT {OLD_CHECK}")
-    op.execute(
-        "ALTER TABLE pg_beat_runs ADD CONSTRAINT ck_pg_beat_runs_status "
+    # Tables in the order a claim transaction locks them (lease, schedules, runs), each
+    # statement on its own and safe to run again if the migration is interrupted.
+    _online("ALTER TABLE pg_beat_leases ADD COLUMN IF NOT EXISTS released_at timestamptz")
+    _online("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS config_owner text")
+    _online("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS resume_at timestamptz")
+    _online(_trigger_function(resume=True))
+    # A check constraint on the run log is added NOT VALID (no scan under the lock), then
+    # validated, which takes only a SHARE UPDATE EXCLUSIVE lock: inserts go on meanwhile.
+    # 0001 named it ck_pg_beat_runs_ck_pg_beat_runs_status (Alembic applied the models' naming
+    # convention to the name once more); the new one has the name the models give it.
+    _online(
+        f"ALTER TABLE pg_beat_runs DROP CONSTRAINT IF EXISTS {OLD_CHECK}, "
+        "DROP CONSTRAINT IF EXISTS ck_pg_beat_runs_status, "
+        "ADD CONSTRAINT ck_pg_beat_runs_status "
         f"CHECK ({_status_check((*STATUSES, 'expired'))}) NOT VALID"
     )
-    with op.get_context().autocommit_block():
-        op.execute("ALTER TABLE pg_beat_runs VALIDATE CONSTRAINT ck_pg_beat_runs_status")
-        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_pg_beat_schedules_failing")
-        op.execute(
-            "CREATE INDEX CONCURRENTLY ix_pg_beat_schedules_failing "
-            "ON pg_beat_schedules (group_name) WHERE last_error IS NOT NULL"
-        )
+    _online("ALTER TABLE pg_beat_runs VALIDATE CONSTRAINT ck_pg_beat_runs_status")
+    # An index left invalid by an interrupted run is dropped and built again.
+    _online(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = 'ix_pg_beat_schedules_failing' AND NOT i.indisvalid) THEN "
+        "DROP INDEX ix_pg_beat_schedules_failing; END IF; END $$"
+    )
+    _online(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_pg_beat_schedules_failing "
+        "ON pg_beat_schedules (group_name) WHERE last_error IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
-    op.execute("SET lock_timeout = '5s'")
-    with op.get_context().autocommit_block():
-        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_pg_beat_schedules_failing")
-    op.execute("UPDATE pg_beat_runs SET status = 'skipped' WHERE status = 'expired'")
-    op.execute("ALTER TABLE pg_beat_runs DROP CONSTRAINT ck_pg_beat_runs_status")
-    op.execute(
-        f"ALTER TABLE pg_beat_runs ADD CONSTRAINT {OLD_CHECK} CHECK ({_status_check(STATUSES)})"
+    _online("DROP INDEX CONCURRENTLY IF EXISTS ix_pg_beat_schedules_failing")
+    _online("UPDATE pg_beat_runs SET status = 'skipped' WHERE status = 'expired'")
+    _online(
+        "ALTER TABLE pg_beat_runs DROP CONSTRAINT IF EXISTS ck_pg_beat_runs_status, "
+        f"ADD CONSTRAINT {OLD_CHECK} CHECK ({_status_check(STATUSES)})"
     )
-    op.execute(_trigger_function(resume=False))
-    op.drop_column("pg_beat_leases", "released_at")
-    op.drop_column("pg_beat_schedules", "resume_at")
-    op.drop_column("pg_beat_schedules", "config_owner")
+    _online(_trigger_function(resume=False))
+    _online("ALTER TABLE pg_beat_leases DROP COLUMN IF EXISTS released_at")
+    _online("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS resume_at")
+    _online("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS config_owner")

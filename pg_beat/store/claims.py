@@ -9,6 +9,31 @@ from datetime import datetime, timezone
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from pg_beat.store.schedules import ROW
+
+__all__ = [
+    "CLAIM_TICKS",
+    "FAILING_SCHEDULES",
+    "FENCE",
+    "PARK_SCHEDULES",
+    "SELECT_BACKLOG",
+    "SELECT_ON_TIME",
+    "SELECT_UNPLANNED",
+    "SET_PLANNED",
+    "WAKE",
+    "Advance",
+    "RunRow",
+    "Wake",
+    "claim_ticks",
+    "failing_schedules",
+    "fence",
+    "park_schedules",
+    "select_due",
+    "select_unplanned",
+    "set_planned",
+    "wake",
+]
+
 _EPOCH_ZERO = datetime(1, 1, 1, tzinfo=timezone.utc)  # before any due time
 
 # FOR KEY SHARE: a takeover, which locks the row FOR UPDATE, waits for this transaction; the
@@ -27,8 +52,8 @@ FENCE = text(
 # (on time), then the older ones (a backlog), so that a backlog never starves the schedules
 # that are on time.
 SELECT_ON_TIME = text(
-    """
-    SELECT * FROM pg_beat_schedules
+    f"""
+    SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now AND next_run_at > :now - make_interval(secs => :window)
     ORDER BY next_run_at
@@ -38,8 +63,8 @@ SELECT_ON_TIME = text(
 )
 
 SELECT_BACKLOG = text(
-    """
-    SELECT * FROM pg_beat_schedules
+    f"""
+    SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now - make_interval(secs => :window)
     ORDER BY next_run_at
@@ -49,8 +74,8 @@ SELECT_BACKLOG = text(
 )
 
 SELECT_UNPLANNED = text(
-    """
-    SELECT * FROM pg_beat_schedules
+    f"""
+    SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NULL AND last_error IS NULL
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

@@ -29,6 +29,21 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 from pg_beat import urls
 
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "TRANSIENT_SQLSTATES",
+    "Connector",
+    "backend_pid",
+    "db_now",
+    "keepalive_params",
+    "logger",
+    "make_engine",
+    "notify_schedules",
+    "session_settings",
+    "set_application_name",
+    "set_statement",
+]
+
 if TYPE_CHECKING:
     from pg_beat.config import Settings
 

@@ -17,6 +17,32 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import OperationalError
 
+__all__ = [
+    "DISOWN_TERM",
+    "ENSURE_LEASE",
+    "EXPIRE_LEASE",
+    "LOCK_CLASS_ID",
+    "LOCK_HOLDERS",
+    "READ_LEASE",
+    "RELEASE",
+    "RENEW",
+    "TAKE_OVER",
+    "TERMINATE_LEASE_LOCKERS",
+    "TERMINATE_LOCK_HOLDER",
+    "disown",
+    "ensure_lease",
+    "lock_holders",
+    "read_lease",
+    "recent_terms",
+    "release",
+    "renew",
+    "take_over",
+    "terminate_lock_holder",
+    "terminate_own_session",
+    "unlock_all",
+    "wait_lock",
+]
+
 LOCK_CLASS_ID = 0x70676274  # 'pgbt': the advisory lock namespace, visible as classid in pg_locks
 
 # One advisory lock per group, found in pg_locks by (classid, objid, objsubid=2: the two-key
@@ -27,6 +53,24 @@ _LOCK_MATCH = """
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
+# Named columns, never *: see pg_beat.store.schedules.ROW_COLUMNS.
+_LEASE = ", ".join(
+    f"lease.{c}"
+    for c in (
+        "group_name",
+        "epoch",
+        "holder",
+        "host",
+        "pid",
+        "backend_pid",
+        "acquired_at",
+        "heartbeat_at",
+        "expires_at",
+        "progress_at",
+        "released_at",
+    )
+)
+
 ENSURE_LEASE = text(
     "INSERT INTO pg_beat_leases (group_name) VALUES (:group) ON CONFLICT DO NOTHING"
 )
@@ -35,7 +79,7 @@ ENSURE_LEASE = text(
 # alone proves nothing: after a server restart or failover it can be anybody's.
 READ_LEASE = text(
     f"""
-    SELECT lease.*, clock_timestamp() AS db_now,
+    SELECT {_LEASE}, clock_timestamp() AS db_now,
            EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = lease.backend_pid AND l.granted
                    AND {_LOCK_MATCH}) AS backend_alive,
            h.pid AS lock_holder_pid, h.application_name AS lock_holder_application,
@@ -297,7 +341,9 @@ def recent_terms(conn: Connection, group: str, limit: int = 10) -> Sequence[RowM
     return (
         conn.execute(
             text(
-                "SELECT * FROM pg_beat_leader_terms WHERE group_name = :g "
+                "SELECT group_name, epoch, holder, host, pid, acquired_at, reason, "
+                "previous_holder, previous_expires_at, ended_at "
+                "FROM pg_beat_leader_terms WHERE group_name = :g "
                 "ORDER BY epoch DESC LIMIT :limit"
             ),
             {"g": group, "limit": limit},

@@ -8,6 +8,35 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+__all__ = [
+    "CLEAR_ERRORS",
+    "LAST_RUN_ID",
+    "MARK_FAILED",
+    "MARK_SENT",
+    "ORPHANED_CLAIMS",
+    "PENDING_ORPHANS",
+    "PRUNE_RUNS",
+    "RUNS_AFTER",
+    "RUN_COLUMNS",
+    "SET_RUN_STATUSES",
+    "clear_errors",
+    "last_run_id",
+    "list_runs",
+    "mark_failed",
+    "mark_sent",
+    "orphaned_claims",
+    "pending_orphans",
+    "prune_runs",
+    "runs_after",
+    "set_run_statuses",
+]
+
+# Named columns, never *: see pg_beat.store.schedules.ROW_COLUMNS.
+RUN_COLUMNS = (
+    "id, group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, claimed_at, "
+    "sent_at, status, error"
+)
+
 MARK_SENT = text(
     """
     UPDATE pg_beat_runs SET status = 'sent', sent_at = clock_timestamp()
@@ -135,7 +164,8 @@ def list_runs(
     limit: int = 50,
 ) -> Sequence[RowMapping]:
     sql = (
-        "SELECT *, sent_at - due_at AS lateness FROM pg_beat_runs WHERE group_name = :group"
+        f"SELECT {RUN_COLUMNS}, sent_at - due_at AS lateness "
+        "FROM pg_beat_runs WHERE group_name = :group"
         + (" AND schedule_name = :schedule" if schedule else "")
         + (" AND due_at >= :since" if since else "")
         + " ORDER BY due_at DESC, id DESC LIMIT :limit"
@@ -147,3 +177,45 @@ def list_runs(
         .mappings()
         .all()
     )
+
+
+# --- the run log, followed (``pg-beat runs --follow``) ---------------------------------------
+
+LAST_RUN_ID = text("SELECT coalesce(max(id), 0) FROM pg_beat_runs")
+
+RUNS_AFTER = text(
+    f"""
+    SELECT {RUN_COLUMNS}, sent_at - due_at AS lateness FROM pg_beat_runs
+    WHERE group_name = :group
+      AND (id > :after OR id = ANY(CAST(:pending AS bigint[])))
+      AND (CAST(:schedule AS text) IS NULL OR schedule_name = CAST(:schedule AS text))
+    ORDER BY id
+    LIMIT :limit
+    """
+)
+
+
+def last_run_id(conn: Connection) -> int:
+    """The highest run id so far (0 when there is none): where following starts."""
+    return int(conn.execute(LAST_RUN_ID).scalar_one())
+
+
+def runs_after(
+    conn: Connection,
+    group: str,
+    after: int,
+    *,
+    pending: Sequence[int] = (),
+    schedule: str | None = None,
+    limit: int = 1000,
+) -> Sequence[RowMapping]:
+    """Runs recorded after run id ``after``, and the runs ``pending`` (ids seen still
+    ``claimed``) as they are now, oldest first, with ``lateness`` (an interval)."""
+    params = {
+        "group": group,
+        "after": after,
+        "pending": list(pending),
+        "schedule": schedule,
+        "limit": limit,
+    }
+    return conn.execute(RUNS_AFTER, params).mappings().all()

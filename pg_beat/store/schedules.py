@@ -8,6 +8,24 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+__all__ = [
+    "ROW",
+    "ROW_COLUMNS",
+    "SCHEDULE_COLUMNS",
+    "config_names",
+    "delete_config_schedules",
+    "delete_schedules",
+    "detach_schedule",
+    "foreign_names_among",
+    "get_schedule",
+    "insert_schedule",
+    "list_schedules",
+    "lock_schedule",
+    "run_now",
+    "update_schedule",
+    "upsert_config_schedule",
+]
+
 SCHEDULE_COLUMNS = (
     "name",
     "task",
@@ -35,7 +53,25 @@ SCHEDULE_COLUMNS = (
     "catch_up_limit",
 )
 
-_SELECT_SCHEDULE = "SELECT * FROM pg_beat_schedules WHERE group_name = :group"
+#: What a schedule row is read as: named columns, never ``*``, so that a column a later
+#: migration adds does not change the result type of a statement a running replica has
+#: prepared ("cached plan must not change result type").
+ROW_COLUMNS = (
+    "id",
+    *SCHEDULE_COLUMNS,
+    "next_run_at",
+    "last_due_at",
+    "last_run_at",
+    "total_run_count",
+    "last_error",
+    "source",
+    "config_owner",
+    "resume_at",
+    "created_at",
+    "updated_at",
+)
+ROW = ", ".join(ROW_COLUMNS)
+_SELECT_SCHEDULE = f"SELECT {ROW} FROM pg_beat_schedules WHERE group_name = :group"
 
 
 def get_schedule(conn: Connection, group: str, name: str) -> RowMapping | None:
@@ -118,7 +154,7 @@ def detach_schedule(conn: Connection, group: str, name: str) -> RowMapping | Non
         conn.execute(
             text(
                 "UPDATE pg_beat_schedules SET source = 'api', config_owner = NULL "
-                "WHERE group_name = :g AND name = :n RETURNING *"
+                f"WHERE group_name = :g AND name = :n RETURNING {ROW}"
             ),
             {"g": group, "n": name},
         )
@@ -131,7 +167,7 @@ def insert_schedule(conn: Connection, group: str, values: Mapping[str, Any]) -> 
     columns = ["group_name", *values.keys()]
     sql = (
         f"INSERT INTO pg_beat_schedules ({', '.join(columns)}) "
-        f"VALUES ({', '.join(':' + c for c in columns)}) RETURNING *"
+        f"VALUES ({', '.join(':' + c for c in columns)}) RETURNING {ROW}"
     )
     return (
         conn.execute(text(sql).bindparams(*_json_params(values)), {"group_name": group, **values})
@@ -146,7 +182,7 @@ def update_schedule(
     assigns = ", ".join(f"{c} = :{c}" for c in values)
     sql = (
         f"UPDATE pg_beat_schedules SET {assigns} "
-        "WHERE group_name = :_group AND name = :_name RETURNING *"
+        f"WHERE group_name = :_group AND name = :_name RETURNING {ROW}"
     )
     return (
         conn.execute(

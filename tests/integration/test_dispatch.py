@@ -558,3 +558,24 @@ def test_orphans_go_through_their_expiry_and_misfire_policy(db_url: str) -> None
     assert second.outbox.names() == ["keeping"]
     statuses = {name: [s for _, s, _ in runs(db_url, name)] for name in ("expiring", "skipping")}
     assert statuses == {"expiring": ["expired"], "skipping": ["skipped"]}
+
+
+def test_a_column_added_by_a_later_migration_does_not_break_running_replicas(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statements name their columns: a prepared one keeps its result type when a migration
+    adds a column (with SELECT * it fails: 'cached plan must not change result type')."""
+    create_due_now(db_url, "s", "t.s", every=0.1)
+    with (
+        caplog.at_level(logging.WARNING, logger="pg_beat"),
+        replica(db_url, replica_name="one") as one,
+        replica(db_url, replica_name="two", lead=False),
+    ):
+        one.run_for(1.5)  # long enough for psycopg to prepare every repeated statement
+        for table in ("pg_beat_schedules", "pg_beat_runs", "pg_beat_leases", "pg_beat_replicas"):
+            sql(db_url, f"ALTER TABLE {table} ADD COLUMN later_column integer")
+        before = len(one.outbox.sent)
+        one.run_for(1.5)
+        assert len(one.outbox.sent) >= before + 10
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -292,3 +292,27 @@ def test_retrying_a_failing_broker_is_no_progress(broker: Broker) -> None:
     assert pub.wait_below(1, 5.0)
     assert pub.stalled_since() is None
     pub.stop(5.0)
+
+
+def test_each_tick_sent_is_logged_and_a_burst_is_folded(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    pub = Publisher(leader(), broker, "r")
+    with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
+        pub.submit([claim(1)], 1)
+        assert pub.wait_below(1, 5.0)
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sent ")]
+        assert line == "sent 's1' (t.task) due 00:00:01Z, task id "
+        caplog.clear()
+        pub.submit([claim(i) for i in range(2, 2002)], 1)  # a burst of 2,000 ticks
+        assert pub.wait_below(1, 20.0)
+        time.sleep(1.1)
+        pub.log.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 40, len(lines)
+    one_by_one = [m for m in lines if m.startswith("sent 's")]
+    folded = [m for m in lines if m.startswith("sent ") and "more tick(s)" in m]
+    assert one_by_one and folded
+    counted = sum(int(m.split()[1]) for m in folded)
+    assert len(one_by_one) + counted == 2000  # every tick accounted for
+    pub.stop(5.0)
