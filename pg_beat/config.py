@@ -58,6 +58,7 @@ class Settings:
     listen_url: str | None = None
     poll_interval: float = 1.0
     max_message_bytes: int = 1024 * 1024
+    liveness_file: str | None = None
 
     def __post_init__(self) -> None:
         urls.parse(self.database_url)
@@ -153,6 +154,7 @@ class Settings:
             ("PG_BEAT_GROUP", "group"),
             ("PG_BEAT_POOL_MODE", "pool_mode"),
             ("PG_BEAT_LISTEN_URL", "listen_url"),
+            ("PG_BEAT_LIVENESS_FILE", "liveness_file"),
         ):
             if key not in values and os.environ.get(env_name):
                 values[key] = os.environ[env_name]

@@ -25,7 +25,7 @@ from celery import schedules as celery_schedules
 from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import broker, migrate, store
+from pg_beat import broker, clock, migrate, store
 from pg_beat.api import ScheduleManager, split_crontab
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
@@ -37,6 +37,7 @@ from pg_beat.exceptions import (
     SchemaMismatch,
 )
 from pg_beat.lease import LeaderState
+from pg_beat.liveness import LivenessFile
 from pg_beat.schedules import MESSAGE_OPTIONS
 from pg_beat.ticks import Claim
 from pg_beat.urls import describe
@@ -123,6 +124,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._closed = False
         self._producer_ready = False
         self._unknown_tasks: set[str] = set()
+        self.liveness = (
+            LivenessFile(self.settings.liveness_file, self.settings.replica_name)
+            if self.settings.liveness_file
+            else None
+        )
         #: Kept empty on purpose: schedules are read from the database as they fall due.
         self._empty: dict[str, Any] = {}
         super().__init__(app, *args, lazy=lazy, **kwargs)
@@ -171,6 +177,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if not self._producer_ready and self.state.epoch is None:
             self._warm_producer()
         delay = self.dispatcher.step()
+        if self.liveness is not None and self.watchdog is not None:
+            stalled = self.dispatcher.publisher.stalled_since()
+            self.liveness.beat(
+                leader=self.state.epoch is not None,
+                watchdog_alive=self.watchdog.is_alive(),
+                stalled_for=None if stalled is None else clock.now() - stalled,
+            )
         self.dispatcher.wait(min(delay, float(self.max_interval)))
         return 0.0
 

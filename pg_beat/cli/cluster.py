@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pg_beat.cli.context import Env, json_option, pass_env, print_json
-from pg_beat.cli.errors import EXIT_ERROR, DatabaseUnreachable, database_error, driver_errors
+from pg_beat.cli.errors import (
+    EXIT_ERROR,
+    CliUsageError,
+    DatabaseUnreachable,
+    database_error,
+    driver_errors,
+)
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -255,15 +261,50 @@ def status_command(
 @click.command("check")
 @json_option
 @max_stall_option
+@click.option(
+    "--self",
+    "this_replica",
+    is_flag=True,
+    help="Judge this container's replica, not the cluster, from its liveness file "
+    "(pg_beat_liveness_file): no database needed. For liveness probes.",
+)
+@click.option(
+    "--file",
+    "liveness_file",
+    envvar="PG_BEAT_LIVENESS_FILE",
+    metavar="PATH",
+    help="With --self: the replica's liveness file [env PG_BEAT_LIVENESS_FILE].",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="With --self: seconds without a loop run after which the replica counts as dead.",
+)
 @pass_env
-def check_command(env: Env, as_json: bool, max_stall: float) -> None:
+def check_command(
+    env: Env,
+    as_json: bool,
+    max_stall: float,
+    this_replica: bool,
+    liveness_file: str | None,
+    max_age: float,
+) -> None:
     """Exit 0 when a leader holds a fresh lease and its loop progresses, else 1.
 
-    For container health checks and Kubernetes probes; prints one line, which names what
-    blocks pg_beat when something does. The lease is read with a ~1 s lock and statement
+    For container health checks and Kubernetes readiness probes; prints one line, which names
+    what blocks pg_beat when something does. The lease is read with a ~1 s lock and statement
     timeout: a lease that could not be read is unhealthy ("could not read the lease").
     JSON keys: healthy, state, message, lease, unreadable.
+
+    With --self, for liveness probes: exit 0 while this container's replica runs its loop
+    (its liveness file is fresh, its process and threads alive), whatever the database does.
+    JSON keys: alive, message.
     """
+    if this_replica:
+        _check_self(liveness_file, max_age, max_stall, as_json)
+        return
     from pg_beat import status
 
     with env.connect() as conn:
@@ -273,4 +314,21 @@ def check_command(env: Env, as_json: bool, max_stall: float) -> None:
     else:
         click.echo(health.message)
     if not health.healthy:
+        click.get_current_context().exit(EXIT_ERROR)
+
+
+def _check_self(path: str | None, max_age: float, hang: float, as_json: bool) -> None:
+    from pg_beat import liveness
+
+    if not path:
+        raise CliUsageError(
+            "check --self needs the replica's liveness file: --file PATH or "
+            "PG_BEAT_LIVENESS_FILE (the replica writes it when pg_beat_liveness_file is set)"
+        )
+    found = liveness.judge(liveness.read(path), time.time(), max_age, hang)
+    if as_json:
+        print_json({"alive": found.alive, "message": found.message})
+    else:
+        click.echo(found.message)
+    if not found.alive:
         click.get_current_context().exit(EXIT_ERROR)

@@ -163,7 +163,13 @@ def test_compose_runs_three_distinct_beat_replicas_checked_by_pg_beat_check(
     for service in beats.values():
         assert service["command"][: len(BEAT)] == BEAT
         assert service["restart"] in ("always", "unless-stopped", "on-failure")
-        assert healthcheck_argv(service["healthcheck"]["test"])[:2] == ["pg-beat", "check"]
+        # Each container judges its own replica: an outage must not mark them all unhealthy.
+        assert healthcheck_argv(service["healthcheck"]["test"])[:3] == [
+            "pg-beat",
+            "check",
+            "--self",
+        ]
+        assert service["environment"]["PG_BEAT_LIVENESS_FILE"]
         assert service["environment"]["PG_BEAT_DATABASE_URL"].startswith("postgresql://")
     worker = services(compose)["worker"]
     assert worker["command"][:4] == ["celery", "-A", "examples.app", "worker"]
@@ -295,8 +301,10 @@ def test_kubernetes_deployment_runs_three_probed_beat_replicas(
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     (beat,) = deployment["spec"]["template"]["spec"]["containers"]
     assert beat["command"][: len(BEAT)] == BEAT
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert beat[probe]["exec"]["command"][:2] == ["pg-beat", "check"], probe
+    # Readiness judges the cluster; liveness this pod only, without the database.
+    assert beat["readinessProbe"]["exec"]["command"] == ["pg-beat", "check"]
+    assert beat["livenessProbe"]["exec"]["command"][:3] == ["pg-beat", "check", "--self"]
+    assert {e["name"]: e for e in beat["env"]}["PG_BEAT_LIVENESS_FILE"]["value"]
     replica_name = {e["name"]: e for e in beat["env"]}["PG_BEAT_REPLICA_NAME"]
     assert replica_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
