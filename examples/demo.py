@@ -206,10 +206,24 @@ def inject(cluster: Cluster, sig: signal.Signals, leader: str, epoch: int, ttl: 
     except TimeoutError:
         say(f">>> nobody took over from {leader} within {ttl + 30:g}s")
         return failover
-    failover.elected_after = time.monotonic() - started
+    # Both figures from the database's records (the new term's start, the first send of a
+    # later epoch), so the one can never come out before the other.
+    failover.elected_after = elected_after(cluster, failover.new_epoch, wall)
+    if failover.elected_after is None:
+        failover.elected_after = time.monotonic() - started
     failover.resumed_after = cluster.first_send_after(epoch, wall, timeout=ttl + 30)
     say(f">>> {failover.describe()}")
     return failover
+
+
+def elected_after(cluster: Cluster, epoch: int, since: float) -> float | None:
+    """Seconds from ``since`` (time.time()) to the start of term ``epoch``, as recorded."""
+    with psycopg.connect(libpq_url(cluster.database_url), connect_timeout=3) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM acquired_at) FROM pg_beat_leader_terms WHERE epoch = %s",
+            (epoch,),
+        ).fetchone()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]) - since)
 
 
 def stale_claims(cluster: Cluster, epoch: int) -> int:
@@ -268,9 +282,11 @@ def summarise(
     lines = ["", "=" * 30 + " summary " + "=" * 30]
     lines += [f"failover {i}  {f.describe()}" for i, f in enumerate(failovers, 1)]
     lines += [
-        f"ticks sent    {sent} in all ({len(SCHEDULES)} schedules, every second)",
-        f"checked       {verdict.expected} due ticks from {window[0]:%H:%M:%S} to "
-        f"{window[1]:%H:%M:%S} UTC against the worker's executions ({verdict.executed})",
+        f"ticks sent    {sent} since the replicas started ({len(SCHEDULES)} schedules, every "
+        "second)",
+        f"checked       the {verdict.expected} of them due from {window[0]:%H:%M:%S} to "
+        f"{window[1]:%H:%M:%S} UTC (the faults, with steady seconds before and after), each "
+        f"against the worker's executions: {verdict.executed} executions",
         f"duplicated    {duplicated}"
         + (
             f" ({len(verdict.republished)} re-published after a crash)"

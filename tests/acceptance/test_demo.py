@@ -93,9 +93,14 @@ def test_demo_reports_both_failovers_without_duplicates_or_missed_ticks(
         assert line is not None, output[-3000:]
         assert line[1] != line[2]
         assert float(line[3]) < 5 + 10  # the TTL, plus a generous margin for a slow machine
+        elected = re.search(rf"^failover {number} .*new leader after ([\d.]+) s", output, re.M)
+        assert elected is not None and float(elected[1]) <= float(line[3])
     assert re.search(r"^duplicated +0$", output, re.MULTILINE), output[-3000:]
     assert re.search(r"^missed +0$", output, re.MULTILINE), output[-3000:]
-    assert re.search(r"^checked +(\d{2,}) due ticks", output, re.MULTILINE), output[-3000:]
+    checked = re.search(
+        r"^checked +the (\d{2,}) of them due .*: (\d+) executions$", output, re.MULTILINE
+    )
+    assert checked is not None and checked[1] == checked[2], output[-3000:]
     assert re.search(r"^result +OK", output, re.MULTILINE)
     assert "$ pg-beat status" in output or "pg-beat status skipped" in output
     assert "Traceback" not in output
