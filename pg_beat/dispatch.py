@@ -29,21 +29,16 @@ from pg_beat.keeper import ConnectionKeeper
 from pg_beat.lease import LeaderState
 from pg_beat.planner import Planner
 from pg_beat.publisher import Publisher, Send
-from pg_beat.ticks import Claim, Outcomes
+from pg_beat.recorder import FLUSH_WAIT, Recorder
+from pg_beat.ticks import Claim
 
 logger = logging.getLogger("pg_beat.dispatch")
 
 ORPHAN_RECHECK = 0.5
 BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
-FLUSH_WAIT = 2.0  # seconds: how long shutdown waits for a send in progress
 CONTENTION_RETRY = 0.05
 PRUNE_EVERY = 60.0
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None)
 
 
 class Dispatcher:
@@ -63,12 +58,11 @@ class Dispatcher:
         self.keeper = ConnectionKeeper(self.connector)
         self.planner = Planner(settings)
         self.publisher = Publisher(state, send, settings.replica_name)
-        self._outcomes = Outcomes()  # taken from the publisher, not yet recorded
+        self.recorder = Recorder(settings, state, self.publisher, self.keeper)
         self._busy = False
         self._behind = False
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
-        self._led_epoch: int | None = None  # the last epoch we claimed under, until disowned
         self._prune_at = 0.0
         self._failing: str | None = None
         self._progress_at = clock.now()
@@ -125,8 +119,8 @@ class Dispatcher:
                 # The publisher keeps an epoch's ticks while the epoch may still come back and
                 # drops them once it will not; what did go out is recorded now, so the next
                 # leader never re-sends it.
-                self._record()
-                self._disown()
+                self.recorder.record()
+                self.recorder.disown()
                 return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
@@ -143,9 +137,7 @@ class Dispatcher:
     def _lead(self, epoch: int) -> float:
         if self._orphan_epoch != epoch:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
-        if self._led_epoch != epoch:
-            self._disown()  # an earlier epoch of ours, lost and won again between two steps
-            self._led_epoch = epoch
+        if self.recorder.lead(epoch):
             self._load_failing()
         publisher, batch = self.publisher, self.settings.batch_size
         if publisher.backlog >= batch:
@@ -153,10 +145,10 @@ class Dispatcher:
             # widens the window in which a crash leaves it to be re-published.
             publisher.wait_below(batch, BACKLOG_WAIT)
             return 0.0
-        self._outcomes.extend(publisher.take_outcomes())
+        pending = self.recorder.collect()
         now = clock.now()
         if not (
-            self._outcomes
+            pending
             or self._busy
             or self._behind
             or now >= self._orphan_check_at
@@ -178,7 +170,7 @@ class Dispatcher:
         # crash leaves a sent tick to be re-published small.
         if not self._busy and publisher.wait_below(1, wait):
             self.progress()
-            self._record()
+            self.recorder.record()
         self._housekeeping()
         return max(0.0, min(wake_at, self._orphan_check_at) - clock.now())
 
@@ -197,7 +189,7 @@ class Dispatcher:
         with self.keeper.transaction() as conn:
             claims, wait = self._claim_in(conn, epoch)
         if wait is not None:  # committed: the outcomes recorded in it are recorded
-            self._outcomes = Outcomes()
+            self.recorder.committed()
         return claims, wait
 
     def _claim_in(self, conn: Connection, epoch: int) -> tuple[list[Claim], float | None]:
@@ -211,7 +203,7 @@ class Dispatcher:
                 extra={"action": "fenced_out", "epoch": epoch, "replica": settings.replica_name},
             )
             return [], None
-        self._write_outcomes(conn, self._outcomes)
+        self.recorder.write(conn)
         claims = self._orphans(conn, epoch, now)
         unplanned = store.select_unplanned(conn, group, settings.batch_size)
         plans, parked = self.planner.plan(unplanned, now)
@@ -229,11 +221,6 @@ class Dispatcher:
             return claims, 0.0
         wake = store.wake(conn, group, after=now)
         return claims, 0.0 if wake.unplanned else self._until(wake)
-
-    def _write_outcomes(self, conn: Connection, outcomes: Outcomes) -> None:
-        store.mark_sent(conn, outcomes.sent)
-        store.mark_failed(conn, outcomes.failed)
-        store.clear_errors(conn, outcomes.recovered)
 
     def _orphans(self, conn: Connection, epoch: int, now: datetime) -> list[Claim]:
         if clock.now() < self._orphan_check_at:
@@ -269,39 +256,6 @@ class Dispatcher:
             failing = store.failing_schedules(conn, self.settings.group)
         self.publisher.mark_failing(failing)
 
-    # --- recording what was published -------------------------------------------------------
-
-    def _record(self) -> None:
-        """Record what the publisher did; kept and retried if the database fails, so a lost
-        mark never makes a later leader re-send a tick."""
-        self._outcomes.extend(self.publisher.take_outcomes())
-        if self._outcomes:
-            with self.keeper.transaction() as conn:
-                self._write_outcomes(conn, self._outcomes)
-            self._outcomes = Outcomes()
-
-    def _disown(self) -> None:
-        """Once we have stepped down from the epoch we last led and nothing of it is being
-        sent, say so in the database (with what was sent, in one transaction), so the next
-        leader re-publishes its unsent claims now, not when its lease would expire. Never
-        merely past the local deadline: a renewal may still bring that epoch back."""
-        epoch = self._led_epoch
-        if epoch is None or self.state.holds(epoch) or self.publisher.backlog:
-            return
-        self._outcomes.extend(self.publisher.take_outcomes())
-        with self.keeper.transaction() as conn:
-            self._write_outcomes(conn, self._outcomes)
-            store.disown(conn, self.settings.group, epoch, self.settings.replica_name)
-        self._outcomes = Outcomes()
-        self._led_epoch = None
-        logger.info(
-            "dispatch: gave up epoch %s; its unsent claims are the next leader's to send "
-            "(replica %s)",
-            epoch,
-            self.settings.replica_name,
-            extra={"action": "disowned", "epoch": epoch, "replica": self.settings.replica_name},
-        )
-
     def _housekeeping(self) -> None:
         if clock.now() < self._prune_at:
             return
@@ -313,7 +267,7 @@ class Dispatcher:
 
     def _failed(self, exc: BaseException, epoch: int | None) -> float:
         """Log a database error once per kind, and how long to wait before the next step."""
-        sqlstate = _sqlstate(exc)
+        sqlstate = store.sqlstate(exc)
         if sqlstate in store.TRANSIENT_SQLSTATES:
             # A deadlock or lock/statement timeout: the transaction rolled back; try again.
             self._say_failing(f"contended:{sqlstate}", logging.WARNING, "retrying", exc, epoch)
@@ -325,7 +279,7 @@ class Dispatcher:
             logger.info(
                 "dispatch: the kept-open database connection was closed (%s); reconnecting "
                 "(replica %s, epoch %s)",
-                _first_line(exc),
+                store.first_line(exc),
                 self.settings.replica_name,
                 epoch,
                 extra={
@@ -349,11 +303,11 @@ class Dispatcher:
             logger.log(
                 level,
                 "dispatch: database error (sqlstate %s), %s (replica %s, epoch %s): %s",
-                _sqlstate(exc),
+                store.sqlstate(exc),
                 what,
                 self.settings.replica_name,
                 epoch,
-                _first_line(exc),
+                store.first_line(exc),
                 extra={"action": "db_error", "epoch": epoch, "replica": self.settings.replica_name},
             )
         self._failing = state
@@ -374,7 +328,7 @@ class Dispatcher:
             if self._failing is None:
                 logger.warning(
                     "dispatch: LISTEN connection lost: %s",
-                    _first_line(exc),
+                    store.first_line(exc),
                     extra={"action": "listen_lost"},
                 )
             time.sleep(min(timeout, 0.5))
@@ -387,37 +341,13 @@ class Dispatcher:
         """Wait up to ``timeout`` s for the publisher to send what it has, then record it (from
         the loop's thread only). True when nothing was left to send."""
         drained = self.publisher.wait_below(1, timeout)
-        self._record()
+        self.recorder.record()
         return drained
 
     def flush_marks(self) -> None:
-        """At shutdown, before the lease is released: record what was sent, on a connection
-        of its own (this may run in a signal handler, mid-transaction on the usual one). The
-        lease is already stepped down, so the publisher drops its queue and ends its send."""
-        self.publisher.wait_below(1, FLUSH_WAIT)
-        self._outcomes.extend(self.publisher.take_outcomes())
-        if not self._outcomes:
-            return
-        engine = self.connector.engine("shutdown", dispatch=True)
-        try:
-            with engine.begin() as conn:
-                self._write_outcomes(conn, self._outcomes)
-            self._outcomes = Outcomes()
-        except DBAPIError as exc:
-            logger.warning(
-                "dispatch: could not record %d sent tick(s) at shutdown: %s",
-                len(self._outcomes.sent),
-                _first_line(exc),
-            )
-        finally:
-            engine.dispose()
+        """At shutdown: record what was sent (see :meth:`Recorder.flush`)."""
+        self.recorder.flush(self.connector)
 
     def close(self) -> None:
         self.publisher.stop(FLUSH_WAIT)
         self.keeper.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__

@@ -104,3 +104,16 @@ def current(url: str, schema: str | None = None) -> str | None:
             return current_revision(connection, schema)
     finally:
         engine.dispose()
+
+
+def require_head(connection: Connection, schema: str | None = None) -> None:
+    """Raise :class:`SchemaMismatch` unless the connected database is at :func:`head_revision`,
+    with the command that fixes it."""
+    from pg_beat.exceptions import SchemaMismatch
+
+    current, head = current_revision(connection, schema), head_revision()
+    if current != head:
+        raise SchemaMismatch(
+            f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
+            f"needs {head}: run 'pg-beat db upgrade'"
+        )

@@ -14,90 +14,23 @@ with one line and a non-zero status.
 from __future__ import annotations
 
 import logging
-import re
-import time
-from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from celery import beat
-from celery import schedules as celery_schedules
 from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import broker, clock, migrate, store
-from pg_beat.api import ScheduleManager, split_crontab
+from pg_beat import broker, clock, startup, store
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
-from pg_beat.exceptions import (
-    ConfigurationError,
-    InvalidSchedule,
-    MessageTooLarge,
-    PgBeatError,
-    SchemaMismatch,
-)
+from pg_beat.exceptions import ConfigurationError, MessageTooLarge
 from pg_beat.lease import LeaderState
 from pg_beat.liveness import LivenessFile
-from pg_beat.schedules import MESSAGE_OPTIONS
 from pg_beat.ticks import Claim
 from pg_beat.urls import describe
 from pg_beat.watchdog import Watchdog
 
 logger = logging.getLogger("pg_beat.scheduler")
-
-EX_CONFIG = 78  # sysexits.h: a configuration error; a supervisor should not just restart us
-#: Connection failures that waiting will not cure.
-_PERMANENT = re.compile(
-    r"database \".*\" does not exist|role \".*\" does not exist|password authentication "
-    r"failed|no pg_hba\.conf entry|authentication failed"
-)
-
-
-def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[str, Any]:
-    """Column values for one ``beat_schedule`` entry (Celery's schedule classes in, rows out)."""
-    schedule = entry.get("schedule")
-    options = dict(entry.get("options") or {})
-    values: dict[str, Any] = {
-        "task": entry.get("task"),
-        "args": list(entry.get("args") or ()),
-        "kwargs": dict(entry.get("kwargs") or {}),
-        "options": {k: v for k, v in options.items() if k in MESSAGE_OPTIONS},
-        "description": f"from beat_schedule[{name!r}]",
-    }
-    if isinstance(schedule, (int, float)):
-        values.update(kind="interval", interval_seconds=float(schedule))
-    elif isinstance(schedule, timedelta):
-        values.update(kind="interval", interval_seconds=schedule.total_seconds())
-    elif isinstance(schedule, celery_schedules.crontab):
-        expression = " ".join(
-            _cron_field(getattr(schedule, attr))
-            for attr in (
-                "_orig_minute",
-                "_orig_hour",
-                "_orig_day_of_month",
-                "_orig_month_of_year",
-                "_orig_day_of_week",
-            )
-        )
-        # An unbound crontab would report the *current* app's zone; the scheduler's app wins.
-        tz = schedule.tz if getattr(schedule, "_app", None) is not None else default_tz
-        values.update(kind="crontab", timezone=str(tz), **split_crontab(expression, name))
-    elif isinstance(schedule, celery_schedules.solar):
-        values.update(
-            kind="solar", solar_event=schedule.event, latitude=schedule.lat, longitude=schedule.lon
-        )
-    elif isinstance(schedule, celery_schedules.schedule):
-        values.update(kind="interval", interval_seconds=schedule.run_every.total_seconds())
-    else:
-        raise InvalidSchedule(name, f"unsupported schedule {schedule!r}", field="schedule")
-    return values
-
-
-def _cron_field(value: Any) -> str:
-    """A crontab field as Celery keeps it (text, number, or a collection of numbers) as text."""
-    if isinstance(value, (list, tuple, set, frozenset, range)):
-        return ",".join(str(v) for v in sorted(value))
-    return str(value)
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -143,7 +76,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         settings = self.settings
         Scheduler._starting = True
         try:
-            self._start_up()
+            startup.start_up(self.app, settings, self.connector)
         finally:
             Scheduler._starting = False
         self.dispatcher = Dispatcher(settings, self.state, self._send, self.connector)
@@ -251,91 +184,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             f"on hang {settings.on_hang}, pool mode {settings.pool_mode}",
             f"    . misfire -> {settings.misfire_policy} (grace {settings.misfire_grace_time:g}s)"
             f", timezone {self.app.conf.timezone or 'UTC'}",
-            f"    . schema -> {self._schema_status()}",
+            f"    . schema -> {startup.schema_status(self.connector, settings.schema)}",
         ]
         return "\n".join(lines)
-
-    # --- start-up ----------------------------------------------------------------------------
-
-    def _schema_status(self) -> str:
-        try:
-            self._check_schema()
-        except SchemaMismatch as exc:
-            return f"MISMATCH: {exc}"
-        except DBAPIError as exc:
-            return f"unknown (database unreachable: {_first_line(exc)})"
-        return f"at {migrate.head_revision()} (ok)"
-
-    def _check_schema(self) -> None:
-        engine = self.connector.engine("check")
-        try:
-            with engine.connect() as conn:
-                current = migrate.current_revision(conn, self.settings.schema)
-        finally:
-            engine.dispose()
-        head = migrate.head_revision()
-        if current != head:
-            raise SchemaMismatch(
-                f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
-                f"needs {head}: run 'pg-beat db upgrade'"
-            )
-
-    def _start_up(self) -> None:
-        """Check the schema and sync ``beat_schedule``, retrying (with backoff, one line per
-        state change) while the database is unreachable or read-only; exit on what waiting
-        cannot cure."""
-        delay, failing = 0.5, ""
-        where = describe(self.settings.database_url)
-        while True:
-            try:
-                self._check_schema()
-                if self.settings.sync_config:
-                    self._sync_config()
-            except (PgBeatError, DBAPIError) as exc:
-                reason = _first_line(exc)
-                if not isinstance(exc, DBAPIError) or _PERMANENT.search(str(exc)):
-                    logger.critical(
-                        "pg_beat: cannot start (database %s): %s",
-                        where,
-                        reason,
-                        extra={"action": "start_failed", "replica": self.settings.replica_name},
-                    )
-                    raise SystemExit(EX_CONFIG) from None
-                if reason != failing:
-                    logger.error(
-                        "pg_beat: database %s not usable yet (%s); retrying with backoff",
-                        where,
-                        reason,
-                        extra={"action": "db_wait", "replica": self.settings.replica_name},
-                    )
-                    failing = reason
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            if failing:
-                logger.info("pg_beat: database reachable again (%s)", where)
-            return
-
-    def _sync_config(self) -> None:
-        settings = self.settings
-        tz = str(self.app.conf.timezone or "UTC")
-        entries = {
-            name: entry_values(name, entry, tz)
-            for name, entry in (self.app.conf.beat_schedule or {}).items()
-        }
-        owner = settings.config_owner or str(self.app.main or "celery")
-        manager = ScheduleManager(settings=settings, connector=self.connector)
-        try:
-            result = manager.sync_config(entries, owner=owner, prune=settings.config_prune)
-        finally:
-            manager.close()
-        logger.info(
-            "pg_beat: beat_schedule of %r synced: %d entries, %d removed",
-            owner,
-            result.upserted,
-            len(result.removed),
-            extra={"action": "config_sync", "owner": owner},
-        )
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -434,13 +285,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "pg_beat: could not release the lease on shutdown (epoch %s): %s; it "
                 "expires by itself",
                 epoch,
-                _first_line(exc),
+                store.first_line(exc),
             )
         finally:
             engine.dispose()
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__

@@ -170,8 +170,8 @@ class Watchdog(threading.Thread):
         if self.stopping.is_set():  # shutting down: close() ended our session on purpose
             self._drop_connection()
             return
-        first_line = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
-        sqlstate = getattr(exc.orig, "sqlstate", None)
+        first_line = store.first_line(exc)
+        sqlstate = store.sqlstate(exc)
         # A lock or statement timeout, or a deadlock: the server answered, something blocked us.
         blocked = sqlstate in store.TRANSIENT_SQLSTATES
         if self.epoch is not None:

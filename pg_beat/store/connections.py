@@ -35,6 +35,7 @@ __all__ = [
     "Connector",
     "backend_pid",
     "db_now",
+    "first_line",
     "keepalive_params",
     "logger",
     "make_engine",
@@ -42,6 +43,7 @@ __all__ = [
     "session_settings",
     "set_application_name",
     "set_statement",
+    "sqlstate",
 ]
 
 if TYPE_CHECKING:
@@ -248,6 +250,18 @@ class Connector:
 
 # Deadlock, lock timeout, statement timeout, serialization failure: retried, never fatal.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (SQLAlchemy's or psycopg's), if the server sent one."""
+    return getattr(getattr(exc, "orig", None) or exc, "sqlstate", None)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error's message (no SQL, no traceback), for logs."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
 
 
 def set_application_name(conn: Connection, name: str) -> None:

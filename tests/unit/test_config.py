@@ -26,6 +26,7 @@ def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "PG_BEAT_REPLICA_NAME",
         "PG_BEAT_POOL_MODE",
         "PG_BEAT_LISTEN_URL",
+        "PG_BEAT_LIVENESS_FILE",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -169,6 +170,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "listen_url": "postgresql://other@db-direct/app",
     "poll_interval": 0.5,
     "max_message_bytes": 4096,
+    "liveness_file": "/run/pg-beat/alive.json",
 }
 
 

@@ -1,0 +1,161 @@
+"""A replica's start: the schema check, the ``beat_schedule`` sync, waiting for the database.
+
+Start-up waits while the database is unreachable or read-only (one log line per state change),
+and ends the process on what waiting cannot cure: a database or role that does not exist, a
+failed password, a schema at another revision, an invalid ``beat_schedule`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from celery import schedules as celery_schedules
+from sqlalchemy.exc import DBAPIError
+
+from pg_beat import migrate, store
+from pg_beat.api import ScheduleManager, split_crontab
+from pg_beat.config import Settings
+from pg_beat.exceptions import InvalidSchedule, PgBeatError, SchemaMismatch
+from pg_beat.schedules import MESSAGE_OPTIONS
+from pg_beat.urls import describe
+
+logger = logging.getLogger("pg_beat.scheduler")
+
+EX_CONFIG = 78  # sysexits.h: a configuration error; a supervisor should not just restart us
+#: Connection failures that waiting will not cure.
+_PERMANENT = re.compile(
+    r"database \".*\" does not exist|role \".*\" does not exist|password authentication "
+    r"failed|no pg_hba\.conf entry|authentication failed"
+)
+
+
+def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[str, Any]:
+    """Column values for one ``beat_schedule`` entry (Celery's schedule classes in, rows out)."""
+    schedule = entry.get("schedule")
+    options = dict(entry.get("options") or {})
+    values: dict[str, Any] = {
+        "task": entry.get("task"),
+        "args": list(entry.get("args") or ()),
+        "kwargs": dict(entry.get("kwargs") or {}),
+        "options": {k: v for k, v in options.items() if k in MESSAGE_OPTIONS},
+        "description": f"from beat_schedule[{name!r}]",
+    }
+    if isinstance(schedule, (int, float)):
+        values.update(kind="interval", interval_seconds=float(schedule))
+    elif isinstance(schedule, timedelta):
+        values.update(kind="interval", interval_seconds=schedule.total_seconds())
+    elif isinstance(schedule, celery_schedules.crontab):
+        expression = " ".join(
+            _cron_field(getattr(schedule, attr))
+            for attr in (
+                "_orig_minute",
+                "_orig_hour",
+                "_orig_day_of_month",
+                "_orig_month_of_year",
+                "_orig_day_of_week",
+            )
+        )
+        # An unbound crontab would report the *current* app's zone; the scheduler's app wins.
+        tz = schedule.tz if getattr(schedule, "_app", None) is not None else default_tz
+        values.update(kind="crontab", timezone=str(tz), **split_crontab(expression, name))
+    elif isinstance(schedule, celery_schedules.solar):
+        values.update(
+            kind="solar", solar_event=schedule.event, latitude=schedule.lat, longitude=schedule.lon
+        )
+    elif isinstance(schedule, celery_schedules.schedule):
+        values.update(kind="interval", interval_seconds=schedule.run_every.total_seconds())
+    else:
+        raise InvalidSchedule(name, f"unsupported schedule {schedule!r}", field="schedule")
+    return values
+
+
+def _cron_field(value: Any) -> str:
+    """A crontab field as Celery keeps it (text, number, or a collection of numbers) as text."""
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        return ",".join(str(v) for v in sorted(value))
+    return str(value)
+
+
+def schema_status(connector: store.Connector, schema: str | None) -> str:
+    """The schema's state for beat's banner: at head, a mismatch, or unknown."""
+    try:
+        check_schema(connector, schema)
+    except SchemaMismatch as exc:
+        return f"MISMATCH: {exc}"
+    except DBAPIError as exc:
+        return f"unknown (database unreachable: {store.first_line(exc)})"
+    return f"at {migrate.head_revision()} (ok)"
+
+
+def check_schema(connector: store.Connector, schema: str | None) -> None:
+    """Raise :class:`SchemaMismatch` unless the database is at the revision pg_beat needs."""
+    engine = connector.engine("check")
+    try:
+        with engine.connect() as conn:
+            migrate.require_head(conn, schema)
+    finally:
+        engine.dispose()
+
+
+def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
+    """Check the schema and sync ``beat_schedule``, retrying (with backoff, one line per
+    state change) while the database is unreachable or read-only; exit on what waiting
+    cannot cure."""
+    delay, failing = 0.5, ""
+    where = describe(settings.database_url)
+    while True:
+        try:
+            check_schema(connector, settings.schema)
+            if settings.sync_config:
+                sync_config(app, settings, connector)
+        except (PgBeatError, DBAPIError) as exc:
+            reason = store.first_line(exc)
+            if not isinstance(exc, DBAPIError) or _PERMANENT.search(str(exc)):
+                logger.critical(
+                    "pg_beat: cannot start (database %s): %s",
+                    where,
+                    reason,
+                    extra={"action": "start_failed", "replica": settings.replica_name},
+                )
+                raise SystemExit(EX_CONFIG) from None
+            if reason != failing:
+                logger.error(
+                    "pg_beat: database %s not usable yet (%s); retrying with backoff",
+                    where,
+                    reason,
+                    extra={"action": "db_wait", "replica": settings.replica_name},
+                )
+                failing = reason
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if failing:
+            logger.info("pg_beat: database reachable again (%s)", where)
+        return
+
+
+def sync_config(app: Any, settings: Settings, connector: store.Connector) -> None:
+    """Write the app's ``beat_schedule`` as its config rows (see ScheduleManager.sync_config)."""
+    tz = str(app.conf.timezone or "UTC")
+    entries = {
+        name: entry_values(name, entry, tz)
+        for name, entry in (app.conf.beat_schedule or {}).items()
+    }
+    owner = settings.config_owner or str(app.main or "celery")
+    manager = ScheduleManager(settings=settings, connector=connector)
+    try:
+        result = manager.sync_config(entries, owner=owner, prune=settings.config_prune)
+    finally:
+        manager.close()
+    logger.info(
+        "pg_beat: beat_schedule of %r synced: %d entries, %d removed",
+        owner,
+        result.upserted,
+        len(result.removed),
+        extra={"action": "config_sync", "owner": owner},
+    )
