@@ -199,6 +199,12 @@ class SchedulerCollector:
             dispatcher.sent_total if dispatcher is not None else 0,
         )
         yield counter(
+            "pg_beat_ticks_failed",
+            "Ticks that could never be published, recorded as failed (bad options, too big, "
+            "refused by the broker)",
+            dispatcher.publisher.failed_total if dispatcher is not None else 0,
+        )
+        yield counter(
             "pg_beat_failovers",
             "Times this replica took the lease",
             watchdog.failovers if watchdog is not None else 0,

@@ -68,6 +68,7 @@ def test_leader_metrics(db_url: str) -> None:
         assert value(samples, "pg_beat_is_leader", "m1") == 1
         assert value(samples, "pg_beat_epoch", "m1") == leader.state.epoch
         assert value(samples, "pg_beat_ticks_dispatched_total", "m1") == 3
+        assert value(samples, "pg_beat_ticks_failed_total", "m1") == 0
         assert value(samples, "pg_beat_failovers_total", "m1") == 1
         assert value(samples, "pg_beat_lease_renewal_failures_total", "m1") == 0
         assert value(samples, "pg_beat_due_backlog", "m1") == 0
@@ -176,3 +177,17 @@ def metrics_servers() -> list[MetricsServer]:
     from pg_beat import metrics
 
     return list(metrics._servers)
+
+
+def test_ticks_that_can_never_be_published_are_counted(db_url: str) -> None:
+    with replica(db_url, replica_name="f1") as leader, metrics_of(leader) as server:
+        leader.dispatcher.publisher.send = refuse  # e.g. bad options: TypeError, permanent
+        with ScheduleManager(db_url) as manager:
+            manager.create("bad", "app.tick", every="1h")
+            manager.run_now("bad")
+        leader.run_until(lambda: leader.dispatcher.publisher.failed_total >= 1)
+        assert value(scrape(server.port), "pg_beat_ticks_failed_total", "f1") == 1
+
+
+def refuse(claim: object, epoch: int) -> None:
+    raise TypeError("got multiple values for keyword argument 'task_id' (test)")
