@@ -13,6 +13,9 @@ Metric                                Type      Meaning
 ``pg_beat_epoch``                     gauge     lease epoch: the one held, on a standby the
                                                 latest read from the database
 ``pg_beat_ticks_dispatched_total``    counter   ticks this replica published
+``pg_beat_ticks_failed_total``        counter   ticks that could never be published (bad
+                                                options, over the size limit, refused by the
+                                                broker): recorded ``failed``
 ``pg_beat_dispatch_lateness_seconds`` histogram publish time minus due time of each tick
                                                 sent (buckets 5 ms to 60 s; clamped at 0)
 ``pg_beat_failovers_total``           counter   times this replica took the lease
