@@ -1,0 +1,59 @@
+"""What status and check found: :class:`ClusterStatus` (``pg-beat status``) and
+:class:`Health` (``pg-beat check``), read by the gathering, shown by the text and JSON
+renderings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pg_beat.lease import LeaseView, lease_state
+from pg_beat.status.judge import DEFAULT_MAX_STALL, Verdict
+from pg_beat.status.locks import Blocker
+from pg_beat.status.rows import Row
+
+__all__ = ["ClusterStatus", "Health"]
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """Everything ``pg-beat status`` shows, as read at database time ``now``; a section that
+    could not be read is None, and named with the reason in ``unreadable``."""
+
+    group: str
+    now: datetime
+    verdict: Verdict
+    lease: Row | None
+    locks: Sequence[Row] | None
+    blockers: Sequence[Blocker]
+    replicas: Sequence[Row] | None
+    blocked: Sequence[Row] | None
+    leader_backends: Sequence[Row] | None
+    failovers: Sequence[Row] | None
+    next_due: Sequence[Row] | None
+    failing: Sequence[Row] | None
+    failing_count: int | None
+    long_transactions: Sequence[Row] | None
+    max_stall: float = DEFAULT_MAX_STALL
+    unreadable: Mapping[str, str] = field(default_factory=dict)
+    show_queries: bool = False
+
+    @property
+    def lease_view(self) -> LeaseView | None:
+        return None if "lease" in self.unreadable else lease_state(self.lease, self.now)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``pg-beat check`` says: the leader's verdict, and the line to print."""
+
+    verdict: Verdict
+    message: str
+    lease: Row | None
+    now: datetime
+    unreadable: Mapping[str, str]
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict.healthy
