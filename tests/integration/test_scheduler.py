@@ -497,3 +497,52 @@ def test_database_url_from_the_environment(
     app.conf.pg_beat_database_url = None
     with running(app, lazy=True) as scheduler:
         assert f"schema -> at {migrate.head_revision()} (ok)" in scheduler.info
+
+
+def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pointed at a hot standby (SQLSTATE 25006 on every write), beat waits with one line and
+    starts once the server accepts writes (it was promoted)."""
+    from support.replication import ReplicatedPair
+
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    try:
+        pair = ReplicatedPair().start()
+    except Exception as exc:
+        pytest.skip(f"no primary with a standby here: {exc}")
+    try:
+        migrate.upgrade(pair.primary.url())
+        pair.wait_replayed()
+        app = make_app(pair.standby.url(), beat_schedule={"s": {"task": "t.s", "schedule": 60}})
+        outcome: dict[str, Any] = {}
+
+        def construct() -> None:
+            try:
+                outcome["scheduler"] = Scheduler(app)
+            except BaseException as exc:  # SystemExit included: the test reports it
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=construct, daemon=True)
+        thread.start()
+        wait_for(
+            lambda: any("read-only" in r.getMessage() for r in caplog.records),
+            15,
+            "the read-only line",
+        )
+        time.sleep(1.5)  # several retries
+        assert thread.is_alive() and outcome == {}
+        pair.stop_primary("immediate")
+        pair.promote_standby()
+        thread.join(timeout=30)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+        scheduler = outcome["scheduler"]
+        try:
+            wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+        finally:
+            scheduler.close()
+        waiting = [r for r in caplog.records if "not usable yet" in r.getMessage()]
+        assert len(waiting) == 1 and "read-only" in waiting[0].getMessage()
+        assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    finally:
+        pair.cleanup()
