@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -43,6 +43,16 @@ CRON_FIELDS = (
 _SPEC_FIELDS = {f.name for f in fields(ScheduleSpec)}
 _KIND_COLUMNS = ("interval_seconds", "solar_event", "latitude", "longitude", "clocked_at")
 _EDITABLE = set(store.SCHEDULE_COLUMNS) - {"name"}
+#: The keyword of :meth:`ScheduleManager.create` and ``update`` that sets each column whose
+#: own name is not one: errors name what the caller wrote (``crontab``, not ``cron_hour``).
+ARGUMENTS = {
+    "interval_seconds": "every",
+    **dict.fromkeys(CRON_FIELDS, "crontab"),
+    "clocked_at": "clocked",
+    "solar_event": "solar",
+    "latitude": "solar",
+    "longitude": "solar",
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ def split_crontab(expression: str, name: str | None = None) -> dict[str, str]:
     if len(parts) != 5:
         raise InvalidSchedule(
             name,
-            f"crontab {expression!r} must have 5 fields "
-            "(minute hour day-of-month month day-of-week)",
+            f"{expression!r} must have 5 fields (minute hour day-of-month month day-of-week), "
+            f"not {len(parts)}",
             field="crontab",
         )
     return dict(zip(CRON_FIELDS, parts, strict=True))
@@ -129,7 +139,8 @@ def definition(
         if v is not None
     ]
     if len(given) > 1:
-        raise InvalidSchedule(name, f"give only one of {', '.join(given)}", field="kind")
+        words = ", ".join(f"{k}=" for k in given)
+        raise InvalidSchedule(name, f"give only one of {words}", field="kind", argument="")
     if every is not None:
         seconds = _seconds(name, every)
         return {"kind": "interval", "interval_seconds": seconds}
@@ -164,13 +175,16 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
     unknown = set(values) - set(store.SCHEDULE_COLUMNS)
     if unknown:
         raise InvalidSchedule(
-            name, f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0]
+            name,
+            f"unknown field(s): {', '.join(sorted(unknown))}",
+            field=sorted(unknown)[0],
+            argument="",
         )
     if not isinstance(name, str) or not 1 <= len(name) <= 200:
-        raise InvalidSchedule(str(name), "name must be 1 to 200 characters", field="name")
+        raise InvalidSchedule(str(name), "must be 1 to 200 characters", field="name")
     task = values.get("task")
     if not isinstance(task, str) or not task.strip():
-        raise InvalidSchedule(name, "task must be a non-empty task name", field="task")
+        raise InvalidSchedule(name, f"must be a task name, not {task!r}", field="task")
     spec = ScheduleSpec(name=name, **{k: v for k, v in values.items() if k in _SPEC_FIELDS})
     schedules.validate(spec)
     schedules.validate_payload(
@@ -186,8 +200,43 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
     limit = values.get("catch_up_limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidSchedule(
-            name, f"catch_up_limit must be >= 1, got {limit!r}", field="catch_up_limit"
+            name, f"must be an integer >= 1, got {limit!r}", field="catch_up_limit"
         )
+
+
+def _timezone_applies(name: str, values: Mapping[str, Any], given: Collection[str]) -> None:
+    """Refuse a ``timezone`` given for a schedule that is not a crontab: it would do nothing."""
+    kind = values.get("kind")
+    if "timezone" in given and kind != "crontab":
+        raise InvalidSchedule(
+            name,
+            f"applies to crontab schedules only, not to this {kind} schedule: leave it out",
+            field="timezone",
+        )
+
+
+@contextmanager
+def _callers_words(given: Collection[str], kind_from: str | None) -> Iterator[None]:
+    """Name the bad part of an :class:`InvalidSchedule` as the caller did: ``crontab`` for
+    a crontab given as ``crontab=``, ``cron_hour`` for one given as ``cron_hour=``.
+
+    ``given`` are the keywords the caller passed by column name; ``kind_from`` the one of
+    every/crontab/clocked/solar used, if any.
+    """
+    try:
+        yield
+    except InvalidSchedule as exc:
+        field = exc.field
+        if field is not None and exc.argument == field and field not in given:
+            if field == "kind" and kind_from is not None:
+                exc.argument = kind_from
+            else:
+                exc.argument = ARGUMENTS.get(field, field)
+        raise
+
+
+def _kind_from(**definitions: object) -> str | None:
+    return next((k for k, v in definitions.items() if v is not None), None)
 
 
 @contextmanager
@@ -253,6 +302,7 @@ class ScheduleManager:
         self.group = settings.group
         connector = connector or store.Connector(settings)
         self._engine: Engine = connector.engine("api", pool_size=2)
+        self._schema_checked = False  # on first use: constructing stays free of I/O
 
     def close(self) -> None:
         self._engine.dispose()
@@ -267,6 +317,8 @@ class ScheduleManager:
     def _begin(self) -> Iterator[Connection]:
         try:
             with self._engine.begin() as conn:
+                if not self._schema_checked:
+                    self._check_schema(conn)
                 yield conn
         except OperationalError as exc:
             if not _connection_lost(exc):
@@ -274,6 +326,14 @@ class ScheduleManager:
             raise DatabaseUnavailable(
                 f"database at {redact_url(self.settings.database_url)} is unavailable: {exc.orig}"
             ) from exc
+
+    def _check_schema(self, conn: Connection) -> None:
+        """Raise :class:`~pg_beat.exceptions.SchemaMismatch` unless the schema is at the
+        revision pg_beat needs, rather than a driver error naming a missing table."""
+        from pg_beat import migrate  # Alembic: imported on first use, not with the API
+
+        migrate.require_head(conn, self.settings.schema)
+        self._schema_checked = True
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -303,18 +363,24 @@ class ScheduleManager:
     ) -> ScheduleInfo:
         """Add a schedule; exactly one of ``every`` (seconds), ``crontab``, ``clocked``, ``solar``
         (or the raw ``kind`` columns). Raises :class:`InvalidSchedule` or :class:`ScheduleExists`
-        and writes nothing on bad input."""
-        full = {
-            **_DEFAULTS,
-            **values,
-            "task": task,
-            **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
-        }
-        if "kind" not in full:
-            raise InvalidSchedule(
-                name, "say when it runs: every=, crontab=, clocked= or solar=", field="kind"
-            )
-        validate_values(name, full)
+        and writes nothing on bad input; ``timezone`` goes with ``crontab`` only."""
+        kind_from = _kind_from(every=every, crontab=crontab, clocked=clocked, solar=solar)
+        with _callers_words({*values, "task"}, kind_from):
+            full = {
+                **_DEFAULTS,
+                **values,
+                "task": task,
+                **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
+            }
+            if "kind" not in full:
+                raise InvalidSchedule(
+                    name,
+                    "say when it runs: give one of every=, crontab=, clocked= or solar=",
+                    field="kind",
+                    argument="",
+                )
+            validate_values(name, full)
+            _timezone_applies(name, full, values)
         try:
             with self._begin() as conn:
                 row = store.insert_schedule(conn, self.group, {"name": name, **full})
@@ -335,16 +401,19 @@ class ScheduleManager:
         **values: Any,
     ) -> ScheduleInfo:
         """Change some fields; the result is validated as a whole before it is written."""
-        changes = {
-            **values,
-            **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
-        }
+        kind_from = _kind_from(every=every, crontab=crontab, clocked=clocked, solar=solar)
+        with _callers_words(values, kind_from):
+            changes = {
+                **values,
+                **definition(name, every=every, crontab=crontab, clocked=clocked, solar=solar),
+            }
         unknown = set(changes) - _EDITABLE
         if unknown:
             raise InvalidSchedule(
                 name,
                 f"cannot update field(s): {', '.join(sorted(unknown))}",
                 field=sorted(unknown)[0],
+                argument="",
             )
         with self._begin() as conn:
             with _locked_as(name):
@@ -358,13 +427,17 @@ class ScheduleManager:
                 merged.update(dict.fromkeys(_KIND_COLUMNS, None))
                 merged.update(dict.fromkeys(CRON_FIELDS, "*"))
             merged.update(changes)
-            validate_values(name, merged)
+            with _callers_words(values, kind_from):
+                validate_values(name, merged)
+                _timezone_applies(name, merged, values)
             if row["source"] == "config":
                 logger.warning(
                     "schedule %r comes from the beat_schedule of %r: the next start of that app "
-                    "resets this change; detach it first to keep it",
+                    "resets this change; to keep it, detach it from that app: "
+                    "'pg-beat schedules detach %s' (ScheduleManager.detach in Python)",
                     name,
                     row["config_owner"] or "an app",
+                    name,
                     extra={"action": "config_edit", "schedule": name},
                 )
             delta = {k: v for k, v in merged.items() if v != current[k]}
@@ -382,8 +455,17 @@ class ScheduleManager:
 
     def delete(self, name: str) -> None:
         with self._begin() as conn, _locked_as(name):
-            if not store.delete_schedules(conn, self.group, [name]):
+            row = store.lock_schedule(conn, self.group, name)
+            if row is None or not store.delete_schedules(conn, self.group, [name]):
                 raise ScheduleNotFound(name)
+        if row["source"] == "config":
+            logger.warning(
+                "schedule %r came from the beat_schedule of %r: the next start of that app "
+                "creates it again, unless it is removed from that beat_schedule too",
+                name,
+                row["config_owner"] or "an app",
+                extra={"action": "config_delete", "schedule": name},
+            )
 
     def run_now(self, name: str) -> None:
         """Make the schedule due now (and enabled); its grid resumes after this run."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PgBeatError(Exception):
     """Root of every pg_beat error."""
@@ -16,7 +18,9 @@ class DatabaseUnavailable(PgBeatError):
 
 
 class SchemaMismatch(PgBeatError):
-    """Raised at start when the database schema is not at the revision this pg_beat needs."""
+    """Raised when the database schema is not at the revision this pg_beat needs: at the
+    scheduler's start, by the CLI, and by :class:`~pg_beat.api.ScheduleManager` on first use
+    (all through :func:`pg_beat.migrate.require_head`)."""
 
 
 class SessionPoolingDetected(PgBeatError):
@@ -34,15 +38,47 @@ POOLING_MESSAGE = (
 
 
 class ScheduleError(PgBeatError):
-    """Root of the errors about one schedule; ``schedule`` names it, ``field`` the bad part."""
+    """Root of the errors about one schedule.
 
-    def __init__(self, schedule: str | None, message: str, *, field: str | None = None) -> None:
+    ``schedule`` names it. ``field`` is the column at fault (``cron_hour``), for programs;
+    ``argument`` the word the caller used for it (``crontab`` when the API was given
+    ``crontab=``), which the message shows; ``reason`` is the message without the two.
+    The CLI shows its own option instead: ``error.worded("--cron")``.
+    """
+
+    def __init__(
+        self,
+        schedule: str | None,
+        message: str,
+        *,
+        field: str | None = None,
+        argument: str | None = None,
+    ) -> None:
         self.schedule = schedule
         self.field = field
-        where = f"schedule {schedule!r}" if schedule else "schedule"
-        if field:
-            where = f"{where}: {field}"
-        super().__init__(f"{where}: {message}")
+        #: Shown before the reason; "" for a reason that names what is wrong itself.
+        self.argument = field if argument is None else argument
+        self.reason = message
+        super().__init__(message)
+
+    def worded(self, argument: str | None) -> str:
+        """The message naming the bad part ``argument`` (none when empty)."""
+        where = f"schedule {self.schedule!r}" if self.schedule else "schedule"
+        return f"{where}: {argument}: {self.reason}" if argument else f"{where}: {self.reason}"
+
+    def __str__(self) -> str:
+        return self.worded(self.argument)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other arguments than ``args``: rebuild from the attributes instead.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ScheduleError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidSchedule(ScheduleError):
@@ -60,7 +96,9 @@ class ScheduleExists(ScheduleError):
     """Raised when a schedule is created with a name that is already taken in its group."""
 
     def __init__(self, schedule: str) -> None:
-        super().__init__(schedule, "a schedule with this name already exists", field="name")
+        super().__init__(
+            schedule, "a schedule with this name already exists", field="name", argument=""
+        )
 
 
 class ScheduleLocked(ScheduleError):

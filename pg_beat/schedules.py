@@ -59,6 +59,18 @@ _CRON_FIELDS: dict[str, tuple[str, int, int, dict[str, int]]] = {
     "cron_day_of_month": ("day of month", 1, 31, {}),
     "cron_month_of_year": ("month", 1, 12, YEARMONTHS),
 }
+#: What each crontab field accepts, said in its error message.
+_CRON_USAGE = {
+    "cron_minute": "use 0-59, lists (0,30), ranges (0-29) and steps (*/15)",
+    "cron_hour": "use 0-23, lists (9,17), ranges (9-17) and steps (*/2)",
+    "cron_day_of_week": (
+        "use 0-6 (0 = Sunday) or names sun..sat, lists (mon,wed), ranges (mon-fri) and steps (*/2)"
+    ),
+    "cron_day_of_month": "use 1-31, lists (1,15), ranges (1-7) and steps (*/2)",
+    "cron_month_of_year": (
+        "use 1-12 or names jan..dec, lists (jan,jul), ranges (jan-mar) and steps (*/3)"
+    ),
+}
 _CRON_PART = re.compile(r"(?:\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/[0-9]+)?")
 _CRON_BARE_STEP = re.compile(r"([A-Za-z0-9]+)/([0-9]+)")
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -131,10 +143,12 @@ def validate(spec: ScheduleSpec) -> None:
     for field in ("clocked_at", "start_time", "end_time"):
         value = getattr(spec, field)
         if value is not None and not _is_aware(value):
-            raise _bad(spec, field, f"{value!r} must be a timezone-aware datetime")
+            shown = value.isoformat() if isinstance(value, datetime) else repr(value)
+            raise _bad(spec, field, f"{shown} is not a timezone-aware datetime (no UTC offset)")
     start, end = spec.start_time, spec.end_time
     if start and end and start >= end:
-        raise _bad(spec, "end_time", f"{end.isoformat()} is not after {start.isoformat()}")
+        message = f"{end.isoformat()} is not after the start time {start.isoformat()}"
+        raise _bad(spec, "end_time", message)
     if spec.kind == "interval":
         _interval(spec)
     elif spec.kind == "crontab":
@@ -158,7 +172,11 @@ def _zone(spec: ScheduleSpec) -> ZoneInfo:
     try:
         return ZoneInfo(spec.timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise _bad(spec, "timezone", f"unknown timezone {spec.timezone!r}") from exc
+        message = (
+            f"unknown timezone {spec.timezone!r}: use an IANA name such as Europe/Berlin, "
+            "America/New_York or UTC"
+        )
+        raise _bad(spec, "timezone", message) from exc
 
 
 def _interval(spec: ScheduleSpec) -> timedelta:
@@ -175,9 +193,9 @@ def _cron(spec: ScheduleSpec) -> _Cron:
     try:
         return _parse_cron(texts)
     except _BadCronField as exc:
-        label, low, high, _ = _CRON_FIELDS[exc.field]
+        label = _CRON_FIELDS[exc.field][0]
         text = getattr(spec, exc.field)
-        message = f"invalid crontab {label} {text!r} " + (exc.hint or f"({low}-{high})")
+        message = f"{label} {text!r} is invalid: " + (exc.hint or _CRON_USAGE[exc.field])
         raise _bad(spec, exc.field, message) from exc.__cause__
 
 
@@ -214,7 +232,7 @@ def _parse_field(field: str, text: object) -> frozenset[int]:
             end = (
                 next((n for n, v in names.items() if v == high), high) if start.isalpha() else high
             )
-            hint = f"(a step needs '*' or a range: '{start}-{end}/{step}' or '*/{step}')"
+            hint = f"a step needs '*' or a range before it: '{start}-{end}/{step}' or '*/{step}'"
             raise _BadCronField(field, hint)
     # Celery's parser ignores trailing junk and takes month names in any field: be stricter.
     if not all(_CRON_PART.fullmatch(part) for part in text.split(",")) or any(
@@ -236,7 +254,7 @@ def _check_crontab_can_match(spec: ScheduleSpec, cron: _Cron) -> None:
     # Weekdays cannot make it impossible: see _CRON_YEARS.
     if not any(day <= _MONTH_DAYS[m - 1] for m in cron.months for day in cron.days_of_month):
         message = (
-            f"crontab never matches: day of month {spec.cron_day_of_month!r} "
+            f"never matches: day of month {spec.cron_day_of_month!r} "
             f"does not occur in month {spec.cron_month_of_year!r}"
         )
         raise _bad(spec, "cron_day_of_month", message)
@@ -266,7 +284,8 @@ def _ephem(spec: ScheduleSpec) -> Any:
 
 def _clocked_at(spec: ScheduleSpec) -> datetime:
     if spec.clocked_at is None or not _is_aware(spec.clocked_at):
-        raise _bad(spec, "clocked_at", "a clocked schedule needs a timezone-aware clocked_at")
+        message = "a clocked schedule needs the time it runs at, a timezone-aware datetime"
+        raise _bad(spec, "clocked_at", message)
     return spec.clocked_at
 
 

@@ -13,15 +13,19 @@ Exit codes, for scripts:
 
 ``status`` exits 0 whatever its verdict (use ``check`` for a yes/no); ``check`` exits 3,
 not 1, when it cannot reach the database. Every error is one line on stderr,
-``pg-beat: error: ...``; passwords are never printed.
+``pg-beat: error: ...``, in the command's own words (``--cron``, not a column name); a URL is
+shown as typed, with its password masked. Options that conflict or would do nothing
+(``--every`` with ``--cron``, ``--tz`` with ``--every``) are usage errors (2). Warnings, such as
+pg_beat's own (an edit that the next start of an app resets) or an empty group nobody runs,
+are ``pg-beat: warning: ...`` lines on stderr and do not change the exit code.
 
 ``--json`` output is stable (times ISO 8601, durations and ages in seconds, negative = past):
 
 - ``schedules show|add|update|enable|disable``: name, task, kind, schedule (the timing
   columns that are set), schedule_text, args, kwargs, options, enabled, one_off,
   description, misfire_policy, catch_up_limit, next_run_at, last_run_at, total_run_count,
-  last_error, source, created_at, updated_at. ``schedules list``: an array of those.
-  ``schedules remove|run-now``: name, action, ok.
+  last_error, source, created_at, updated_at; ``schedules detach`` too. ``schedules list``:
+  an array of those. ``schedules remove|run-now``: name, action, ok.
 - ``runs``: an array of id, schedule, due_at, claimed_at, sent_at, status, lateness_ms,
   replica, epoch, task_id, error.
 - ``status``: group, db_now, verdict {state, message}, lease {status, holder, epoch, host,
@@ -42,6 +46,9 @@ not 1, when it cannot reach the database. Every error is one line on stderr,
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -79,6 +86,25 @@ __all__ = [
 ]
 
 
+class _StderrWarnings(logging.Handler):
+    """pg_beat's own warnings (e.g. the API's, about a schedule from an app's beat_schedule)
+    as ``pg-beat: warning: ...`` lines, instead of logging's bare last-resort output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno == logging.WARNING else record.levelname.lower()
+        click.echo(f"pg-beat: {level}: {' '.join(record.getMessage().split())}", err=True)
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    handler, logger = _StderrWarnings(logging.WARNING), logging.getLogger("pg_beat")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 class PgBeatGroup(click.Group):
     """The root group: turns every error, usage errors included, into one stderr line."""
 
@@ -99,7 +125,8 @@ class PgBeatGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         url = ctx.params.get("database_url") or ""
         try:
-            return super().invoke(ctx)
+            with _warnings_on_stderr():
+                return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:

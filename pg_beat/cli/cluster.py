@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pg_beat.cli.context import Env, json_option, pass_env, print_json
+from pg_beat.cli.context import Env, json_option, pass_env, print_json, warn
 from pg_beat.cli.errors import (
     EXIT_ERROR,
     CliUsageError,
@@ -249,6 +249,12 @@ def status_command(
             click.echo(status.dumps(status.as_json(found), compact=watch))
         else:
             click.echo((CLEAR_SCREEN if clear else "") + status.render(found) + ("\n" * watch))
+        if not watch and _unused_group(found):
+            warn(
+                f"group {env.group!r} has no schedules and no scheduler has run in it: check "
+                "--group (or PG_BEAT_GROUP); an app's group is its pg_beat_group, 'default' "
+                "unless set"
+            )
 
     if not watch:
         with env.connect() as conn:
@@ -332,3 +338,11 @@ def _check_self(path: str | None, max_age: float, hang: float, as_json: bool) ->
         click.echo(found.message)
     if not found.alive:
         click.get_current_context().exit(EXIT_ERROR)
+
+
+def _unused_group(found: Any) -> bool:
+    """No lease row and no schedule due or failing, as read (unreadable proves nothing)."""
+    read = ("lease", "next_due", "failing_schedules")
+    if any(name in found.unreadable for name in read):
+        return False
+    return found.lease is None and not found.next_due and not found.failing_count

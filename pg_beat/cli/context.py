@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pg_beat.cli.errors import CliError, CliUsageError, database_error, safe_redact
-from pg_beat.exceptions import ConfigurationError, SchemaMismatch
+from pg_beat.cli.errors import CliError, CliUsageError, database_error
+from pg_beat.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -54,7 +54,9 @@ class Env:
             except ConfigurationError:
                 raise
             except (ValueError, TypeError) as exc:
-                raise CliError(f"invalid database URL {safe_redact(self.url)!r}: {exc}") from exc
+                from pg_beat.urls import redact_url
+
+                raise CliError(f"invalid database URL {redact_url(self.url)!r}: {exc}") from exc
         return self._settings
 
     @property
@@ -104,12 +106,25 @@ def require_schema(conn: Connection, schema: str | None) -> None:
     """Raise :class:`SchemaMismatch` unless the database's schema is at pg_beat's head."""
     from pg_beat import migrate
 
-    current, head = migrate.current_revision(conn, schema), migrate.head_revision()
-    if current != head:
-        raise SchemaMismatch(
-            f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
-            f"needs {head}: run 'pg-beat db upgrade'"
-        )
+    migrate.require_head(conn, schema)
+
+
+def unknown_group_warning(conn: Connection, group: str) -> str | None:
+    """A warning when ``group`` has no schedules and no scheduler ever ran in it (no lease
+    row): most likely a typo in --group. None for a group in use."""
+    from pg_beat import store
+
+    if store.read_lease(conn, group) is not None or store.list_schedules(conn, group, limit=1):
+        return None
+    return (
+        f"group {group!r} has no schedules and no scheduler has run in it: check --group "
+        "(or PG_BEAT_GROUP); an app's group is its pg_beat_group, 'default' unless set"
+    )
+
+
+def warn(message: str) -> None:
+    """``pg-beat: warning: ...`` on stderr, one line."""
+    click.echo(f"pg-beat: warning: {' '.join(message.split())}", err=True)
 
 
 pass_env = click.make_pass_decorator(Env)

@@ -53,20 +53,12 @@ def driver_errors() -> tuple[type[Exception], ...]:
     return (DBAPIError, psycopg.Error)
 
 
-def safe_redact(url: str) -> str:
-    """``url`` without its password, or a placeholder when it does not even parse."""
-    from pg_beat.urls import redact_url
-
-    try:
-        return redact_url(url)
-    except ValueError:
-        return "<unparseable URL>"
-
-
 def database_error(exc: Exception, url: str) -> CliError:
     """The CLI error for a SQLAlchemy or psycopg error: exit 3 when unreachable, else 1."""
     import psycopg
     from sqlalchemy.exc import DBAPIError
+
+    from pg_beat.urls import redact_url
 
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
@@ -76,7 +68,7 @@ def database_error(exc: Exception, url: str) -> CliError:
         and (sqlstate is None or sqlstate.startswith("08") or sqlstate in _UNREACHABLE_STATES)
     )
     if unreachable:
-        return DatabaseUnreachable(f"cannot reach the database at {safe_redact(url)}: {first}")
+        return DatabaseUnreachable(f"cannot reach the database at {redact_url(url)}: {first}")
     if sqlstate == "42P01":  # undefined_table
         return CliError(f"database error: {first}: run 'pg-beat db upgrade'")
     return CliError(f"database error: {first}")

@@ -1,46 +1,116 @@
-"""``pg-beat schedules``: list, show, add, update, enable, disable, remove and run-now.
+"""``pg-beat schedules``: list, show, add, update, enable, disable, detach, remove, run-now.
 
 ``add`` and ``update`` share the definition options (``--every``, ``--cron``, ``--at``, ...),
 turned into :class:`~pg_beat.api.ScheduleManager` keyword arguments by ``_schedule_kwargs``.
+Errors name these options, not the API's arguments or the table's columns: ``--cron``, not
+``crontab`` or ``cron_hour`` (``OPTION_OF``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pg_beat.cli.context import Env, json_option, parse_time, pass_env, print_json
+from pg_beat.cli.context import (
+    Env,
+    json_option,
+    parse_time,
+    pass_env,
+    print_json,
+    unknown_group_warning,
+    warn,
+)
 from pg_beat.cli.errors import CliError, CliUsageError
+from pg_beat.exceptions import ScheduleError, ScheduleNotFound
 
 if TYPE_CHECKING:
     from pg_beat.api import ScheduleInfo, ScheduleManager
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The option of 'add' and 'update' that sets each column (``field`` of a ScheduleError).
+OPTION_OF = {
+    "interval_seconds": "--every",
+    "crontab": "--cron",
+    "cron_minute": "--cron",
+    "cron_hour": "--cron",
+    "cron_day_of_week": "--cron",
+    "cron_day_of_month": "--cron",
+    "cron_month_of_year": "--cron",
+    "timezone": "--tz",
+    "clocked_at": "--at",
+    "solar_event": "--solar",
+    "latitude": "--lat",
+    "longitude": "--lon",
+    "args": "--args",
+    "kwargs": "--kwargs",
+    "one_off": "--one-off",
+    "enabled": "--enabled/--disabled",
+    "start_time": "--start",
+    "end_time": "--end",
+    "misfire_policy": "--misfire",
+    "catch_up_limit": "--catch-up-limit",
+    "description": "--description",
+    "name": "NAME",
+    "task": "TASK",
+}
+#: The four ways to say when a schedule runs: option -> key of the parsed options.
+DEFINITIONS = {"--every": "every", "--cron": "cron", "--at": "at", "--solar": "solar"}
+#: Why --tz does nothing with each of the other definitions.
+_TZ_USELESS = {
+    "--every": "an interval runs at the same pace in every timezone; use --cron for wall-clock "
+    "times",
+    "--at": "put the offset in the time itself, e.g. 2026-12-01T09:00+01:00",
+    "--solar": "solar events follow the sun at --lat and --lon",
+}
+
 
 @click.group("schedules")
 def schedules_group() -> None:
-    """List, show, add, update, enable, disable, remove and run schedules."""
+    """List, show, add, update, enable, disable, detach, remove and run schedules."""
+
+
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> Any:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a number of seconds > 0")
+    return value
 
 
 def _definition_options(f: F) -> F:
     options = [
         click.option("--every", metavar="DURATION", help="Interval: 30s, 5m, 1h30m or seconds."),
         click.option("--cron", metavar="EXPR", help='Crontab: "minute hour day month weekday".'),
-        click.option("--tz", metavar="ZONE", help="Timezone of --cron, e.g. Europe/Berlin."),
-        click.option("--at", metavar="TIME", help="Once, at an ISO 8601 time: 2026-12-01T09:00Z."),
+        click.option("--tz", metavar="ZONE", help="Timezone of --cron (only), e.g. Europe/Berlin."),
+        click.option(
+            "--at",
+            metavar="TIME",
+            help="Once, at an ISO 8601 time with an offset: 2026-12-01T09:00Z. A time already "
+            "past is refused unless --allow-past.",
+        ),
+        click.option(
+            "--allow-past",
+            is_flag=True,
+            help="Accept an --at time already past: the schedule runs once, at once.",
+        ),
         click.option("--solar", metavar="EVENT", help="Solar event (sunset, dawn_civil, ...)."),
         click.option("--lat", type=float, help="Latitude for --solar."),
         click.option("--lon", type=float, help="Longitude for --solar."),
         click.option("--args", "args_json", metavar="JSON", help="Positional args: a JSON array."),
         click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword args: JSON object."),
         click.option("--queue", help="Queue to send to."),
-        click.option("--priority", type=int, help="Message priority (0-255)."),
-        click.option("--expires", type=float, help="Seconds after which the task expires."),
+        click.option("--priority", type=click.IntRange(0, 255), help="Message priority (0-255)."),
+        click.option(
+            "--expires",
+            type=float,
+            callback=_positive_seconds,
+            help="Seconds after which the task expires.",
+        ),
         click.option("--one-off/--no-one-off", default=None, help="Disable after one run."),
         click.option("--disabled/--enabled", default=None, help="Store it disabled/enabled."),
         click.option("--start", metavar="TIME", help="Not before this ISO time ('none' clears)."),
@@ -71,6 +141,44 @@ def _optional_time(name: str, option: str, text: str | None) -> tuple[bool, date
     return True, parse_time(text, option, name)
 
 
+def _given_definition(name: str, opts: dict[str, Any], *, required: bool) -> str | None:
+    """The one definition option given (--every, --cron, --at or --solar), if any; refuses
+    several, none when ``required``, and options that would do nothing with the one given."""
+    solar = [k for k in ("solar", "lat", "lon") if opts[k] is not None]
+    if solar and len(solar) < 3:
+        raise CliUsageError(f"schedule {name!r}: --solar needs an event, --lat and --lon together")
+    given = [option for option, key in DEFINITIONS.items() if opts[key] is not None]
+    if len(given) > 1:
+        raise CliUsageError(
+            f"schedule {name!r}: give only one of {', '.join(given)}: each says when it runs"
+        )
+    chosen = given[0] if given else None
+    if chosen is None and required:
+        raise CliUsageError(
+            f"schedule {name!r}: say when it runs: give one of --every, --cron, --at or --solar"
+        )
+    if opts["tz"] is not None and chosen in _TZ_USELESS:
+        raise CliUsageError(
+            f"schedule {name!r}: --tz does not apply to {chosen}: {_TZ_USELESS[chosen]}"
+        )
+    if opts["allow_past"] and chosen != "--at":
+        raise CliUsageError(f"schedule {name!r}: --allow-past goes with --at only")
+    return chosen
+
+
+def _refuse_past(name: str, opts: dict[str, Any], at: datetime, now: datetime) -> None:
+    """A clocked schedule whose time is past runs at once: most likely a typo in the date or
+    the offset, and a task sent cannot be taken back, so it takes --allow-past."""
+    if at < now and not opts["allow_past"]:
+        from pg_beat import status
+
+        raise CliError(
+            f"schedule {name!r}: --at {opts['at']} is in the past (the database clock says "
+            f"{status.utc(now)}) and would run at once: give a later time, or add --allow-past "
+            "to run it once now"
+        )
+
+
 def _schedule_kwargs(
     name: str, opts: dict[str, Any], current_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -82,9 +190,7 @@ def _schedule_kwargs(
         out["crontab"] = opts["cron"]
     if opts["at"] is not None:
         out["clocked"] = parse_time(opts["at"], "--at", name)
-    if opts["solar"] is not None or opts["lat"] is not None or opts["lon"] is not None:
-        if opts["solar"] is None or opts["lat"] is None or opts["lon"] is None:
-            raise CliError(f"schedule {name!r}: --solar needs an event, --lat and --lon together")
+    if opts["solar"] is not None:
         out["solar"] = (opts["solar"], opts["lat"], opts["lon"])
     plain = {
         "timezone": opts["tz"],
@@ -115,6 +221,34 @@ def _schedule_kwargs(
     return out
 
 
+@contextmanager
+def _in_cli_words(env: Env, words: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Report a schedule error in this command's words: its options (``words`` over
+    ``OPTION_OF``), and for an unknown schedule, a hint when the group itself is unknown."""
+    try:
+        yield
+    except ScheduleNotFound as exc:
+        hint = _group_hint(env)
+        raise CliError(f"{exc}; {hint}" if hint else str(exc)) from exc
+    except ScheduleError as exc:
+        names = {**OPTION_OF, **(words or {})}
+        word = names.get(exc.field or "", exc.argument) if exc.argument else ""
+        raise CliError(exc.worded(word)) from exc
+
+
+def _group_hint(env: Env) -> str | None:
+    """The unknown-group warning, or None (also when it cannot be read: it is only a hint)."""
+    from pg_beat.cli.errors import driver_errors
+    from pg_beat.exceptions import PgBeatError
+
+    quiet: tuple[type[Exception], ...] = (click.ClickException, PgBeatError, *driver_errors())
+    try:
+        with env.connect() as conn:
+            return unknown_group_warning(conn, env.group)
+    except quiet:
+        return None
+
+
 def _echo_schedule(info: ScheduleInfo, verb: str, as_json: bool) -> None:
     if as_json:
         print_json(info.as_dict())
@@ -123,18 +257,38 @@ def _echo_schedule(info: ScheduleInfo, verb: str, as_json: bool) -> None:
         click.echo(f"{verb} schedule {info.name!r}: {info.task}, {info.schedule_text}{state}")
 
 
+def _failing(error: str | None, width: int | None = None) -> str:
+    """``FAILING: <error>`` for a schedule whose last tick could not be sent or whose row is
+    invalid (``last_error`` is cleared by the next tick sent), else ``-``."""
+    if not error:
+        return "-"
+    from pg_beat import status
+
+    return "FAILING: " + (status.shorten(error, width) if width else error)
+
+
 @schedules_group.command("list")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many.")
 @json_option
 @pass_env
 def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
-    """Every schedule of the group, soonest due first. JSON: an array of 'show' objects."""
+    """Every schedule of the group, soonest due first.
+
+    LAST ERROR says FAILING for a schedule whose last tick could not be sent or whose row is
+    invalid. An empty group in which no scheduler ever ran is warned about on stderr (a typo
+    in --group?). JSON: an array of 'show' objects.
+    """
     from pg_beat import status, store
 
     with env.connect() as conn:
         now = store.db_now(conn)
     with env.manager() as manager:
         infos = manager.list(limit=limit)
+    if not infos:
+        with env.connect() as conn:
+            warning = unknown_group_warning(conn, env.group)
+        if warning:
+            warn(warning)
     if as_json:
         print_json([info.as_dict() for info in infos])
         return
@@ -157,7 +311,7 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
                     status.relative(until(i.next_run_at)) if i.enabled else "-",
                     status.relative(until(i.last_run_at)) if i.last_run_at else "never",
                     i.total_run_count,
-                    status.shorten(i.last_error, 40) if i.last_error else "-",
+                    _failing(i.last_error, 40),
                 ]
                 for i in infos
             ],
@@ -180,7 +334,7 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
 
     with env.connect() as conn:
         now = store.db_now(conn)
-    with env.manager() as manager:
+    with env.manager() as manager, _in_cli_words(env):
         info = manager.get(name)
     if as_json:
         print_json(info.as_dict())
@@ -192,6 +346,9 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
             return "-"
         return f"{status.utc(value)} ({status.relative((value - now).total_seconds())})"
 
+    source = info.source
+    if source == "config":
+        source += " (an app's beat_schedule: its next start resets edits; see 'detach')"
     fields = [
         ("name", info.name),
         ("task", info.task),
@@ -208,15 +365,23 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
         ("next due", when(info.next_run_at) if info.enabled else "- (disabled)"),
         ("last run", when(info.last_run_at) if info.last_run_at else "never"),
         ("runs", info.total_run_count),
-        ("last error", info.last_error or "-"),
+        ("last error", _failing(info.last_error)),
         ("description", info.description or "-"),
-        ("source", info.source),
+        ("source", source),
         ("created", status.utc(info.created_at)),
         ("updated", status.utc(info.updated_at)),
     ]
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
         click.echo(f"{label.ljust(width)}  {value}")
+
+
+def _db_now(env: Env) -> datetime:
+    """The database clock (and a clear, fast failure when the schema is not at head)."""
+    from pg_beat import store
+
+    with env.connect() as conn:
+        return store.db_now(conn)
 
 
 @schedules_group.command("add")
@@ -227,10 +392,12 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
 @pass_env
 def schedules_add(env: Env, /, name: str, task: str, as_json: bool, **opts: Any) -> None:
     """Add schedule NAME running TASK: give one of --every, --cron, --at or --solar."""
+    chosen = _given_definition(name, opts, required=True)
     kwargs = _schedule_kwargs(name, opts)
-    with env.connect():
-        pass  # schema check
-    with env.manager() as manager:
+    now = _db_now(env)
+    if "clocked" in kwargs:
+        _refuse_past(name, opts, kwargs["clocked"], now)
+    with env.manager() as manager, _in_cli_words(env, {"kind": chosen or "kind"}):
         info = manager.create(name, task, **kwargs)
     _echo_schedule(info, "added", as_json)
 
@@ -242,21 +409,60 @@ def schedules_add(env: Env, /, name: str, task: str, as_json: bool, **opts: Any)
 @json_option
 @pass_env
 def schedules_update(env: Env, /, name: str, task: str | None, as_json: bool, **opts: Any) -> None:
-    """Change some fields of NAME; the result is validated as a whole before it is written."""
-    with env.connect():
-        pass
-    with env.manager() as manager:
+    """Change some fields of NAME; the result is validated as a whole before it is written.
+
+    A schedule from an app's beat_schedule (source 'config') is reset by that app's next
+    start: a note on stderr says so; 'pg-beat schedules detach NAME' keeps the change.
+    """
+    chosen = _given_definition(name, opts, required=False)
+    now = _db_now(env)
+    words = {"task": "--task", "kind": chosen or "kind"}
+    with env.manager() as manager, _in_cli_words(env, words):
         needs_current = any(opts[k] is not None for k in ("queue", "priority", "expires"))
-        current_options = manager.get(name).options if needs_current else None
-        kwargs = _schedule_kwargs(name, opts, current_options)
+        tz_only = opts["tz"] is not None and chosen is None
+        current = manager.get(name) if needs_current or tz_only else None
+        if tz_only and current is not None and current.kind != "crontab":
+            raise CliUsageError(
+                f"schedule {name!r}: --tz applies to crontab schedules only, and this one runs "
+                f"{current.schedule_text}: give --cron with it"
+            )
+        kwargs = _schedule_kwargs(
+            name, opts, current.options if needs_current and current else None
+        )
         if task is not None:
             kwargs["task"] = task
         if not kwargs:
             raise CliUsageError(
                 f"schedule {name!r}: nothing to update (see 'pg-beat schedules update --help')"
             )
+        if "clocked" in kwargs:
+            _refuse_past(name, opts, kwargs["clocked"], now)
         info = manager.update(name, **kwargs)
     _echo_schedule(info, "updated", as_json)
+
+
+@schedules_group.command("detach")
+@click.argument("name")
+@json_option
+@pass_env
+def schedules_detach(env: Env, name: str, as_json: bool) -> None:
+    """Detach NAME from the app whose beat_schedule wrote it.
+
+    The schedule (source 'config') becomes one of its own (source 'api'): no start of that
+    app changes or removes it again. Edit it here from now on, and take it out of the app's
+    beat_schedule, whose starts otherwise warn that the name is taken. JSON: as 'show'.
+    """
+    with env.connect():
+        pass  # schema check
+    with env.manager() as manager, _in_cli_words(env):
+        info = manager.detach(name)
+    if as_json:
+        print_json(info.as_dict())
+        return
+    click.echo(
+        f"detached schedule {info.name!r}: {info.task}, {info.schedule_text}; no app's "
+        "beat_schedule changes it now"
+    )
 
 
 def _simple(
@@ -268,8 +474,8 @@ def _simple(
     @pass_env
     def command(env: Env, name: str, as_json: bool) -> None:
         with env.connect():
-            pass
-        with env.manager() as manager:
+            pass  # schema check
+        with env.manager() as manager, _in_cli_words(env):
             info = action(manager, name)
         if info is not None:
             _echo_schedule(info, f"{verb}d", as_json)

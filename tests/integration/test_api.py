@@ -376,62 +376,144 @@ def test_unknown_schedule(
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
-# (create kwargs, field named by the error, text the message must contain)
-INVALID_CREATE: list[tuple[str, dict[str, Any], str, str]] = [
-    ("cron-minute-61", {"crontab": "61 * * * *"}, "cron_minute", "minute '61' (0-59)"),
-    ("cron-hour-24", {"crontab": "0 24 * * *"}, "cron_hour", "hour '24' (0-23)"),
-    ("cron-dom-0", {"crontab": "0 0 0 * *"}, "cron_day_of_month", "day of month '0' (1-31)"),
-    ("cron-month-13", {"crontab": "0 0 1 13 *"}, "cron_month_of_year", "month '13' (1-12)"),
-    ("cron-dow-funday", {"crontab": "0 0 * * funday"}, "cron_day_of_week", "'funday'"),
-    ("cron-junk", {"crontab": "*/5x * * * *"}, "cron_minute", "'*/5x'"),
-    ("cron-4-fields", {"crontab": "* * * *"}, "crontab", "'* * * *' must have 5 fields"),
-    ("cron-feb-30", {"crontab": "0 0 30 2 *"}, "cron_day_of_month", "never matches"),
-    ("unknown-kind", {"kind": "weekly"}, "kind", "unknown kind 'weekly'"),
-    ("no-kind", {}, "kind", "every=, crontab=, clocked= or solar="),
-    ("two-kinds", {"every": 5, "crontab": "* * * * *"}, "kind", "only one of every, crontab"),
-    ("negative", {"every": -5}, "interval_seconds", "-5"),
-    ("zero", {"every": 0}, "interval_seconds", "got 0"),
-    ("zero-td", {"every": timedelta(0)}, "interval_seconds", "positive"),
-    ("nan", {"every": float("nan")}, "interval_seconds", "nan"),
-    ("garbage-duration", {"every": "soon"}, "interval_seconds", "'soon'"),
-    ("raw-negative", {"kind": "interval", "interval_seconds": -1.0}, "interval_seconds", "-1.0"),
-    ("args-set", {"every": 5, "args": {1, 2}}, "args", "not set"),
-    ("args-object", {"every": 5, "args": [object()]}, "args", "not JSON-serialisable"),
-    ("args-nan", {"every": 5, "args": [float("nan")]}, "args", "not JSON-serialisable"),
-    ("args-string", {"every": 5, "args": "1,2"}, "args", "not str"),
-    ("kwargs-list", {"every": 5, "kwargs": [("a", 1)]}, "kwargs", "string keys"),
-    ("kwargs-int-keys", {"every": 5, "kwargs": {1: "a"}}, "kwargs", "string keys"),
-    ("kwargs-object", {"every": 5, "kwargs": {"a": object()}}, "kwargs", "not JSON"),
-    ("option-unknown", {"every": 5, "options": {"countdown": 3}}, "options", "'countdown'"),
-    ("option-priority", {"every": 5, "options": {"priority": 300}}, "options", "300"),
-    ("option-expires", {"every": 5, "options": {"expires": -1}}, "options", "'expires'"),
-    ("options-list", {"every": 5, "options": ["queue"]}, "options", "not list"),
+# (create kwargs, field (column) and argument (the caller's word, shown in the message; none
+# when the message names it) of the error, text the message must contain)
+INVALID_CREATE: list[tuple[str, dict[str, Any], str, str, str]] = [
+    (
+        "cron-minute-61",
+        {"crontab": "61 * * * *"},
+        "cron_minute",
+        "crontab",
+        "minute '61' is invalid: use 0-59",
+    ),
+    (
+        "cron-hour-24",
+        {"crontab": "0 24 * * *"},
+        "cron_hour",
+        "crontab",
+        "hour '24' is invalid: use 0-23",
+    ),
+    (
+        "cron-dom-0",
+        {"crontab": "0 0 0 * *"},
+        "cron_day_of_month",
+        "crontab",
+        "day of month '0' is invalid: use 1-31",
+    ),
+    (
+        "cron-month-13",
+        {"crontab": "0 0 1 13 *"},
+        "cron_month_of_year",
+        "crontab",
+        "month '13' is invalid: use 1-12 or names jan..dec",
+    ),
+    (
+        "cron-dow-funday",
+        {"crontab": "0 0 * * funday"},
+        "cron_day_of_week",
+        "crontab",
+        "'funday' is invalid: use 0-6 (0 = Sunday) or names sun..sat",
+    ),
+    ("cron-junk", {"crontab": "*/5x * * * *"}, "cron_minute", "crontab", "'*/5x'"),
+    ("cron-4-fields", {"crontab": "* * * *"}, "crontab", "crontab", "'* * * *' must have 5 fields"),
+    ("cron-feb-30", {"crontab": "0 0 30 2 *"}, "cron_day_of_month", "crontab", "never matches"),
+    ("unknown-kind", {"kind": "weekly"}, "kind", "kind", "unknown kind 'weekly'"),
+    ("no-kind", {}, "kind", "", "every=, crontab=, clocked= or solar="),
+    (
+        "two-kinds",
+        {"every": 5, "crontab": "* * * * *"},
+        "kind",
+        "",
+        "give only one of every=, crontab=",
+    ),
+    ("negative", {"every": -5}, "interval_seconds", "every", "-5"),
+    ("zero", {"every": 0}, "interval_seconds", "every", "got 0"),
+    ("zero-td", {"every": timedelta(0)}, "interval_seconds", "every", "positive"),
+    ("nan", {"every": float("nan")}, "interval_seconds", "every", "nan"),
+    ("garbage-duration", {"every": "soon"}, "interval_seconds", "every", "'soon'"),
+    (
+        "raw-negative",
+        {"kind": "interval", "interval_seconds": -1.0},
+        "interval_seconds",
+        "interval_seconds",
+        "-1.0",
+    ),
+    ("args-set", {"every": 5, "args": {1, 2}}, "args", "args", "not set"),
+    ("args-object", {"every": 5, "args": [object()]}, "args", "args", "not JSON-serialisable"),
+    ("args-nan", {"every": 5, "args": [float("nan")]}, "args", "args", "not JSON-serialisable"),
+    ("args-string", {"every": 5, "args": "1,2"}, "args", "args", "not str"),
+    ("kwargs-list", {"every": 5, "kwargs": [("a", 1)]}, "kwargs", "kwargs", "string keys"),
+    ("kwargs-int-keys", {"every": 5, "kwargs": {1: "a"}}, "kwargs", "kwargs", "string keys"),
+    ("kwargs-object", {"every": 5, "kwargs": {"a": object()}}, "kwargs", "kwargs", "not JSON"),
+    (
+        "option-unknown",
+        {"every": 5, "options": {"countdown": 3}},
+        "options",
+        "options",
+        "'countdown'",
+    ),
+    ("option-priority", {"every": 5, "options": {"priority": 300}}, "options", "options", "300"),
+    ("option-expires", {"every": 5, "options": {"expires": -1}}, "options", "options", "'expires'"),
+    ("options-list", {"every": 5, "options": ["queue"]}, "options", "options", "not list"),
     (
         "tz-unknown",
         {"crontab": "0 3 * * *", "timezone": "Mars/Olympus_Mons"},
         "timezone",
+        "timezone",
         "'Mars/Olympus_Mons'",
     ),
-    ("tz-path", {"crontab": "0 3 * * *", "timezone": "../../etc/passwd"}, "timezone", "passwd"),
-    ("clocked-naive", {"clocked": datetime(2030, 1, 1)}, "clocked_at", "timezone-aware"),
-    ("solar-event", {"solar": ("high_noon", 0.0, 0.0)}, "solar_event", "'high_noon'"),
-    ("solar-latitude", {"solar": ("sunset", 91.0, 0.0)}, "latitude", "91"),
-    ("solar-longitude", {"solar": ("sunset", 0.0, -181.0)}, "longitude", "-181"),
-    ("window", {"every": 5, "start_time": NOW, "end_time": NOW}, "end_time", "is not after"),
-    ("naive-start", {"every": 5, "start_time": datetime(2030, 1, 1)}, "start_time", "aware"),
-    ("misfire", {"every": 5, "misfire_policy": "retry"}, "misfire_policy", "'retry'"),
-    ("catch-up-0", {"every": 5, "catch_up_limit": 0}, "catch_up_limit", ">= 1"),
-    ("unknown-field", {"every": 5, "colour": "red"}, "colour", "unknown field(s): colour"),
-    ("next-run-at", {"every": 5, "next_run_at": NOW}, "next_run_at", "unknown field"),
-    ("source", {"every": 5, "source": "config"}, "source", "unknown field"),
+    (
+        "tz-path",
+        {"crontab": "0 3 * * *", "timezone": "../../etc/passwd"},
+        "timezone",
+        "timezone",
+        "passwd",
+    ),
+    ("clocked-naive", {"clocked": datetime(2030, 1, 1)}, "clocked_at", "clocked", "timezone-aware"),
+    ("solar-event", {"solar": ("high_noon", 0.0, 0.0)}, "solar_event", "solar", "'high_noon'"),
+    ("solar-latitude", {"solar": ("sunset", 91.0, 0.0)}, "latitude", "solar", "91"),
+    ("solar-longitude", {"solar": ("sunset", 0.0, -181.0)}, "longitude", "solar", "-181"),
+    (
+        "window",
+        {"every": 5, "start_time": NOW, "end_time": NOW},
+        "end_time",
+        "end_time",
+        "is not after",
+    ),
+    (
+        "naive-start",
+        {"every": 5, "start_time": datetime(2030, 1, 1)},
+        "start_time",
+        "start_time",
+        "aware",
+    ),
+    (
+        "misfire",
+        {"every": 5, "misfire_policy": "retry"},
+        "misfire_policy",
+        "misfire_policy",
+        "'retry'",
+    ),
+    ("catch-up-0", {"every": 5, "catch_up_limit": 0}, "catch_up_limit", "catch_up_limit", ">= 1"),
+    ("unknown-field", {"every": 5, "colour": "red"}, "colour", "", "unknown field(s): colour"),
+    ("next-run-at", {"every": 5, "next_run_at": NOW}, "next_run_at", "", "unknown field"),
+    ("source", {"every": 5, "source": "config"}, "source", "", "unknown field"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs", "field", "text"), INVALID_CREATE, ids=[c[0] for c in INVALID_CREATE]
+    ("name", "kwargs", "field", "argument", "text"),
+    INVALID_CREATE,
+    ids=[c[0] for c in INVALID_CREATE],
 )
 def test_invalid_create_raises_and_writes_nothing(
-    api: ScheduleManager, db_url: str, name: str, kwargs: dict[str, Any], field: str, text: str
+    api: ScheduleManager,
+    db_url: str,
+    name: str,
+    kwargs: dict[str, Any],
+    field: str,
+    argument: str,
+    text: str,
 ) -> None:
     api.create("existing", "t.e", every=10)
     before = snapshot(db_url)
@@ -439,9 +521,12 @@ def test_invalid_create_raises_and_writes_nothing(
         api.create(name, "t.task", **kwargs)
     error = caught.value
     assert isinstance(error, PgBeatError)
-    assert (error.schedule, error.field) == (name, field)
+    assert (error.schedule, error.field, error.argument) == (name, field, argument)
     message = str(error)
-    assert message.startswith(f"schedule {name!r}: {field}: "), message
+    assert message.startswith(
+        f"schedule {name!r}: {argument}: " if argument else f"schedule {name!r}: "
+    ), message
+    assert "cron_" not in message or argument.startswith("cron_"), message
     assert text in message, message
     assert snapshot(db_url) == before
 
@@ -450,7 +535,8 @@ def test_crontab_error_message_names_schedule_field_and_value(api: ScheduleManag
     with pytest.raises(InvalidSchedule) as caught:
         api.create("nightly-report", "reports.nightly", crontab="61 3 * * *")
     assert str(caught.value) == (
-        "schedule 'nightly-report': cron_minute: invalid crontab minute '61' (0-59)"
+        "schedule 'nightly-report': crontab: minute '61' is invalid: use 0-59, lists (0,30), "
+        "ranges (0-29) and steps (*/15)"
     )
 
 

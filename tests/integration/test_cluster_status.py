@@ -571,3 +571,14 @@ def test_runs_follow_of_an_unknown_schedule_is_one_line(db_url: str) -> None:
     done, _ = run(db_url, "runs", "--follow", "--schedule", "ghost")
     assert done.returncode == 1
     assert done.stderr == "pg-beat: error: schedule 'ghost': not found\n"
+
+
+def test_status_of_a_group_nobody_uses_warns_on_stderr(db_url: str) -> None:
+    from click.testing import CliRunner
+
+    from pg_beat.cli import main
+
+    result = CliRunner().invoke(main, ["--database-url", db_url, "--group", "typo", "status"])
+    assert result.exit_code == 0, result.output
+    assert "pg-beat: warning: group 'typo' has no schedules" in result.stderr
+    assert "Traceback" not in result.output
