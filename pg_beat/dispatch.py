@@ -38,6 +38,9 @@ ORPHAN_RECHECK = 0.5
 BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
 CONTENTION_RETRY = 0.05
+#: Seconds a claim transaction should take at most; the rows per claim adapt to it.
+CLAIM_TARGET = 0.06
+MIN_CLAIM = 20  # rows per claim, however slow the machine
 PRUNE_EVERY = 60.0
 
 
@@ -61,6 +64,8 @@ class Dispatcher:
         self.recorder = Recorder(settings, state, self.publisher, self.keeper)
         self._busy = False
         self._behind = False
+        self._full = False  # the last claim took as many rows as it could
+        self._limit = settings.batch_size  # rows a claim takes at most (adapted: _pace)
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
         self._prune_at = 0.0
@@ -186,11 +191,25 @@ class Dispatcher:
     def _claim(self, epoch: int) -> tuple[list[Claim], float | None]:
         """One fenced transaction: record outcomes, re-claim orphans, plan new rows, claim due
         ticks, and find how long to wait after them (None: the epoch is no longer ours)."""
+        started = time.perf_counter()
         with self.keeper.transaction() as conn:
             claims, wait = self._claim_in(conn, epoch)
         if wait is not None:  # committed: the outcomes recorded in it are recorded
             self.recorder.committed()
+            self._pace(time.perf_counter() - started)
         return claims, wait
+
+    def _pace(self, took: float) -> None:
+        """Fit the rows of the next claim to CLAIM_TARGET: a claim transaction holds its locks
+        about that long on any machine, however large the backlog (invariant 11)."""
+        if not self._full:
+            return  # a claim of all that was due says nothing about the limit
+        limit = self._limit
+        if took > CLAIM_TARGET:
+            limit = int(limit * CLAIM_TARGET / took * 0.9)
+        elif took < CLAIM_TARGET / 2:
+            limit = int(limit * 1.25) + 1
+        self._limit = max(MIN_CLAIM, min(self.settings.batch_size, limit))
 
     def _claim_in(self, conn: Connection, epoch: int) -> tuple[list[Claim], float | None]:
         group, settings = self.settings.group, self.settings
@@ -209,15 +228,17 @@ class Dispatcher:
         plans, parked = self.planner.plan(unplanned, now)
         store.set_planned(conn, plans)
         store.park_schedules(conn, parked)
-        due = store.select_due(conn, group, now, settings.batch_size, settings.misfire_grace_time)
-        plan = self.planner.claim(due, now, epoch)
+        due = store.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
+        plan = self.planner.claim(due, now, epoch, self._limit)
         new = store.claim_ticks(conn, group, epoch, settings.replica_name, plan.runs, plan.advances)
         # A tick whose run row already existed was claimed before: never send it twice.
         claims.extend(
             replace(claim, run_id=new[key]) for key, claim in plan.claims.items() if key in new
         )
-        self._behind = plan.behind
-        if plan.behind or len(unplanned) >= settings.batch_size:
+        # A full batch, rows left to plan, or a schedule still behind: more to do right now.
+        self._full = len(due) >= self._limit or plan.behind
+        self._behind = self._full or len(unplanned) >= settings.batch_size
+        if self._behind:
             return claims, 0.0
         wake = store.wake(conn, group, after=now)
         return claims, 0.0 if wake.unplanned else self._until(wake)

@@ -98,14 +98,14 @@ class Planner:
 
     # --- due rows ------------------------------------------------------------------------
 
-    def claim(self, rows: Sequence[Row], now: datetime, epoch: int) -> Plan:
-        """Decide every due row, within the budget and the batch size."""
+    def claim(self, rows: Sequence[Row], now: datetime, epoch: int, max_ticks: int) -> Plan:
+        """Decide the due rows in order, within the time budget, until ``max_ticks`` are
+        recorded (a row of ``catch_up`` may record several)."""
         plan = Plan()
         started = time.perf_counter()
         for index, row in enumerate(rows):
             if index and (
-                len(plan.runs) >= self.settings.batch_size
-                or time.perf_counter() - started > PLAN_BUDGET
+                len(plan.runs) >= max_ticks or time.perf_counter() - started > PLAN_BUDGET
             ):
                 plan.behind = True  # the rest is released at commit and claimed next time
                 break

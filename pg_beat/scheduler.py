@@ -243,16 +243,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
 
     def _warn_unknown(self, claim: Claim) -> None:
-        """Once per schedule: the task may be defined on the workers only, so this is no
-        error, but a typo in a task name is otherwise only seen by the workers."""
-        if claim.schedule in self._unknown_tasks:
+        """Once per task name (with the first schedule that sends it): the task may be defined
+        on the workers only, so this is no error, but a typo in a task name is otherwise only
+        seen by the workers. Once per name, not per schedule: 10,000 schedules of one task
+        defined elsewhere make one line."""
+        if claim.task in self._unknown_tasks:
             return
-        self._unknown_tasks.add(claim.schedule)
+        self._unknown_tasks.add(claim.task)
         logger.warning(
-            "pg_beat: schedule %r sends task %r, which this app does not know (a typo, or a "
-            "task defined on the workers only?)",
-            claim.schedule,
+            "pg_beat: task %r (sent by schedule %r, and maybe others) is not known to this app: "
+            "a typo, or a task defined on the workers only?",
             claim.task,
+            claim.schedule,
             extra={"action": "unknown_task", "schedule": claim.schedule},
         )
 

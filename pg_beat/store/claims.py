@@ -49,8 +49,9 @@ FENCE = text(
 )
 
 # Due rows in two ranges of the due index: those due within the last :window seconds first
-# (on time), then the older ones (a backlog), so that a backlog never starves the schedules
-# that are on time.
+# (on time), then the older ones newest first. A schedule that slipped a second behind (the
+# loop was busy) is served before one a week behind, and a backlog, which claims resolve row by
+# row and never refill, drains after them: it never starves the schedules that are on time.
 SELECT_ON_TIME = text(
     f"""
     SELECT {ROW} FROM pg_beat_schedules
@@ -67,7 +68,7 @@ SELECT_BACKLOG = text(
     SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now - make_interval(secs => :window)
-    ORDER BY next_run_at
+    ORDER BY next_run_at DESC
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
     """

@@ -546,3 +546,32 @@ def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
         assert not [r for r in caplog.records if r.exc_info]  # no traceback
     finally:
         pair.cleanup()
+
+
+def test_a_task_this_app_does_not_know_is_warned_about_once_and_still_sent(
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in a task name is otherwise seen only by the workers ('unregistered task')."""
+    app = make_app(db_url)
+
+    @app.task(name="proj.tasks.cleanup")
+    def cleanup() -> None: ...
+
+    with ScheduleManager(db_url) as api:
+        for name, task in (("typo-1", "proj.tasks.clenaup"), ("typo-2", "proj.tasks.clenaup"),
+                           ("known", "proj.tasks.cleanup")):  # fmt: skip
+            api.create(name, task, every=3600)
+            api.run_now(name)
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    with running(app) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+        deadline = time.monotonic() + 15
+        while scheduler.dispatcher is not None and scheduler.dispatcher.sent_total < 3:
+            assert time.monotonic() < deadline, "the three ticks were not sent"
+            scheduler.tick()
+    warnings = [r.getMessage() for r in caplog.records if "not known to this app" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # one per task name, not per schedule
+    assert "'proj.tasks.clenaup'" in warnings[0] and "typo-" in warnings[0]
+    sent = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sent ")]
+    assert len(sent) == 3  # sent all the same: the task may live on the workers only
+    assert any("'known' (proj.tasks.cleanup)" in line for line in sent)

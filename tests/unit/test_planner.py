@@ -1,0 +1,175 @@
+"""The planner, pure: due rows and the database time in, runs, schedule advances and claims out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from pg_beat.config import Settings
+from pg_beat.planner import Planner, expiry
+from pg_beat.ticks import task_id_for
+
+UTC = timezone.utc
+NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)
+
+
+def row(name: str = "s", **values: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": abs(hash(name)) % 10_000,
+        "name": name,
+        "task": "t.task",
+        "kind": "interval",
+        "interval_seconds": 60.0,
+        "cron_minute": "*",
+        "cron_hour": "*",
+        "cron_day_of_week": "*",
+        "cron_day_of_month": "*",
+        "cron_month_of_year": "*",
+        "timezone": "UTC",
+        "solar_event": None,
+        "latitude": None,
+        "longitude": None,
+        "clocked_at": None,
+        "args": [],
+        "kwargs": {},
+        "options": {},
+        "enabled": True,
+        "one_off": False,
+        "start_time": None,
+        "end_time": None,
+        "description": "",
+        "misfire_policy": None,
+        "catch_up_limit": None,
+        "next_run_at": NOW,
+        "last_due_at": None,
+        "resume_at": None,
+        "updated_at": NOW - timedelta(days=1),
+    }
+    base.update(values)
+    return base
+
+
+@pytest.fixture
+def planner() -> Planner:
+    return Planner(Settings(database_url="postgresql://x/y", catch_up_limit=3))
+
+
+def test_an_on_time_tick_is_claimed_and_the_grid_moves_on(planner: Planner) -> None:
+    plan = planner.claim([row()], NOW, epoch=4, max_ticks=500)
+    (run,) = plan.runs
+    assert (run.status, run.due_at, run.task_id) == (
+        "claimed",
+        NOW,
+        task_id_for("default", "s", NOW),
+    )
+    (advance,) = plan.advances
+    assert (advance.next_run_at, advance.last_due_at) == (NOW + timedelta(minutes=1), NOW)
+    (claim,) = plan.claims.values()
+    assert (claim.epoch, claim.late, claim.expires_at) == (4, False, None)
+    assert not plan.behind
+
+
+def test_a_week_late_fire_once_row_sends_one_tick_then_lands_on_the_grid(planner: Planner) -> None:
+    due = NOW - timedelta(days=7)
+    plan = planner.claim([row(next_run_at=due)], NOW, epoch=1, max_ticks=500)
+    assert [(r.due_at, r.status) for r in plan.runs] == [(due, "claimed")]
+    (claim,) = plan.claims.values()
+    assert claim.late
+    (advance,) = plan.advances
+    assert advance.next_run_at is not None and advance.next_run_at > NOW - timedelta(seconds=1)
+    assert (advance.next_run_at - due).total_seconds() % 60 == 0
+
+
+def test_catch_up_records_the_oldest_ticks_up_to_its_limit(planner: Planner) -> None:
+    due = NOW - timedelta(minutes=10)
+    plan = planner.claim([row(next_run_at=due, misfire_policy="catch_up")], NOW, 1, 500)
+    assert [r.due_at for r in plan.runs] == [due + timedelta(minutes=k) for k in range(3)]
+
+
+def test_max_ticks_caps_a_claim_and_says_it_is_behind(planner: Planner) -> None:
+    rows = [row(f"s{i}") for i in range(10)]
+    plan = planner.claim(rows, NOW, 1, max_ticks=4)
+    assert len(plan.runs) == 4 and plan.behind
+
+
+def test_a_tick_past_its_expiry_is_recorded_expired_not_claimed(planner: Planner) -> None:
+    late = NOW - timedelta(minutes=5)
+    plan = planner.claim([row(next_run_at=late, options={"expires": 60})], NOW, 1, 500)
+    assert [r.status for r in plan.runs] == ["expired"] and plan.claims == {}
+    assert expiry({"expire_seconds": 30}, NOW) == NOW + timedelta(seconds=30)
+    assert expiry({}, NOW) is None
+
+
+def test_skip_records_a_late_tick_as_skipped(planner: Planner) -> None:
+    late = NOW - timedelta(minutes=5)
+    plan = planner.claim([row(next_run_at=late, misfire_policy="skip")], NOW, 1, 500)
+    assert [r.status for r in plan.runs] == ["skipped"] and plan.claims == {}
+
+
+def test_a_row_made_invalid_by_hand_is_failed_and_parked(planner: Planner) -> None:
+    plan = planner.claim([row(options={"task_id": "x"}), row("ok")], NOW, 1, 500)
+    statuses = {r.schedule: r.status for r in plan.runs}
+    assert statuses == {"s": "failed", "ok": "claimed"}
+    (failed,) = [r for r in plan.runs if r.status == "failed"]
+    assert failed.error is not None and "task_id" in failed.error
+    parked = {a.schedule_id: a for a in plan.advances}[row()["id"]]
+    assert parked.next_run_at is None and parked.error == failed.error
+    assert [name for name, _ in plan.parked] == ["s"]
+
+
+def test_a_run_now_tick_resumes_the_grid(planner: Planner) -> None:
+    planned = NOW + timedelta(minutes=1)
+    plan = planner.claim([row(next_run_at=NOW, resume_at=planned)], NOW, 1, 500)
+    (advance,) = plan.advances
+    assert (advance.next_run_at, advance.last_due_at) == (planned, None)
+
+
+def test_planning_parks_an_invalid_definition_and_plans_an_invalid_payload(
+    planner: Planner,
+) -> None:
+    rows = [row("bad", next_run_at=None, cron_minute="61", kind="crontab"),
+            row("payload", next_run_at=None, options={"nope": 1})]  # fmt: skip
+    plans, parked = planner.plan(rows, NOW)
+    assert [i for i, _ in parked] == [rows[0]["id"]] and "61" in parked[0][1]
+    # Its due time comes, and then it is recorded failed (see above), with its due time known.
+    assert [i for i, _ in plans] == [rows[1]["id"]]
+
+
+def orphan(schedule: str, minutes_late: float, run_id: int, **values: Any) -> dict[str, Any]:
+    due = NOW - timedelta(minutes=minutes_late)
+    base = {
+        "id": run_id,
+        "schedule_id": abs(hash(schedule)) % 10_000,
+        "schedule_name": schedule,
+        "due_at": due,
+        "task_id": task_id_for("default", schedule, due),
+        "epoch": 3,
+        "task": "t.task",
+        "args": [],
+        "kwargs": {},
+        "options": {},
+        "misfire_policy": None,
+        "catch_up_limit": None,
+    }
+    base.update(values)
+    return base
+
+
+def test_orphans_go_through_expiry_and_misfire_policy(planner: Planner) -> None:
+    rows = [
+        orphan("on-time", 0.001, 1),
+        orphan("once", 3, 2),
+        orphan("once", 2, 3),
+        orphan("skipping", 3, 4, misfire_policy="skip"),
+        orphan("catching", 5, 5, misfire_policy="catch_up"),
+        orphan("catching", 4, 6, misfire_policy="catch_up"),
+        orphan("catching", 3, 7, misfire_policy="catch_up"),
+        orphan("catching", 2, 8, misfire_policy="catch_up"),
+        orphan("expiring", 3, 9, options={"expires": 60}),
+    ]
+    send, statuses = planner.orphans(rows, NOW)
+    assert [c.run_id for c in send] == [1, 2, 5, 6, 7]  # catch_up limit 3; fire_once: oldest
+    assert all(c.epoch == 3 and c.late for c in send)  # the epoch that claimed it
+    assert dict(statuses) == {3: "skipped", 4: "skipped", 8: "skipped", 9: "expired"}
