@@ -341,8 +341,14 @@ def _check_self(path: str | None, max_age: float, hang: float, as_json: bool) ->
 
 
 def _unused_group(found: Any) -> bool:
-    """No lease row and no schedule due or failing, as read (unreadable proves nothing)."""
-    read = ("lease", "next_due", "failing_schedules")
+    """No lease row, no replica and no schedule due or failing, as read (unreadable proves
+    nothing)."""
+    read = ("lease", "replicas", "next_due", "failing_schedules")
     if any(name in found.unreadable for name in read):
         return False
-    return found.lease is None and not found.next_due and not found.failing_count
+    return (
+        found.lease is None
+        and not found.replicas
+        and not found.next_due
+        and not found.failing_count
+    )
