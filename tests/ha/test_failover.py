@@ -10,72 +10,20 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from support import blackhole
 from support.env import unavailable
+from support.ha import ClusterFactory, assert_every_tick_once, settle
 from support.pg import PrivateCluster, libpq_url
 from support.proxy import TcpProxy
 
 from examples.cluster import Cluster, utcnow
 
 pytestmark = [pytest.mark.ha, pytest.mark.timeout(240)]
-
-SCHEDULES = [("every-second-a", 1.0), ("every-second-b", 1.0), ("every-second-c", 1.0)]
-STEADY = 3.0  # seconds of normal running before and after each fault
-
-
-ClusterFactory = Callable[..., Cluster]
-
-
-@pytest.fixture
-def make_cluster(
-    db_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[ClusterFactory]:
-    clusters: list[Cluster] = []
-
-    def make(**kwargs: Any) -> Cluster:
-        kwargs.setdefault("workdir", tmp_path / f"cluster{len(clusters)}")
-        database = kwargs.pop("database_url", db_url)
-        cluster = Cluster(database, kwargs.pop("broker_url", redis_url), **kwargs)
-        clusters.append(cluster)
-        cluster.prepare(SCHEDULES)
-        return cluster
-
-    yield make
-    failed = getattr(request.node, "rep_call", None)
-    for cluster in clusters:
-        cluster.stop()
-        if failed is not None and failed.failed:
-            for name in [*cluster.replicas, "worker"]:
-                print(f"----- {name} -----\n{cluster.log(name)[-6000:]}")
-
-
-def settle(cluster: Cluster) -> tuple[str, int]:
-    cluster.start()
-    leader, epoch = cluster.wait_for_leader(timeout=60)
-    time.sleep(STEADY)
-    return leader, epoch
-
-
-def assert_every_tick_once(cluster: Cluster, start: Any) -> None:
-    time.sleep(2 * STEADY)
-    end = utcnow() - timedelta(seconds=1)
-    cluster.wait_executed_until(end, timeout=60)
-    verdict = cluster.verify(start, end)
-    assert verdict.expected >= 3 * 4, verdict.summary()
-    assert verdict.ok, (
-        verdict.summary(),
-        verdict.missed[:5],
-        verdict.duplicates[:5],
-        verdict.republished[:5],
-    )
 
 
 def fail_over(

@@ -9,61 +9,37 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 from support import blackhole
 from support.env import unavailable
+from support.ha import STEADY, ClusterFactory, assert_every_tick_once, settle
 from support.pgbouncer import PgBouncer, PgBouncerUnavailable
 from support.proxy import TcpProxy
 from support.replication import ReplicatedPair
-from test_failover import STEADY, assert_every_tick_once, settle
 
 from examples.cluster import Cluster, utcnow
 from pg_beat.urls import libpq_url
 
 pytestmark = [pytest.mark.ha, pytest.mark.timeout(300)]
 
-SCHEDULES = [("every-second-a", 1.0), ("every-second-b", 1.0), ("every-second-c", 1.0)]
 NAMES = ["beat-1", "beat-2", "beat-3"]
-TTL = 5.0
+TTL = 5.0  # the clusters' lease TTL (the Cluster default)
 LINES_PER_FAULT = 20  # log records a replica may write for one fault
 LOG_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+: ", re.MULTILINE)
 
-ClusterFactory = Callable[..., Cluster]
-
-
-@pytest.fixture
-def make_cluster(
-    db_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[ClusterFactory]:
-    clusters: list[Cluster] = []
-
-    def make(**kwargs: Any) -> Cluster:
-        kwargs.setdefault("workdir", tmp_path / f"cluster{len(clusters)}")
-        database = kwargs.pop("database_url", db_url)
-        cluster = Cluster(database, redis_url, lease_ttl=TTL, **kwargs)
-        clusters.append(cluster)
-        cluster.prepare(SCHEDULES)
-        return cluster
-
-    yield make
-    failed = getattr(request.node, "rep_call", None)
-    for cluster in clusters:
-        cluster.stop()
-        if failed is not None and failed.failed:
-            for name in [*cluster.replicas, "worker"]:
-                print(f"----- {name} -----\n{cluster.log(name)[-8000:]}")
-
 
 def records(cluster: Cluster, name: str) -> int:
-    """Log records (not the banner) replica ``name`` has written so far."""
-    return len(LOG_RECORD.findall(cluster.log(name)))
+    """Log records replica ``name`` has written so far, but for the banner and the INFO line
+    per tick sent (steady output, not what a fault causes)."""
+    return sum(
+        1
+        for line in cluster.log(name).splitlines()
+        if LOG_RECORD.match(line) and "] sent " not in line
+    )
 
 
 def terms(cluster: Cluster) -> int:

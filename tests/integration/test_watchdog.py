@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 from support.inproc import replica
 from support.pg import libpq_url
 
@@ -151,44 +149,6 @@ def test_standby_terminates_a_hung_holder(db_url: str, caplog: pytest.LogCapture
         assert second > first
         assert took < one.settings.lease_ttl + 5
         assert "hung" in caplog.text and "still held the lock: terminated it" in caplog.text
-
-
-def test_without_the_privilege_to_terminate_it_says_so_once_and_waits(
-    db_url: str, pg_admin_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    role = f"beat_test_weak_{secrets.token_hex(4)}"  # roles are cluster-wide
-    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-    weak_url = make_url(db_url).set(username=role).render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq_url(db_url), autocommit=True) as owner:
-            owner.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-            owner.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
-        with replica(db_url, replica_name="one") as one:
-            first = one.wait_leader()
-            one.watchdog.stop()
-            one.watchdog.join(timeout=5)
-            with (
-                caplog.at_level(logging.WARNING, logger="pg_beat.watchdog"),
-                replica(weak_url, replica_name="weak", lead=False) as weak,
-            ):
-                time.sleep(one.settings.lease_ttl + 2)
-                assert weak.state.epoch is None  # the hung holder still has the lock
-        messages = [r.getMessage() for r in caplog.records if "may not terminate" in r.getMessage()]
-        assert len(messages) == 1, messages
-        assert "pg_signal_backend" in messages[0]
-        assert lease(db_url)[0] == first
-    finally:
-        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (role,),
-            )
-        with psycopg.connect(libpq_url(db_url), autocommit=True) as owner:
-            owner.execute(f"DROP OWNED BY {role}")
-        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_on_hang_release_gives_the_lease_up_and_stays_up(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from support.env import require_module
+from support.specs import clocked, cron, every, z
 
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import (
@@ -31,34 +31,6 @@ UTC = timezone.utc
 NY = "America/New_York"
 BERLIN = "Europe/Berlin"
 LORD_HOWE = "Australia/Lord_Howe"
-
-
-def z(text: str) -> datetime:
-    """``"2025-03-09 07:00"`` (or with seconds / microseconds) as an aware UTC datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def cron(expr: str, tz: str = "UTC", **extra: Any) -> ScheduleSpec:
-    minute, hour, dom, month, dow = expr.split()
-    return ScheduleSpec(
-        name="job",
-        kind="crontab",
-        cron_minute=minute,
-        cron_hour=hour,
-        cron_day_of_month=dom,
-        cron_month_of_year=month,
-        cron_day_of_week=dow,
-        timezone=tz,
-        **extra,
-    )
-
-
-def every(seconds: float, **extra: Any) -> ScheduleSpec:
-    return ScheduleSpec(name="job", kind="interval", interval_seconds=seconds, **extra)
-
-
-def clocked(at: datetime, **extra: Any) -> ScheduleSpec:
-    return ScheduleSpec(name="job", kind="clocked", clocked_at=at, **extra)
 
 
 def test_constants() -> None:
@@ -390,7 +362,8 @@ def test_validate_message_names_schedule_field_and_value() -> None:
     with pytest.raises(InvalidSchedule) as caught:
         validate(spec)
     assert str(caught.value) == (
-        "schedule 'nightly-report': cron_minute: invalid crontab minute '61' (0-59)"
+        "schedule 'nightly-report': cron_minute: minute '61' is invalid: use 0-59, lists (0,30), "
+        "ranges (0-29) and steps (*/15)"
     )
     assert caught.value.schedule == "nightly-report"
     assert caught.value.field == "cron_minute"

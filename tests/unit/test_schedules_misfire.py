@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from support.env import require_module
+from support.specs import cron, every, z
 
 import pg_beat.schedules as schedules
 from pg_beat.exceptions import InvalidSchedule
@@ -19,30 +20,6 @@ from pg_beat.schedules import Misfire, ScheduleSpec, next_after, resolve_misfire
 
 UTC = timezone.utc
 NY = "America/New_York"
-
-
-def z(text: str) -> datetime:
-    """``"2025-01-01 12:00"`` (or with seconds / microseconds) as an aware UTC datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def cron(expr: str, tz: str = "UTC", **extra: Any) -> ScheduleSpec:
-    minute, hour, dom, month, dow = expr.split()
-    return ScheduleSpec(
-        name="job",
-        kind="crontab",
-        cron_minute=minute,
-        cron_hour=hour,
-        cron_day_of_month=dom,
-        cron_month_of_year=month,
-        cron_day_of_week=dow,
-        timezone=tz,
-        **extra,
-    )
-
-
-def every(seconds: float, **extra: Any) -> ScheduleSpec:
-    return ScheduleSpec(name="job", kind="interval", interval_seconds=seconds, **extra)
 
 
 Ticks = tuple[tuple[str, bool], ...]
