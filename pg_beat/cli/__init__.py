@@ -150,7 +150,7 @@ class PgBeatGroup(click.Group):
     "--database-url",
     envvar="PG_BEAT_DATABASE_URL",
     metavar="URL",
-    help="PostgreSQL URL, direct or session-pooled [env PG_BEAT_DATABASE_URL].",
+    help="PostgreSQL URL, any libpq or SQLAlchemy form [env PG_BEAT_DATABASE_URL].",
 )
 @click.option(
     "--schema", envvar="PG_BEAT_SCHEMA", help="Schema of pg_beat's tables [env PG_BEAT_SCHEMA]."

@@ -109,7 +109,7 @@ def _definition_options(f: F) -> F:
             "--expires",
             type=float,
             callback=_positive_seconds,
-            help="Seconds after which the task expires.",
+            help="Seconds after its due time at which the task expires.",
         ),
         click.option("--one-off/--no-one-off", default=None, help="Disable after one run."),
         click.option("--disabled/--enabled", default=None, help="Store it disabled/enabled."),

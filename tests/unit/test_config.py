@@ -230,3 +230,12 @@ def test_environment_fills_replica_schema_and_group(monkeypatch: pytest.MonkeyPa
 def test_invalid_value_from_celery_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="pg_beat_heartbeat_interval"):
         Settings.from_celery({"pg_beat_database_url": URL, "pg_beat_heartbeat_interval": -1})
+
+
+def test_the_readme_documents_every_setting_and_no_other() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `pg_beat_(\w+)` \|", readme, re.MULTILINE))
+    assert documented == {item.name for item in fields(Settings)}
