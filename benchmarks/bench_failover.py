@@ -1,24 +1,32 @@
 """Failover benchmark: pg_beat's HA cluster under injected faults, side by side with RedBeat.
 
-    .venv/bin/python benchmarks/bench_failover.py --quick            # 1 round of 3 kinds, ~3 min
-    .venv/bin/python benchmarks/bench_failover.py --json out.json    # 8 rounds x 8 kinds, ~25 min
+    .venv/bin/python benchmarks/bench_failover.py --quick            # 1 round of 5 kinds, ~2 min
+    .venv/bin/python benchmarks/bench_failover.py --json out.json    # 8 rounds x 14 kinds, ~23 min
 
 Three real ``celery beat`` replicas and a worker per fault kind (``examples.cluster.Cluster`` for
 pg_beat, the same harness running ``redbeat.RedBeatScheduler`` for RedBeat), three 1-second
-schedules, the same fault injected round after round into the leader. Per kind it prints the
-failover time (fault to the first tick sent by a new leader), and from the worker's side the
-ticks missed, duplicated and re-published, and the replicas that exited when they should not
-have. See benchmarks/README.md ("Failover benchmark") for what each figure means.
+schedules, the same fault injected round after round into the leader. Besides the direct
+connection, pg_beat runs where production runs it: behind a real PgBouncer (session and
+transaction pooling), on a primary that fails over to its promoted standby (a libpq multi-host
+URL), and behind a link that the kernel black-holes. Per kind it prints the failover time (fault
+to the first tick sent by a new leader), and from the worker's side the ticks missed, duplicated,
+re-published and unexpected, the replicas that exited when they should not have, the log records
+a replica wrote for the fault and the leader terms the fault opened. See benchmarks/README.md
+("Failover benchmark") for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import hashlib
 import itertools
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,18 +47,24 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from support import blackhole as kernel_blackhole  # noqa: E402
 from support.pg import (  # noqa: E402
+    NoPostgresAvailable,
     PrivateCluster,
     create_database,
     database_url,
     drop_database,
     libpq_url,
 )
+from support.pgbouncer import SESSION, TRANSACTION, PgBouncer, PgBouncerUnavailable  # noqa: E402
+from support.pgbouncer import find_binary as find_pgbouncer  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
+from support.replication import ReplicatedPair  # noqa: E402
 
 from examples.cluster import Cluster, utcnow  # noqa: E402
 
-PG_KINDS = [
+#: Kinds on a direct connection (and pg_restart's private server).
+DIRECT_KINDS = [
     "sigkill",
     "sigstop",
     "sigterm",
@@ -60,8 +74,19 @@ PG_KINDS = [
     "stuck_publish",
     "row_lock",
 ]
+#: Kinds where production runs pg_beat: behind PgBouncer, on a promoted standby, behind a
+#: black-holed link.
+TOPOLOGY_KINDS = [
+    "pgbouncer_session_sigkill",
+    "pgbouncer_session_sigstop",
+    "pgbouncer_transaction_sigkill",
+    "pgbouncer_transaction_sigstop",
+    "promotion",
+    "blackhole",
+]
+PG_KINDS = DIRECT_KINDS + TOPOLOGY_KINDS
 REDBEAT_KINDS = ("sigkill", "sigstop", "sigterm")
-QUICK_KINDS = ["sigkill", "sigterm", "sigstop"]
+QUICK_KINDS = ["sigkill", "sigterm", "sigstop", "pgbouncer_transaction_sigkill", "blackhole"]
 SCHEDULES = [("every-second-a", 1.0), ("every-second-b", 1.0), ("every-second-c", 1.0)]
 LOCKED_SCHEDULE = "every-second-a"
 REDIS_PORT = 6379
@@ -73,11 +98,47 @@ AFTER = 2.0  # steady running after recovery, before the window closes
 LEAD = 0.1
 RESUME_TIMEOUT = 60.0
 STEADY_TIMEOUT = 120.0
+#: PgBouncer's ``default_pool_size``: a session pool needs a server session per client session
+#: (3 replicas, each with a few connections); the transaction pool keeps PgBouncer's small
+#: pool of the tests, so one client visibly gets different server sessions.
+POOL_SIZE = {SESSION: 20, TRANSACTION: 3}
 # Exit codes a replica may show after the fault, per kind (anything else is a crash).
 EXPECTED_EXITS: dict[str, dict[str, set[int]]] = {
-    "pg_beat": {"sigkill": {-signal.SIGKILL}, "sigterm": {0}, "stuck_publish": {70}},
+    "pg_beat": {
+        "sigkill": {-signal.SIGKILL},
+        "sigterm": {0},
+        "stuck_publish": {70},
+        "pgbouncer_session_sigkill": {-signal.SIGKILL},
+        "pgbouncer_transaction_sigkill": {-signal.SIGKILL},
+    },
     "redbeat": {"sigkill": {-signal.SIGKILL}, "sigterm": {0}},
 }
+#: A log record of a replica (Celery's format), not a banner line or a traceback's.
+LOG_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+: ", re.MULTILINE)
+#: In pg_beat's INFO record of a tick sent (or of the ticks folded into one line per second):
+#: the normal trace of dispatch, as many as the ticks in the window, whatever the fault.
+#: tests/ha/test_topologies.py leaves these out by the same test.
+SENT = "] sent "
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d [\d:]+),(\d{3}): ")
+STEPPED_DOWN = "no longer the leader"
+RECONNECTED = "watchdog: connected to the database"
+#: What tests/ha/test_topologies.py allows a replica to log for one fault.
+RECORDS_PER_FAULT = 20
+
+
+def fault_signal(kind: str) -> signal.Signals | None:
+    """The signal a kind sends the leader (its name ends with it), or None."""
+    for name in ("sigkill", "sigstop", "sigterm"):
+        if kind == name or kind.endswith("_" + name):
+            return signal.Signals[name.upper()]
+    return None
+
+
+def pool_mode(kind: str) -> str | None:
+    """PgBouncer's pool mode of a ``pgbouncer_<mode>_<signal>`` kind, else None."""
+    if not kind.startswith("pgbouncer_"):
+        return None
+    return SESSION if kind.startswith("pgbouncer_session_") else TRANSACTION
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -94,6 +155,8 @@ class Options:
     heartbeat: float
     hang_timeout: float
     max_loop_interval: float
+    #: blackhole: how long the leader's link stays black-holed per round.
+    hole: float
     workdir: Path
     json_path: str | None
     quick: bool
@@ -112,7 +175,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--rounds", type=int, default=8, help="faults per kind (default 8)")
     parser.add_argument("--kinds", help=f"comma-separated subset of {','.join(PG_KINDS)}")
     parser.add_argument(
-        "--quick", action="store_true", help=f"1 round of {','.join(QUICK_KINDS)} (~3 min)"
+        "--quick",
+        action="store_true",
+        help=f"1 round of {','.join(QUICK_KINDS)}, a 5 s black hole (~2 min)",
     )
     parser.add_argument("--json", dest="json_path", help="also write every figure to this file")
     parser.add_argument("--no-redbeat", action="store_true", help="pg_beat only")
@@ -133,6 +198,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=1.0,
         help="beat_max_loop_interval of the RedBeat replicas (default 1)",
     )
+    parser.add_argument(
+        "--blackhole-seconds",
+        type=float,
+        help="blackhole: how long the leader's link is cut per round (default 10, --quick 5)",
+    )
     parser.add_argument("--workdir", help="replica logs go here (default: a new temp dir)")
     args = parser.parse_args(argv)
     kinds = QUICK_KINDS if args.quick else PG_KINDS
@@ -143,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
             parser.error(f"unknown kinds {unknown}; choose from {','.join(PG_KINDS)}")
     if "127.0.0.1" not in args.admin_url and "localhost" not in args.admin_url:
         parser.error("--admin-url must point at 127.0.0.1")
+    hole = args.blackhole_seconds or (5.0 if args.quick else 10.0)
+    if hole <= 0:
+        parser.error("--blackhole-seconds must be positive")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="pg_beat_failover_"))
     return Options(
         rounds=1 if args.quick else max(1, args.rounds),
@@ -154,6 +227,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         heartbeat=args.heartbeat,
         hang_timeout=args.hang_timeout,
         max_loop_interval=args.redbeat_max_loop_interval,
+        hole=hole,
         workdir=workdir,
         json_path=args.json_path,
         quick=args.quick,
@@ -181,10 +255,27 @@ class Round:
     late: int = 0
     duplicates: int = 0
     republished: int = 0
+    #: Executions that match no due tick of the grid (Cluster.verify's ``unexpected``).
+    unexpected: int = 0
     crashes: int = 0
+    #: Log records each replica wrote from the fault to the end of the round (pg_beat), not
+    #: counting the per-tick send records; ``records_all`` counts those too.
+    records: dict[str, int] = field(default_factory=dict)
+    records_all: dict[str, int] = field(default_factory=dict)
+    #: Rows the round added to pg_beat_leader_terms: 1 is one takeover, more is flapping.
+    terms: int | None = None
+    #: blackhole: seconds from the fault to the cut-off leader's "no longer the leader" record.
+    noticed: float | None = None
+    #: blackhole: seconds from restore() to its watchdog's "connected to the database" record.
+    rejoined: float | None = None
     exits: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def max_records(self) -> int | None:
+        """Log records of the replica that wrote most for this fault."""
+        return max(self.records.values()) if self.records else None
 
 
 def log(message: str) -> None:
@@ -198,9 +289,15 @@ def describe(r: Round) -> str:
     text = (
         f"{r.scheduler} {r.kind} #{r.index + 1}: leader {r.leader}, {what}, "
         f"{r.executed}/{r.expected} executed, missed {r.missed}, late {r.late}, "
-        f"dup {r.duplicates}, "
-        f"republished {r.republished}, crashes {r.crashes}"
+        f"dup {r.duplicates}, republished {r.republished}, unexpected {r.unexpected}, "
+        f"crashes {r.crashes}"
     )
+    if r.records:
+        text += f", log records {r.records} ({r.records_all} with sends)"
+    if r.terms is not None:
+        text += f", terms {r.terms}"
+    if r.kind == "blackhole":
+        text += f", noticed {fmt(r.noticed)}s, rejoined {fmt(r.rejoined)}s after restore"
     if r.exits:
         text += f", exits {r.exits}"
     if r.notes:
@@ -308,38 +405,153 @@ def sleep_until_due(due_in: float) -> None:
     time.sleep(due_in - LEAD)
 
 
-def summary_stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
+Stats = tuple[float | None, float | None, float | None, float | None]
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def summary_stats(values: list[float]) -> Stats:
+    """min, median, p90 (nearest rank: the max below 10 values) and max."""
     if not values:
-        return None, None, None
-    return min(values), statistics.median(values), max(values)
+        return None, None, None, None
+    return min(values), statistics.median(values), nearest_rank(values, 90), max(values)
+
+
+# --- replica logs, leader terms, missing tools ----------------------------------------------
+
+
+def log_records(cluster: Cluster, name: str) -> tuple[int, int]:
+    """Log records (not banner lines, not traceback lines) ``name`` has written so far:
+    (all but the per-tick send records, all)."""
+    lines = [line for line in cluster.log(name).splitlines() if LOG_RECORD.match(line)]
+    return sum(1 for line in lines if SENT not in line), len(lines)
+
+
+def first_record(cluster: Cluster, name: str, text: str, since: float) -> float | None:
+    """UNIX time of ``name``'s first log record at or after ``since`` that contains ``text``.
+
+    Celery stamps records with the local time to the millisecond; so does this process."""
+    for line in cluster.log(name).splitlines():
+        match = LOG_TIME.match(line)
+        if match is None or text not in line:
+            continue
+        at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1e3
+        if at >= since:
+            return at
+    return None
+
+
+def wait_for_record(
+    cluster: Cluster, name: str, text: str, since: float, timeout: float
+) -> float | None:
+    """:func:`first_record`, waiting up to ``timeout`` s for it (None: not logged)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = first_record(cluster, name, text, since)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
+def leader_terms(cluster: Cluster) -> int:
+    with cluster._db() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_beat_leader_terms").fetchone()
+    return int(row[0]) if row else 0
+
+
+def server_tool(name: str) -> str | None:
+    """Path of a PostgreSQL server program (PATH, then /usr/lib/postgresql/*/bin), or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return candidates[-1] if candidates else None
+
+
+def missing_tool(kind: str) -> str | None:
+    """Why ``kind`` cannot run on this machine (a tool it needs is missing), or None."""
+    if pool_mode(kind) is not None and find_pgbouncer() is None:
+        return "pgbouncer not found on PATH nor at /usr/sbin/pgbouncer"
+    if kind == "blackhole":
+        return kernel_blackhole.problem()
+    needs = {"pg_restart": ("initdb", "pg_ctl"), "promotion": ("initdb", "pg_ctl", "pg_basebackup")}
+    absent = [tool for tool in needs.get(kind, ()) if server_tool(tool) is None]
+    if absent:
+        return f"{', '.join(absent)} not found (PostgreSQL server binaries)"
+    return None
+
+
+#: What the test-support helpers raise when a tool or an OS user is missing.
+UNAVAILABLE = (
+    PgBouncerUnavailable,
+    kernel_blackhole.KernelBlackholeUnavailable,
+    NoPostgresAvailable,
+)
 
 
 # --- pg_beat ---------------------------------------------------------------------------------
 
 
 class PgBeatKind:
-    """One pg_beat cluster (3 replicas, 1 worker) for one fault kind, reused across rounds."""
+    """One pg_beat cluster (3 replicas, 1 worker) for one fault kind, reused across rounds
+    (promotion: one per round, see :class:`PromotionKind`)."""
 
-    def __init__(self, kind: str, opts: Options, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self, kind: str, opts: Options, stack: contextlib.ExitStack, label: str = ""
+    ) -> None:
         self.kind = kind
         self.opts = opts
         self.private: PrivateCluster | None = None
+        self.pair: ReplicatedPair | None = None
+        self.bouncer: PgBouncer | None = None
         self.proxies: dict[str, TcpProxy] = {}
-        admin = opts.admin_url
-        if kind == "pg_restart":
-            self.private = PrivateCluster()
-            stack.callback(self.private.cleanup)
-            self.private.start()
-            admin = self.private.url()
         name = f"pg_beat_failover_{opts.tag}_{kind}"
-        create_database(admin, name)
-        stack.callback(_quietly, drop_database, admin, name)
-        url = database_url(admin, name)
+        names = [f"beat-{i}" for i in range(1, REPLICAS + 1)]
+        kwargs: dict[str, Any] = {}
+        extra_env: dict[str, str] = {}
+        if kind == "promotion":
+            # Every connection (replicas, worker, this script) names both servers and lands on
+            # whichever accepts writes. The pair and its database go away with the round.
+            self.pair = ReplicatedPair()
+            stack.callback(self.pair.cleanup)
+            self.pair.start()
+            create_database(self.pair.primary.url(), name)
+            url = self.pair.multi_host_url(name, connect_timeout="2")
+        else:
+            admin = opts.admin_url
+            if kind == "pg_restart":
+                self.private = PrivateCluster()
+                stack.callback(self.private.cleanup)
+                self.private.start()
+                admin = self.private.url()
+            create_database(admin, name)
+            stack.callback(_quietly, drop_database, admin, name)
+            url = database_url(admin, name)
         queue = f"pg_beat_failover_{opts.tag}_{kind}"
         stack.callback(_quietly, delete_redis_keys, opts.broker_url, kombu_keys(queue))
-        kwargs: dict[str, Any] = {}
-        names = [f"beat-{i}" for i in range(1, REPLICAS + 1)]
-        if kind == "partition":
+        mode = pool_mode(kind)
+        if mode is not None:
+            # Only the replicas go through PgBouncer; the worker and this script connect
+            # directly, so what they record and read is no part of the fault.
+            target = make_url(url)
+            self.bouncer = PgBouncer(
+                target_port=target.port or 5432, pool_mode=mode, default_pool_size=POOL_SIZE[mode]
+            )
+            stack.callback(self.bouncer.cleanup)
+            self.bouncer.start()
+            kwargs["replica_urls"] = dict.fromkeys(names, self.bouncer.url(target.database or ""))
+            if mode == SESSION:
+                # ``auto`` takes the mode that is safe behind any pooler (transaction pooling):
+                # a session pool must be named.
+                extra_env["PG_BEAT_POOL_MODE"] = "session"
+        elif kind in ("partition", "blackhole"):
             target = make_url(url)
             self.proxies = {n: TcpProxy(target.port or 5432).start() for n in names}
             kwargs["replica_urls"] = {
@@ -353,16 +565,18 @@ class PgBeatKind:
             }
         for proxy in self.proxies.values():
             stack.callback(_quietly, proxy.stop)
+        workdir = opts.workdir / f"pg_beat-{kind}"
         self.cluster = Cluster(
             url,
             opts.broker_url,
             replicas=REPLICAS,
-            workdir=opts.workdir / f"pg_beat-{kind}",
+            workdir=workdir / label if label else workdir,
             queue=queue,
             lease_ttl=opts.lease_ttl,
             heartbeat_interval=opts.heartbeat,
             hang_timeout=opts.hang_timeout,
             restart_delay=1.0,
+            extra_env=extra_env,
             **kwargs,
         )
         stack.callback(self.cluster.stop)
@@ -370,6 +584,9 @@ class PgBeatKind:
         self.cluster.start()
         self.exits_seen = exit_counts(self.cluster)
         self.window_start: datetime | None = None
+        self.mode_checked = False
+        self._records: dict[str, tuple[int, int]] = {}
+        self._terms = 0
 
     # --- observation ---
 
@@ -407,6 +624,16 @@ class PgBeatKind:
 
         return wait_until(check, STEADY_TIMEOUT, f"pg_beat {self.kind}: a steady cluster")
 
+    def _check_mode(self, r: Round, leader: str) -> None:
+        """Behind PgBouncer, note a replica that did not take the pool mode it should."""
+        mode = pool_mode(self.kind)
+        if mode is None or self.mode_checked:
+            return
+        self.mode_checked = True
+        expected = "transaction mode" if mode == TRANSACTION else "session mode"
+        if expected not in self.cluster.log(leader):
+            r.notes.append(f"the leader's log does not say {expected!r}")
+
     # --- one round ---
 
     def round(self, index: int) -> Round:
@@ -417,7 +644,9 @@ class PgBeatKind:
         time.sleep(SETTLE)
         leader, epoch = self.steady()
         r.leader = leader
+        self._check_mode(r, leader)
         if self.kind == "row_lock":
+            self._mark()
             self._row_lock(r)
         else:
             self._fail_over(r, leader, epoch)
@@ -439,6 +668,7 @@ class PgBeatKind:
         r.expected, r.executed = verdict.expected, verdict.executed
         r.missed, r.duplicates = len(verdict.missed), len(verdict.duplicates)
         r.republished = len(verdict.republished)
+        r.unexpected = len(verdict.unexpected)
         for label, ticks in (
             ("missed", verdict.missed),
             ("duplicates", verdict.duplicates),
@@ -446,14 +676,37 @@ class PgBeatKind:
         ):
             if ticks:
                 r.examples[label] = [f"{s} @ {d.isoformat()}" for s, d in ticks[:10]]
+        if verdict.unexpected:
+            r.examples["unexpected"] = [
+                f"{s} @ {d.isoformat() if d else None} ({t})" for s, d, t in verdict.unexpected[:10]
+            ]
+        # The fault's cost in log records and leader terms: from just before it to now.
+        for n in cluster.replicas:
+            written, written_all = log_records(cluster, n)
+            before, before_all = self._records.get(n, (0, 0))
+            r.records[n], r.records_all[n] = written - before, written_all - before_all
+        r.terms = leader_terms(cluster) - self._terms
         self.exits_seen = close_round(r, cluster, self.exits_seen, leader)
         return r
 
+    def _mark(self) -> None:
+        """Remember the log records and leader terms so far, just before the fault."""
+        self._records = {n: log_records(self.cluster, n) for n in self.cluster.replicas}
+        self._terms = leader_terms(self.cluster)
+
     def _fail_over(self, r: Round, leader: str, epoch: int) -> None:
         cluster = self.cluster
+        if self.pair is not None:
+            # Nothing the primary acknowledged is missing on the standby (replication is
+            # synchronous); waiting for the replay keeps the harness's reads there consistent.
+            self.pair.wait_replayed()
         self._align()
+        self._mark()
         started = time.time()
         self._inject(leader)
+        if self.kind == "blackhole":
+            self._black_hole(r, leader, epoch, started)
+            return
         resumed = cluster.first_send_after(epoch, started, timeout=RESUME_TIMEOUT)
         r.failover = math.inf if resumed is None else resumed
         self._recover(r, leader)
@@ -469,26 +722,31 @@ class PgBeatKind:
 
     def _inject(self, leader: str) -> None:
         cluster, kind = self.cluster, self.kind
-        if kind == "sigkill":
-            cluster.signal(leader, signal.SIGKILL)
-        elif kind == "sigstop":
-            cluster.signal(leader, signal.SIGSTOP)
-        elif kind == "sigterm":
-            cluster.signal(leader, signal.SIGTERM)
+        sig = fault_signal(kind)
+        if sig is not None:
+            cluster.signal(leader, sig)
         elif kind == "terminate_backend":
             cluster.terminate_backends(leader)
         elif kind == "pg_restart":
             assert self.private is not None
             self.private.restart(mode="fast")
+        elif kind == "promotion":
+            assert self.pair is not None
+            self.pair.stop_primary("immediate")
+            self.pair.promote_standby()
         elif kind in ("partition", "stuck_publish"):
             # No FIN, no RST: the leader's packets to PostgreSQL (partition) or to the broker
             # (stuck_publish: its next publish blocks forever) vanish.
             self.proxies[leader].blackhole()
+        elif kind == "blackhole":
+            # A real partition: the kernel drops every packet between the leader and its proxy,
+            # so its keepalives and tcp_user_timeout can fire (see support/proxy.py).
+            self.proxies[leader].blackhole(kernel=True)
         else:
             raise ValueError(kind)
 
     def _recover(self, r: Round, leader: str) -> None:
-        if self.kind == "sigstop":
+        if fault_signal(self.kind) == signal.SIGSTOP:
             self.cluster.signal(leader, signal.SIGCONT)
         elif self.kind == "partition":
             time.sleep(2)
@@ -499,6 +757,37 @@ class PgBeatKind:
             self.proxies[leader].restore()
             if "dispatch loop stuck" not in self.cluster.log(leader):
                 r.notes.append("no 'dispatch loop stuck' report in the leader's log")
+
+    def _black_hole(self, r: Round, leader: str, epoch: int, started: float) -> None:
+        """The hole stays for ``--blackhole-seconds`` whatever happens meanwhile; then
+        ``restore()`` delivers what TCP still retransmits, and the ex-leader must rejoin."""
+        cluster, proxy = self.cluster, self.proxies[leader]
+        restore_at = started + self.opts.hole
+        try:
+            resumed = cluster.first_send_after(epoch, started, timeout=restore_at - time.time())
+            noticed = wait_for_record(
+                cluster, leader, STEPPED_DOWN, started, max(0.0, restore_at - time.time())
+            )
+            time.sleep(max(0.0, restore_at - time.time()))
+        finally:
+            restored = time.time()
+            proxy.restore()
+        if resumed is None:
+            resumed = cluster.first_send_after(epoch, started, timeout=RESUME_TIMEOUT)
+        r.failover = math.inf if resumed is None else resumed
+        if noticed is None:  # not during the hole: perhaps once the link was back
+            noticed = wait_for_record(
+                cluster, leader, STEPPED_DOWN, started, self.opts.lease_ttl + 10
+            )
+            if noticed is not None:
+                r.notes.append("the leader noticed only after restore()")
+        r.noticed = None if noticed is None else noticed - started
+        back = wait_for_record(cluster, leader, RECONNECTED, started, self.opts.lease_ttl + 30)
+        r.rejoined = None if back is None else back - restored
+        if back is None:
+            r.notes.append(f"no {RECONNECTED!r} record after the fault")
+        elif back < restored:
+            r.notes.append("reconnected during the black hole")
 
     def _row_lock(self, r: Round) -> None:
         """An admin's open transaction on one schedule row; the others must stay on time."""
@@ -517,6 +806,28 @@ class PgBeatKind:
                 ).fetchone()
             admin.rollback()
         r.lateness = math.inf if row is None or row[0] is None else float(row[0])
+
+
+class PromotionKind:
+    """promotion: a fresh primary/standby pair, database and cluster for every round.
+
+    A promoted standby has no standby of its own; making the old primary one again means a new
+    base backup (or pg_rewind) into a server on another port, which the replicas' multi-host
+    URL does not name. A fresh pair per round costs about as much and starts every round from
+    the same state."""
+
+    def __init__(self, kind: str, opts: Options, stack: contextlib.ExitStack) -> None:
+        self.kind = kind
+        self.opts = opts
+
+    def round(self, index: int) -> Round:
+        stack = contextlib.ExitStack()
+        try:
+            runner = PgBeatKind(self.kind, self.opts, stack, label=f"round-{index + 1}")
+            return runner.round(index)
+        finally:
+            with _INTERRUPTS.deferred():
+                stack.close()
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -743,15 +1054,34 @@ class RedBeatKind:
 
 
 def run_kind(
-    scheduler: str, kind: str, opts: Options, results: list[Round], factory: Callable[..., Any]
+    scheduler: str,
+    kind: str,
+    opts: Options,
+    results: list[Round],
+    skipped: dict[str, str],
+    factory: Callable[..., Any],
 ) -> None:
+    why = missing_tool(kind)
+    if why is not None:
+        skipped[kind] = why
+        log(f"{scheduler} {kind}: skipped: {why}")
+        return
     log(f"{scheduler} {kind}: starting a cluster of {REPLICAS} replicas and a worker")
     stack = contextlib.ExitStack()
     try:
-        runner = factory(kind, opts, stack)
+        try:
+            runner = factory(kind, opts, stack)
+        except UNAVAILABLE as exc:  # a tool is there, but cannot be used here
+            skipped[kind] = str(exc).splitlines()[0]
+            log(f"{scheduler} {kind}: skipped: {skipped[kind]}")
+            return
         for index in range(opts.rounds):
             try:
                 r = runner.round(index)
+            except UNAVAILABLE as exc:
+                skipped[kind] = str(exc).splitlines()[0]
+                log(f"{scheduler} {kind}: skipped: {skipped[kind]}")
+                break
             except Exception as exc:  # a broken round is reported, and ends this kind
                 r = Round(scheduler, kind, index)
                 if kind == "row_lock":
@@ -770,11 +1100,20 @@ def run_kind(
             stack.close()
 
 
-def run(opts: Options, results: list[Round]) -> None:
+def run(opts: Options, results: list[Round], skipped: dict[str, str], meta: dict[str, Any]) -> None:
+    seen = meta["digest"]
     for kind in opts.kinds:
-        run_kind("pg_beat", kind, opts, results, PgBeatKind)
+        digest = source_digest()
+        if digest != seen:
+            # Replicas import pg_beat when they start (and restart): this kind runs other code
+            # than the kinds before, and a replica starting during an edit may crash.
+            seen = digest
+            meta.setdefault("changed_before", []).append(kind)
+            log(f"pg_beat's source changed (before {kind})")
+        factory = PromotionKind if kind == "promotion" else PgBeatKind
+        run_kind("pg_beat", kind, opts, results, skipped, factory)
         if opts.redbeat and kind in REDBEAT_KINDS:
-            run_kind("redbeat", kind, opts, results, RedBeatKind)
+            run_kind("redbeat", kind, opts, results, skipped, RedBeatKind)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -783,13 +1122,16 @@ def run(opts: Options, results: list[Round]) -> None:
 @dataclass
 class KindSummary:
     rounds: int = 0
-    failover: tuple[float | None, float | None, float | None] = (None, None, None)
-    lateness: tuple[float | None, float | None, float | None] = (None, None, None)
+    failover: Stats = (None, None, None, None)
+    lateness: Stats = (None, None, None, None)
     missed: int = 0
     late: int = 0
     duplicates: int = 0
     republished: int = 0
+    unexpected: int = 0
     crashes: int = 0
+    records: Stats = (None, None, None, None)
+    terms: Stats = (None, None, None, None)
 
 
 def summarize(results: list[Round], scheduler: str, kind: str) -> KindSummary | None:
@@ -798,6 +1140,8 @@ def summarize(results: list[Round], scheduler: str, kind: str) -> KindSummary | 
         return None
     failovers = [r.failover for r in rounds if r.failover is not None]
     latenesses = [r.lateness for r in rounds if r.lateness is not None]
+    records = [float(r.max_records) for r in rounds if r.max_records is not None]
+    terms = [float(r.terms) for r in rounds if r.terms is not None]
     return KindSummary(
         rounds=len(rounds),
         failover=summary_stats(failovers),
@@ -806,33 +1150,48 @@ def summarize(results: list[Round], scheduler: str, kind: str) -> KindSummary | 
         late=sum(r.late for r in rounds),
         duplicates=sum(r.duplicates for r in rounds),
         republished=sum(r.republished for r in rounds),
+        unexpected=sum(r.unexpected for r in rounds),
         crashes=sum(r.crashes for r in rounds),
+        records=summary_stats(records),
+        terms=summary_stats(terms),
     )
 
 
-def table(results: list[Round], opts: Options) -> str:
+def fmt_count(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def table(results: list[Round], opts: Options, skipped: dict[str, str]) -> str:
     header = [
         "fault kind",
         "n",
-        "pg_beat failover min/med/max s",
+        "pg_beat failover min/med/p90/max s",
         "missed",
         "dup",
         "repub",
+        "unexp",
         "crashes",
+        "log/fault med/max",
+        "terms/fault med/max",
         "|",
         "n",
-        "RedBeat failover med/max s",
+        "RedBeat failover med/p90/max s",
         "missed",
         "dup",
         "crashes",
     ]
     rows = [header]
+    skipped_rows: dict[int, str] = {}
     for kind in opts.kinds:
         pg = summarize(results, "pg_beat", kind)
         rb = summarize(results, "redbeat", kind)
+        if pg is None and kind in skipped:
+            skipped_rows[len(rows)] = f"skipped: {skipped[kind]}"
+            rows.append([kind])
+            continue
         row = [kind]
         if pg is None:
-            row += ["0", "-", "-", "-", "-", "-"]
+            row += ["0", "-", "-", "-", "-", "-", "-", "-", "-"]
         else:
             stats, mark = (pg.lateness, " †") if kind == "row_lock" else (pg.failover, "")
             row += [
@@ -841,7 +1200,10 @@ def table(results: list[Round], opts: Options) -> str:
                 str(pg.missed),
                 str(pg.duplicates),
                 str(pg.republished),
+                str(pg.unexpected),
                 str(pg.crashes),
+                f"{fmt_count(pg.records[1])}/{fmt_count(pg.records[3])}",
+                f"{fmt_count(pg.terms[1])}/{fmt_count(pg.terms[3])}",
             ]
         row.append("|")
         if rb is None:
@@ -850,25 +1212,49 @@ def table(results: list[Round], opts: Options) -> str:
         else:
             row += [
                 str(rb.rounds),
-                f"{fmt(rb.failover[1])}/{fmt(rb.failover[2])}",
+                "/".join(fmt(v) for v in rb.failover[1:]),
                 str(rb.missed),
                 str(rb.duplicates),
                 str(rb.crashes),
             ]
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    widths = [
+        max(len(row[i]) for n, row in enumerate(rows) if i == 0 or n not in skipped_rows)
+        for i in range(len(header))
+    ]
     lines = []
     for n, row in enumerate(rows):
+        if n in skipped_rows:
+            lines.append(f"{row[0].ljust(widths[0])}  {skipped_rows[n]}")
+            continue
         cells = [
             cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
         ]
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines += notes(results, opts)
+    return "\n".join(lines)
+
+
+def notes(results: list[Round], opts: Options) -> list[str]:
+    """The lines under the table: what the marks mean, and the black hole's own figures."""
+    lines = []
     if "row_lock" in opts.kinds:
         lines.append(
             "† row_lock is not a failover: max lateness (sent - due) of the other schedules "
-            f"while one schedule's row was locked for {opts.lease_ttl:g} s, min/med/max over rounds"
+            f"while one schedule's row was locked for {opts.lease_ttl:g} s, over rounds"
+        )
+    holes = [r for r in results if r.scheduler == "pg_beat" and r.kind == "blackhole"]
+    if holes:
+        noticed = [r.noticed for r in holes if r.noticed is not None]
+        rejoined = [r.rejoined for r in holes if r.rejoined is not None]
+        lines.append(
+            f"blackhole ({opts.hole:g} s per round): the cut-off leader logged "
+            f"'{STEPPED_DOWN}' in {len(noticed)}/{len(holes)} rounds, "
+            f"{'/'.join(fmt(v) for v in summary_stats(noticed))} s (min/med/p90/max) after the "
+            f"fault; it rejoined ('{RECONNECTED}') in {len(rejoined)}/{len(holes)} rounds, "
+            f"{'/'.join(fmt(v) for v in summary_stats(rejoined))} s after restore()"
         )
     late = {k: s.late for k in opts.kinds if (s := summarize(results, "pg_beat", k)) and s.late}
     if late:
@@ -878,33 +1264,41 @@ def table(results: list[Round], opts: Options) -> str:
         )
     lines.append(
         "failover: fault -> first tick sent by a new leader (pg_beat: a later epoch; RedBeat: "
-        "another process). missed/dup/repub counted on the worker's side; crashes = exits other "
-        "than the one the fault calls for."
+        "another process); p90 is nearest-rank (the max below 10 rounds). missed/dup/repub/unexp "
+        "counted on the worker's side; crashes = exits other than the one the fault calls for; "
+        "log/fault = log records of the replica that wrote most, from the fault to the end of "
+        "the round, the per-tick 'sent ...' records left out; terms/fault = rows added to "
+        "pg_beat_leader_terms (1: one takeover)."
     )
-    return "\n".join(lines)
+    return lines
 
 
-def targets(results: list[Round], opts: Options) -> list[tuple[str, str, str]]:
+Target = tuple[str, str, str]
+
+
+def _check(values: list[float], reducer: Callable[[list[float]], float], bound: float) -> tuple:
+    """(measured, PASS/FAIL) of ``reducer(values) <= bound``; ("-", "n/a") without values."""
+    if not values:
+        return "-", "n/a"
+    value = reducer(values)
+    return f"{fmt(value)} s", "PASS" if value <= bound else "FAIL"
+
+
+def targets(results: list[Round], opts: Options) -> list[Target]:
     """(target, measured, PASS/FAIL/n/a) for each target of the issue, from pg_beat's figures."""
     pg = [r for r in results if r.scheduler == "pg_beat"]
 
     def failovers(*kinds: str) -> list[float]:
         return [r.failover for r in pg if r.kind in kinds and r.failover is not None]
 
-    def check(values: list[float], reducer: Callable[[list[float]], float], bound: float) -> tuple:
-        if not values:
-            return "-", "n/a"
-        value = reducer(values)
-        return f"{fmt(value)} s", "PASS" if value <= bound else "FAIL"
-
     hang_bound = opts.lease_ttl + 2
     out = [
-        ("SIGKILL: median failover <= 1 s", *check(failovers("sigkill"), statistics.median, 1.0)),
-        ("SIGKILL: max failover <= 2 s", *check(failovers("sigkill"), max, 2.0)),
-        ("SIGTERM: max failover <= 0.5 s", *check(failovers("sigterm"), max, 0.5)),
+        ("SIGKILL: median failover <= 1 s", *_check(failovers("sigkill"), statistics.median, 1.0)),
+        ("SIGKILL: max failover <= 2 s", *_check(failovers("sigkill"), max, 2.0)),
+        ("SIGTERM: max failover <= 0.5 s", *_check(failovers("sigterm"), max, 0.5)),
         (
             f"Hang (sigstop, stuck_publish): max failover <= TTL + 2 = {hang_bound:g} s",
-            *check(failovers("sigstop", "stuck_publish"), max, hang_bound),
+            *_check(failovers("sigstop", "stuck_publish"), max, hang_bound),
         ),
     ]
     faults = len(pg)
@@ -920,7 +1314,124 @@ def targets(results: list[Round], opts: Options) -> list[tuple[str, str, str]]:
     return out
 
 
-def report(results: list[Round], opts: Options) -> str:
+def topology_targets(results: list[Round], opts: Options) -> list[Target]:
+    """The bounds tests/ha/test_topologies.py asserts, checked on every round of the new kinds."""
+    pg = [r for r in results if r.scheduler == "pg_beat" and r.kind in TOPOLOGY_KINDS]
+
+    def failovers(*kinds: str) -> list[float]:
+        return [r.failover for r in pg if r.kind in kinds and r.failover is not None]
+
+    ttl = opts.lease_ttl
+    out = [
+        (
+            "PgBouncer session pool, SIGKILL: max failover <= 5 s",
+            *_check(failovers("pgbouncer_session_sigkill"), max, 5.0),
+        ),
+        (
+            f"PgBouncer transaction pool, SIGKILL: max failover <= TTL + 5 = {ttl + 5:g} s",
+            *_check(failovers("pgbouncer_transaction_sigkill"), max, ttl + 5),
+        ),
+        (
+            f"PgBouncer, SIGSTOP: max failover <= TTL + 10 = {ttl + 10:g} s",
+            *_check(
+                failovers("pgbouncer_session_sigstop", "pgbouncer_transaction_sigstop"),
+                max,
+                ttl + 10,
+            ),
+        ),
+        (
+            f"promotion: max failover <= TTL + 2 = {ttl + 2:g} s",
+            *_check(failovers("promotion"), max, ttl + 2),
+        ),
+        (
+            f"blackhole: max failover <= TTL + 2 = {ttl + 2:g} s",
+            *_check(failovers("blackhole"), max, ttl + 2),
+        ),
+    ]
+    holes = [r for r in pg if r.kind == "blackhole"]
+    noticed = [math.inf if r.noticed is None else r.noticed for r in holes]
+    out.append(
+        (
+            f"blackhole: cut-off leader steps down <= TTL + 5 = {ttl + 5:g} s",
+            *_check(noticed, max, ttl + 5),
+        )
+    )
+    back = sum(1 for r in holes if r.rejoined is not None)
+    out.append(
+        (
+            "blackhole: the ex-leader rejoins after restore(), every round",
+            f"{back}/{len(holes)}",
+            ("PASS" if back == len(holes) else "FAIL") if holes else "n/a",
+        )
+    )
+    if not pg:
+        return out
+    bad = sum(1 for r in pg if r.missed or r.duplicates or r.republished or r.unexpected)
+    out.append(
+        (
+            "every tick once (0 missed, dup, repub, unexp), every round",
+            f"{len(pg) - bad}/{len(pg)}",
+            "PASS" if not bad else "FAIL",
+        )
+    )
+    crashes = sum(r.crashes for r in pg)
+    out.append(("0 replica crashes", str(crashes), "PASS" if not crashes else "FAIL"))
+    terms = [r.terms for r in pg]
+    flapping = sum(1 for t in terms if t != 1)
+    out.append(
+        (
+            "1 leader term per fault (no flapping), every round",
+            f"{len(terms) - flapping}/{len(terms)}",
+            "PASS" if not flapping else "FAIL",
+        )
+    )
+    most = max((r.max_records or 0 for r in pg), default=0)
+    out.append(
+        (
+            f"< {RECORDS_PER_FAULT} log records per replica per fault",
+            str(most),
+            "PASS" if most < RECORDS_PER_FAULT else "FAIL",
+        )
+    )
+    return out
+
+
+def source_digest() -> str:
+    """SHA-1 of every file under pg_beat/ and migrations/, to notice edits during a run."""
+    digest = hashlib.sha1()
+    for top in ("pg_beat", "migrations"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            with contextlib.suppress(OSError):
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def revision() -> str:
+    """The measured pg_beat commit, ``+dirty`` when pg_beat/ or migrations/ have changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pg_beat", "migrations"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+def report(
+    results: list[Round], opts: Options, skipped: dict[str, str], meta: dict[str, Any]
+) -> str:
     lines = [
         "",
         f"Failover benchmark: {REPLICAS} replicas, TTL {opts.lease_ttl:g} s, heartbeat "
@@ -928,20 +1439,47 @@ def report(results: list[Round], opts: Options) -> str:
         f"every {SCHEDULES[0][1]:g} s (pg_beat: catch_up); RedBeat: redbeat_lock_timeout "
         f"{opts.lease_ttl:g} s, beat_max_loop_interval {opts.max_loop_interval:g} s",
         "",
-        table(results, opts),
+        table(results, opts, skipped),
         "",
         "Targets (issue 3, pg_beat):",
     ]
     rows = targets(results, opts)
-    width = max(len(t) for t, _, _ in rows)
+    topology = (
+        topology_targets(results, opts) if any(k in TOPOLOGY_KINDS for k in opts.kinds) else []
+    )
+    width = max(len(t) for t, _, _ in rows + topology)
     lines += [f"  {t.ljust(width)}  {m:>8}  {v}" for t, m, v in rows]
-    lines.append(f"\nreplica logs: {opts.workdir}")
+    if topology:
+        lines.append(
+            "Bounds of tests/ha/test_topologies.py (pg_beat, PgBouncer/promotion/blackhole):"
+        )
+        lines += [f"  {t.ljust(width)}  {m:>8}  {v}" for t, m, v in topology]
+    load = meta.get("load_before", (0, 0, 0)), os.getloadavg()
+    lines.append(
+        f"\npg_beat {meta.get('revision', 'unknown')}; wall time "
+        f"{(time.monotonic() - meta.get('started', time.monotonic())) / 60:.1f} min; load average "
+        + " -> ".join("/".join(f"{v:.2f}" for v in avg) for avg in load)
+    )
+    changed = meta.get("changed_before") or (
+        ["the end"] if source_digest() != meta.get("digest") else []
+    )
+    if changed:
+        lines.append(
+            "WARNING: pg_beat's source (pg_beat/, migrations/) changed during the run, first seen "
+            f"before {changed[0]}: the kinds ran different code"
+        )
+    lines.append(f"replica logs: {opts.workdir}")
     return "\n".join(lines)
 
 
-def write_json(results: list[Round], opts: Options, path: str) -> None:
+def write_json(
+    results: list[Round], opts: Options, skipped: dict[str, str], meta: dict[str, Any], path: str
+) -> None:
     data = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "revision": meta.get("revision"),
+        "source_changed_before": meta.get("changed_before", []),
+        "skipped": skipped,
         "rounds": [
             {
                 k: (None if isinstance(v, float) and math.isinf(v) else v)
@@ -950,7 +1488,8 @@ def write_json(results: list[Round], opts: Options, path: str) -> None:
             for r in results
         ],
         "targets": [
-            {"target": t, "measured": m, "verdict": v} for t, m, v in targets(results, opts)
+            {"target": t, "measured": m, "verdict": v}
+            for t, m, v in targets(results, opts) + topology_targets(results, opts)
         ],
     }
     Path(path).write_text(json.dumps(data, indent=2, default=str))
@@ -1001,21 +1540,28 @@ _INTERRUPTS = Interrupts()
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    meta: dict[str, Any] = {
+        "revision": revision(),
+        "digest": source_digest(),
+        "started": time.monotonic(),
+        "load_before": os.getloadavg(),
+    }
     log(
         f"failover benchmark: kinds {','.join(opts.kinds)}, {opts.rounds} round(s) each, "
         f"RedBeat {'on' if opts.redbeat else 'off'}, workdir {opts.workdir}"
     )
     results: list[Round] = []
+    skipped: dict[str, str] = {}
     status = 0
     with _INTERRUPTS.installed():
         try:
-            run(opts, results)
+            run(opts, results, skipped, meta)
         except KeyboardInterrupt:
             log("interrupted: processes stopped, databases dropped; partial results follow")
             status = 130
-    print(report(results, opts), flush=True)
+    print(report(results, opts, skipped, meta), flush=True)
     if opts.json_path:
-        write_json(results, opts, opts.json_path)
+        write_json(results, opts, skipped, meta, opts.json_path)
         log(f"wrote {opts.json_path}")
     return status
 
