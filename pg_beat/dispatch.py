@@ -39,8 +39,11 @@ BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
 CONTENTION_RETRY = 0.05
 #: Seconds a claim transaction should take at most; the rows per claim adapt to it.
-CLAIM_TARGET = 0.06
+CLAIM_TARGET = 0.045
 MIN_CLAIM = 20  # rows per claim, however slow the machine
+#: Rows the first claim of a process takes at most, before _pace has timed one: a cold start
+#: into a backlog should not begin with the longest transaction of the drain.
+FIRST_CLAIM = 100
 PRUNE_EVERY = 60.0
 
 
@@ -65,7 +68,8 @@ class Dispatcher:
         self._busy = False
         self._behind = False
         self._full = False  # the last claim took as many rows as it could
-        self._limit = settings.batch_size  # rows a claim takes at most (adapted: _pace)
+        # Rows a claim takes at most, adapted by _pace.
+        self._limit = min(settings.batch_size, FIRST_CLAIM)
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
         self._prune_at = 0.0
@@ -144,11 +148,12 @@ class Dispatcher:
             self._orphan_epoch, self._orphan_check_at = epoch, 0.0
         if self.recorder.lead(epoch):
             self._load_failing()
-        publisher, batch = self.publisher, self.settings.batch_size
-        if publisher.backlog >= batch:
-            # Claim at most one batch ahead of the broker: a claim that waits long to be sent
-            # widens the window in which a crash leaves it to be re-published.
-            publisher.wait_below(batch, BACKLOG_WAIT)
+        publisher, ahead = self.publisher, self._limit
+        if publisher.backlog >= ahead:
+            # Claim at most one claim ahead of the broker. A claim that waits long to be sent
+            # widens the window in which a crash leaves it to be re-published, and a loop that
+            # claims while the publisher is still busy only takes the GIL from it.
+            publisher.wait_below(ahead, BACKLOG_WAIT)
             return 0.0
         pending = self.recorder.collect()
         now = clock.now()
@@ -209,7 +214,7 @@ class Dispatcher:
             limit = int(limit * CLAIM_TARGET / took * 0.9)
         elif took < CLAIM_TARGET / 2:
             limit = int(limit * 1.25) + 1
-        self._limit = max(MIN_CLAIM, min(self.settings.batch_size, limit))
+        self._limit = min(self.settings.batch_size, max(MIN_CLAIM, limit))
 
     def _claim_in(self, conn: Connection, epoch: int) -> tuple[list[Claim], float | None]:
         group, settings = self.settings.group, self.settings

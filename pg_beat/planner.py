@@ -30,7 +30,7 @@ from pg_beat.ticks import Claim, task_id_for
 logger = logging.getLogger("pg_beat.dispatch")
 
 #: Seconds of planning per claim transaction; rows beyond it wait for the next transaction.
-PLAN_BUDGET = 0.05
+PLAN_BUDGET = 0.03
 #: Rows known valid, by (id, updated_at): every edit through SQL or the API bumps updated_at.
 _VALID_CACHE = 100_000
 
