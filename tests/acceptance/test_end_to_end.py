@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from support.pg import libpq_url as libpq
 from support.procs import ProcessGroup
 
@@ -89,20 +87,6 @@ def wait_for(
 
 def steps(runs: list[Execution]) -> list[float]:
     return [round((b.due_at - a.due_at).total_seconds(), 6) for a, b in itertools.pairwise(runs)]
-
-
-@pytest.fixture
-def queue(redis_url: str) -> Iterator[str]:
-    """A queue (and exchange) name of this run only; its keys are removed from Redis after."""
-    name = f"pg_beat_e2e_{secrets.token_hex(6)}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"*{name}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def test_beat_to_worker_through_redis(

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from support.procs import ProcessGroup
 from support.pythons import create_venv
 
@@ -88,20 +85,6 @@ def run(
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{output[-4000:]}"
     return output
-
-
-@pytest.fixture
-def queue(redis_url: str) -> Iterator[str]:
-    """A queue of this run only; its keys are removed from Redis after."""
-    name = f"pg_beat_install_{secrets.token_hex(6)}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"*{name}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def build(out: Path, tools: Path) -> Path:

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from support import pg
 from support.procs import ProcessGroup
+from support.waiting import connect, wait_for
 
 from pg_beat.cli import main
 from pg_beat.config import Settings
@@ -77,20 +77,6 @@ def assert_one_line_error(result: Result, code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-def connect(url: str, name: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        pg.libpq_url(url), autocommit=True, application_name=name, connect_timeout=3
-    )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 @contextmanager

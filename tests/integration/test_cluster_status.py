@@ -15,15 +15,15 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from support import pg
 from support.procs import ProcessGroup
+from support.waiting import connect, wait_for
 
 from pg_beat import store
 from pg_beat.config import Settings
@@ -40,20 +40,6 @@ TABLES = "pg_beat_schedules, pg_beat_runs, pg_beat_leases, pg_beat_leader_terms,
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def connect(url: str, name: str = "psql") -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        pg.libpq_url(url), autocommit=True, application_name=name, connect_timeout=3
-    )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 def run(url: str, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:

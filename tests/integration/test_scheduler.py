@@ -18,6 +18,7 @@ from celery import Celery, current_app
 from celery.schedules import crontab, schedule, solar
 from support import pg
 from support.pg import libpq_url as libpq
+from support.waiting import wait_for
 
 from pg_beat import migrate, store
 from pg_beat.api import ScheduleManager
@@ -51,14 +52,6 @@ def rows_by_name(url: str) -> dict[str, dict[str, Any]]:
         assert cur.description is not None
         columns = [c.name for c in cur.description]
         return {r[columns.index("name")]: dict(zip(columns, r, strict=True)) for r in cur}
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
 
 
 def advisory_locks(url: str) -> list[tuple[Any, ...]]:

@@ -26,21 +26,9 @@ from support.pgbouncer import PgBouncer, PgBouncerUnavailable
 from support.procs import ProcessGroup
 from support.proxy import TcpProxy
 from support.replication import ReplicatedPair
+from support.waiting import connect, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    kwargs.setdefault("connect_timeout", 3)
-    return psycopg.connect(pg.libpq_url(url), autocommit=True, **kwargs)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -504,7 +492,7 @@ def test_pgbouncer_defaults_refuse_the_options_startup_parameter(
     with bouncer(cluster) as pgb:
         with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
             connect(pgb.url(), options="-c statement_timeout=1000")
-        with connect(pgb.url(), application_name="tracked") as conn:
+        with connect(pgb.url(), "tracked") as conn:
             row = conn.execute("SELECT current_setting('application_name')").fetchone()
             assert row == ("tracked",)
     # The usual production override accepts `options`, and silently drops it.

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from support.inproc import replica
 from support.pg import libpq_url
+from support.waiting import wait_for
 
 from pg_beat.api import ScheduleManager
 
@@ -21,13 +22,6 @@ def lease(url: str) -> tuple[int, str | None, bool]:
         ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
-
-
-def wait_for(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_a_stuck_loop_is_reported_with_its_blocker_and_the_lease_released(

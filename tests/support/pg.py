@@ -21,11 +21,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
+
+from support.lifecycle import Started
 
 ENV_URL = "PG_BEAT_TEST_DATABASE_URL"
 LOCAL_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -182,7 +183,7 @@ def _cleanup_live_clusters() -> None:
         cluster.cleanup()
 
 
-class PrivateCluster:
+class PrivateCluster(Started):
     """A throwaway PostgreSQL cluster in a temporary directory, on 127.0.0.1 at a free port.
 
     Tests may stop, restart or crash (``kill()``) it freely. As root it runs as the
@@ -398,21 +399,6 @@ class PrivateCluster:
             self.base = None
             self.pid = None
         _live_clusters.discard(self)
-
-    def __enter__(self) -> PrivateCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- running the server's tools --
 

@@ -31,12 +31,12 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from support.lifecycle import Started
 from support.pg import CLUSTER_OS_USER, free_port
 
 SESSION, TRANSACTION = "session", "transaction"
@@ -68,7 +68,7 @@ def _stop_leftovers() -> None:
         bouncer.cleanup()
 
 
-class PgBouncer:
+class PgBouncer(Started):
     """PgBouncer on ``127.0.0.1:<free port>`` forwarding every database to the target server.
 
     ``pool_mode`` is ``"session"`` or ``"transaction"``. With ``default_settings=True`` every other
@@ -268,21 +268,6 @@ class PgBouncer:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
         _live.discard(self)
-
-    def __enter__(self) -> PgBouncer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- admin console --
 

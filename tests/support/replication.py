@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
 
+from support.lifecycle import Started
 from support.pg import PrivateCluster, libpq_url
 
 SLOT = "pg_beat_standby"
@@ -44,7 +44,7 @@ STANDBY_SETTINGS: Mapping[str, str] = {"synchronous_standby_names": "''"}
 REPLICATION_HBA = ("host replication all 127.0.0.1/32 trust",)
 
 
-class ReplicatedPair:
+class ReplicatedPair(Started):
     """A primary and a synchronous hot standby, both ``PrivateCluster`` on 127.0.0.1.
 
     ``settings`` are added to both servers' configuration (after the pair's own, so they win).
@@ -88,21 +88,6 @@ class ReplicatedPair:
         with contextlib.suppress(Exception):
             self.standby.cleanup()
         self.primary.cleanup()
-
-    def __enter__(self) -> ReplicatedPair:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- addresses --
 
