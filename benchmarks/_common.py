@@ -1,4 +1,5 @@
-"""Plumbing shared by the scheduler benchmark: services, schedule layouts, measurements, tables.
+"""Plumbing shared by the benchmarks: services, schedule layouts, measurements, tables, child
+processes and the report's frame.
 
 Everything here talks to 127.0.0.1 only, creates databases named ``pg_beat_bench_*`` and
 flushes only the Redis database number it is given.
@@ -6,15 +7,20 @@ flushes only the Redis database number it is given.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import platform
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
@@ -22,6 +28,7 @@ from psycopg import sql
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 DB_PREFIX = "pg_beat_bench_"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 TASK = "bench.noop"  # never registered: every scheduler publishes it with app.send_task()
 
 
@@ -221,3 +228,122 @@ class ResultFile:
         except (OSError, ValueError):
             return {}
         return loaded
+
+
+# --- child processes -----------------------------------------------------------------------
+
+
+def log_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_child(script: Path, spec: dict[str, Any], log_path: Path, timeout: float) -> dict[str, Any]:
+    """Run ``script --child spec`` (output to ``log_path``), killing it, by its PID only, after
+    ``timeout`` s; what it put in its :class:`ResultFile` (``spec["out"]``), with ``elapsed``
+    and, when it did not end well, ``timed_out`` or ``error``."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--child", json.dumps(spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+        started = time.perf_counter()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()  # this child only, by its PID
+            proc.wait()
+    result = ResultFile.read(spec["out"])
+    result["elapsed"] = time.perf_counter() - started
+    if timed_out:
+        result["timed_out"] = timeout
+    elif proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        result.setdefault("error", f"exit status {proc.returncode}")
+        log_line("    child failed:\n      " + "\n      ".join(tail))
+    return result
+
+
+def finish(status: int = 0) -> NoReturn:
+    """End the child now: beat's loop and pg_beat's watchdog may be mid-sleep; never join."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def beside_loop(loop: Callable[[], object], driver: Callable[[], None], out: ResultFile) -> None:
+    """Run beat's ``loop`` in this, the main thread (where `celery beat` runs it, and where
+    RedBeat takes its thread-local lock), and ``driver`` in another thread, which reports into
+    ``out`` and ends the process."""
+
+    def drive() -> None:
+        try:
+            driver()
+        except BaseException:
+            traceback.print_exc()
+            out.put(error=traceback.format_exc().strip().splitlines()[-1])
+            finish(1)
+        finish()
+
+    threading.Thread(target=drive, name="bench-driver", daemon=True).start()
+    try:
+        loop()
+    except BaseException:
+        traceback.print_exc()
+        out.put(loop_error=traceback.format_exc().strip().splitlines()[-1])
+    threading.Event().wait()  # the driver still reports what it saw, then exits
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def pg_beat_version() -> str:
+    """The commit pg_beat was measured at, with '+dirty' when pg_beat/ has local changes."""
+    import pg_beat
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pg_beat", "migrations"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return pg_beat.__version__
+    return f"{pg_beat.__version__} ({commit or 'no git'}{'+dirty' if dirty else ''})"
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """``run()`` the measurements (their results), then print them with the machine, the
+    options and the load average around the run, and write them to ``args.json`` if given."""
+    version = pg_beat_version()
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    results = run()
+    report = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "pg_beat": version,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "options": {k: v for k, v in vars(args).items() if k != "child"},
+        "duration_seconds": time.perf_counter() - started,
+        "results": results,
+    }
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+        log_line(f"results written to {args.json}")

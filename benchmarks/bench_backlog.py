@@ -17,12 +17,9 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -39,15 +36,19 @@ from _common import (
     REDIS_PORT,
     TASK,
     ResultFile,
+    beside_loop,
     create_database,
     drop_database,
+    finish,
     flush_redis,
     fmt_seconds,
+    log_line,
     percentile,
     pg_url,
     render_table,
+    run_and_report,
+    run_child,
 )
-from bench_scheduler import finish, log_line, pg_beat_version
 
 HERE = Path(__file__).resolve()
 GRACE = 1.0  # s: pg_beat's default misfire grace time; a tick due within it of the start is on
@@ -854,34 +855,12 @@ def child(spec: dict[str, Any]) -> None:
         runner.construct()
         runner.hook()
         out.put(construct=time.time() - backlog.t0)
-        run_beside(runner, spec, out)
+        beside_loop(runner.loop, lambda: out.put(**watch(runner, spec)), out)
     except BaseException:
         traceback.print_exc()
         out.put(error=traceback.format_exc().strip().splitlines()[-1])
-        finish(out, 1)
-    finish(out)
-
-
-def run_beside(runner: Runner, spec: dict[str, Any], out: ResultFile) -> None:
-    """Beat's loop in the main thread (where `celery beat` runs it, and where RedBeat took its
-    thread-local lock); the driver in another thread, which ends the process."""
-
-    def drive() -> None:
-        try:
-            out.put(**watch(runner, spec))
-        except BaseException:
-            traceback.print_exc()
-            out.put(error=traceback.format_exc().strip().splitlines()[-1])
-            finish(out, 1)
-        finish(out)
-
-    threading.Thread(target=drive, name="bench-driver", daemon=True).start()
-    try:
-        runner.loop()
-    except BaseException:
-        traceback.print_exc()
-        out.put(loop_error=traceback.format_exc().strip().splitlines()[-1])
-    threading.Event().wait()  # the driver still reports what it saw, then exits
+        finish(1)
+    finish()
 
 
 def watch(runner: Runner, spec: dict[str, Any]) -> dict[str, Any]:
@@ -1074,30 +1053,8 @@ class Parent:
 
     def run_child(self, spec: dict[str, Any]) -> dict[str, Any]:
         log_path = self.workdir / f"child-{self.seq}-{spec['scheduler']}.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(HERE), "--child", json.dumps(spec)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(HERE.parent.parent),
-            )
-            started = time.perf_counter()
-            timed_out = False
-            try:
-                proc.wait(timeout=self.args.child_timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()  # this child only, by its PID
-                proc.wait()
-        result = ResultFile.read(spec["out"])
-        result["elapsed"] = time.perf_counter() - started
+        result = run_child(HERE, spec, log_path, self.args.child_timeout)
         result["log"] = str(log_path)
-        if timed_out:
-            result["timed_out"] = self.args.child_timeout
-        elif proc.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-            result.setdefault("error", f"exit status {proc.returncode}")
-            log_line("    child failed:\n      " + "\n      ".join(tail))
         return result
 
     def run(self) -> None:
@@ -1473,30 +1430,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parent = Parent(args)
-    version = pg_beat_version()
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        parent.run()
-    finally:
-        parent.close()
-    report = {
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "pg_beat": version,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "options": {k: v for k, v in vars(args).items() if k != "child"},
-        "duration_seconds": time.perf_counter() - started,
-        "results": parent.results,
-    }
-    print(render_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-        log_line(f"results written to {args.json}")
+
+    def run() -> dict[str, Any]:
+        try:
+            parent.run()
+        finally:
+            parent.close()
+        return parent.results
+
+    run_and_report(args, run, render_report)
     return 0
 
 

@@ -17,16 +17,12 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +31,15 @@ from _common import (
     Layout,
     Recorder,
     ResultFile,
+    beside_loop,
+    finish,
     flush_redis,
+    log_line,
     percentile,
     quiet_layout,
     rss_kib,
+    run_and_report,
+    run_child,
 )
 from _report import render_report
 
@@ -119,35 +120,6 @@ def service_loop(adapter: Adapter) -> None:
                 sched._do_sync()
 
 
-def finish(out: ResultFile, status: int = 0) -> None:
-    """End the child now: beat's loop and pg_beat's watchdog may be mid-sleep; never join."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-def beside_loop(adapter: Adapter, out: ResultFile, driver: Callable[[], None]) -> None:
-    """Run beat's loop in this, the main thread (where `celery beat` runs it, and where RedBeat
-    took its thread-local lock), and ``driver`` in another thread, which ends the process."""
-
-    def drive() -> None:
-        try:
-            driver()
-        except BaseException:
-            traceback.print_exc()
-            out.put(error=traceback.format_exc().strip().splitlines()[-1])
-            finish(out, 1)
-        finish(out)
-
-    threading.Thread(target=drive, name="bench-driver", daemon=True).start()
-    try:
-        service_loop(adapter)
-    except BaseException:
-        traceback.print_exc()
-        out.put(loop_error=traceback.format_exc().strip().splitlines()[-1])
-    threading.Event().wait()  # the driver still reports what it saw, then exits
-
-
 def measure_idle(adapter: Adapter, budget: float) -> dict[str, Any]:
     durations: list[float] = []
     deadline = time.perf_counter() + budget
@@ -193,7 +165,11 @@ def child_main_run(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: 
     rss = rss_kib()
     out.put(memory_kib=rss - baseline, rss_kib=rss)
     adapter.warm_up()
-    beside_loop(adapter, out, lambda: out.put(**measure_edits(adapter, layout, recorder, spec)))
+    beside_loop(
+        lambda: service_loop(adapter),
+        lambda: out.put(**measure_edits(adapter, layout, recorder, spec)),
+        out,
+    )
 
 
 def start_recording(adapter: Adapter, layout: Layout, out: ResultFile) -> tuple[Recorder, float]:
@@ -225,7 +201,7 @@ def child_burst(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: Res
             burst_cap=spec["burst_cap"],
         )
 
-    beside_loop(adapter, out, driver)
+    beside_loop(lambda: service_loop(adapter), driver, out)
 
 
 def child_lateness(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: ResultFile) -> None:
@@ -236,7 +212,7 @@ def child_lateness(adapter: Adapter, layout: Layout, spec: dict[str, Any], out: 
         recorder.wait_all(names, until=layout.start + layout.spread + spec["lateness_cap"])
         out.put(**lateness_stats(layout, recorder, ready, spec["lateness_cap"]))
 
-    beside_loop(adapter, out, driver)
+    beside_loop(lambda: service_loop(adapter), driver, out)
 
 
 def lateness_stats(layout: Layout, recorder: Recorder, ready: float, cap: float) -> dict[str, Any]:
@@ -303,8 +279,8 @@ def child(spec: dict[str, Any]) -> None:
     except BaseException:
         traceback.print_exc()
         out.put(error=traceback.format_exc().strip().splitlines()[-1])
-        finish(out, 1)
-    finish(out)
+        finish(1)
+    finish()
 
 
 # --- parent process ------------------------------------------------------------------------
@@ -340,30 +316,7 @@ class Runner:
 
     def run_child(self, spec: dict[str, Any]) -> dict[str, Any]:
         log_path = self.workdir / f"child-{self.seq}.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(HERE), "--child", json.dumps(spec)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(HERE.parent.parent),
-            )
-            started = time.perf_counter()
-            timed_out = False
-            try:
-                proc.wait(timeout=self.args.child_timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()  # this child only, by its PID
-                proc.wait()
-        result = ResultFile.read(spec["out"])
-        result["elapsed"] = time.perf_counter() - started
-        if timed_out:
-            result["timed_out"] = self.args.child_timeout
-        elif proc.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-            result.setdefault("error", f"exit status {proc.returncode}")
-            log_line("    child failed:\n      " + "\n      ".join(tail))
-        return result
+        return run_child(HERE, spec, log_path, self.args.child_timeout)
 
     def measure(self, key: str, kind: str, layout: Layout | None) -> dict[str, Any]:
         spec = self.spec(key, kind, layout)
@@ -463,30 +416,6 @@ def summarise(result: dict[str, Any]) -> str:
     return json.dumps(shown, default=str)
 
 
-def pg_beat_version() -> str:
-    """The commit pg_beat was measured at, with '+dirty' when pg_beat/ has local changes."""
-    import pg_beat
-
-    root = HERE.parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "pg_beat", "migrations"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return pg_beat.__version__
-    return f"{pg_beat.__version__} ({commit or 'no git'}{'+dirty' if dirty else ''})"
-
-
-def log_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -494,30 +423,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     runner = Runner(args)
-    version = pg_beat_version()
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        runner.run()
-    finally:
-        runner.close()
-    report = {
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "pg_beat": version,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "options": {k: v for k, v in vars(args).items() if k != "child"},
-        "duration_seconds": time.perf_counter() - started,
-        "results": runner.results,
-    }
-    print(render_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-        log_line(f"results written to {args.json}")
+
+    def run() -> dict[str, Any]:
+        try:
+            runner.run()
+        finally:
+            runner.close()
+        return runner.results
+
+    run_and_report(args, run, render_report)
     return 0
 
 
