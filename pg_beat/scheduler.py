@@ -32,6 +32,8 @@ from pg_beat.urls import describe
 from pg_beat.watchdog import Watchdog
 
 logger = logging.getLogger("pg_beat.scheduler")
+#: Schedules warned about one by one per task name this app does not know.
+UNKNOWN_TASK_SCHEDULES = 5
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -57,7 +59,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.watchdog: Watchdog | None = None
         self._closed = False
         self._producer_ready = False
-        self._unknown_tasks: set[str] = set()
+        #: Per unknown task name, the schedules warned about (see _warn_unknown).
+        self._unknown_tasks: dict[str, set[str]] = {}
         self.liveness = (
             LivenessFile(self.settings.liveness_file, self.settings.replica_name)
             if self.settings.liveness_file
@@ -250,19 +253,31 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
 
     def _warn_unknown(self, claim: Claim) -> None:
-        """Once per task name (with the first schedule that sends it): the task may be defined
-        on the workers only, so this is no error, but a typo in a task name is otherwise only
-        seen by the workers. Once per name, not per schedule: 10,000 schedules of one task
-        defined elsewhere make one line."""
-        if claim.task in self._unknown_tasks:
+        """Once per schedule whose task this app does not know: the task may be defined on the
+        workers only, so this is no error, but a typo in a task name is otherwise only seen by
+        the workers. At most UNKNOWN_TASK_SCHEDULES schedules per task name, then one line
+        saying the rest go unlogged: 10,000 schedules of a task defined elsewhere make a few
+        lines, not 10,000."""
+        warned = self._unknown_tasks.setdefault(claim.task, set())
+        if claim.schedule in warned or len(warned) > UNKNOWN_TASK_SCHEDULES:
             return
-        self._unknown_tasks.add(claim.task)
+        warned.add(claim.schedule)
+        extra = {"action": "unknown_task", "schedule": claim.schedule}
+        if len(warned) > UNKNOWN_TASK_SCHEDULES:
+            logger.warning(
+                "pg_beat: more schedules send task %r, which this app does not know (%r too); "
+                "not logged for each",
+                claim.task,
+                claim.schedule,
+                extra=extra,
+            )
+            return
         logger.warning(
-            "pg_beat: task %r (sent by schedule %r, and maybe others) is not known to this app: "
-            "a typo, or a task defined on the workers only?",
-            claim.task,
+            "pg_beat: schedule %r sends task %r, which this app does not know: a typo, or a "
+            "task defined on the workers only?",
             claim.schedule,
-            extra={"action": "unknown_task", "schedule": claim.schedule},
+            claim.task,
+            extra=extra,
         )
 
     def _revive_channel(self) -> None:

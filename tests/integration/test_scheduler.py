@@ -22,7 +22,7 @@ from support.waiting import wait_for
 
 from pg_beat import migrate, store
 from pg_beat.api import ScheduleManager
-from pg_beat.scheduler import Scheduler
+from pg_beat.scheduler import UNKNOWN_TASK_SCHEDULES, Scheduler
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -541,30 +541,40 @@ def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
         pair.cleanup()
 
 
-def test_a_task_this_app_does_not_know_is_warned_about_once_and_still_sent(
+def test_a_task_this_app_does_not_know_is_warned_about_per_schedule_and_still_sent(
     db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A typo in a task name is otherwise seen only by the workers ('unregistered task')."""
+    """A typo in a task name is otherwise seen only by the workers ('unregistered task'). One
+    warning per schedule, once each, up to a few per task name: then one line for the rest."""
     app = make_app(db_url)
 
     @app.task(name="proj.tasks.cleanup")
     def cleanup() -> None: ...
 
+    limit = UNKNOWN_TASK_SCHEDULES
+    typos = [f"typo-{i}" for i in range(limit + 2)]
     with ScheduleManager(db_url) as api:
-        for name, task in (("typo-1", "proj.tasks.clenaup"), ("typo-2", "proj.tasks.clenaup"),
-                           ("known", "proj.tasks.cleanup")):  # fmt: skip
-            api.create(name, task, every=3600)
-            api.run_now(name)
+        for name in typos:
+            api.create(name, "proj.tasks.clenaup", every=1)
+        api.create("known", "proj.tasks.cleanup", every=1)
     caplog.set_level(logging.INFO, logger="pg_beat")
     with running(app) as scheduler:
         wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
         deadline = time.monotonic() + 15
-        while scheduler.dispatcher is not None and scheduler.dispatcher.sent_total < 3:
-            assert time.monotonic() < deadline, "the three ticks were not sent"
+        # Every schedule at least twice: a second tick of a schedule warns no more.
+        while scheduler.dispatcher is not None and scheduler.dispatcher.sent_total < 3 * 8:
+            assert time.monotonic() < deadline, "the ticks were not sent"
             scheduler.tick()
-    warnings = [r.getMessage() for r in caplog.records if "not known to this app" in r.getMessage()]
-    assert len(warnings) == 1, warnings  # one per task name, not per schedule
-    assert "'proj.tasks.clenaup'" in warnings[0] and "typo-" in warnings[0]
-    sent = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sent ")]
-    assert len(sent) == 3  # sent all the same: the task may live on the workers only
-    assert any("'known' (proj.tasks.cleanup)" in line for line in sent)
+    warnings = [r.getMessage() for r in caplog.records if "which this app does not know" in
+                r.getMessage()]  # fmt: skip
+    each = [w for w in warnings if w.startswith("pg_beat: schedule ")]
+    assert len(each) == limit, warnings
+    assert all("'proj.tasks.clenaup'" in w for w in each)
+    assert len({w.split("'")[1] for w in each}) == limit  # a different schedule each time
+    rest = [w for w in warnings if w.startswith("pg_beat: more schedules")]
+    assert len(rest) == 1, warnings
+    # Sent all the same: the task may live on the workers only.
+    sent = sql(
+        db_url, "SELECT count(DISTINCT schedule_name) FROM pg_beat_runs WHERE status = 'sent'"
+    )
+    assert sent == [(len(typos) + 1,)]
