@@ -87,10 +87,10 @@ def test_settings_read_back_through_pgbouncer_with_its_defaults(
     assert mode == "transaction"  # auto: a pooler, whatever its mode: the mode safe in both
 
 
+@pytest.mark.parametrize("bouncer", ["session"], indirect=True)
 def test_session_mode_through_a_session_pool(bouncer: tuple[PgBouncer, str]) -> None:
     running, url = bouncer
-    if running.pool_mode != "session":
-        pytest.skip("session mode only makes sense behind a session pool")
+    assert running.pool_mode == "session"
     mode, _ = shown(url, pool_mode="session")
     assert mode == "session"
 
