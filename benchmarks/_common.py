@@ -300,23 +300,28 @@ def beside_loop(loop: Callable[[], object], driver: Callable[[], None], out: Res
 # --- the report ----------------------------------------------------------------------------
 
 
-def pg_beat_version() -> str:
-    """The commit pg_beat was measured at, with '+dirty' when pg_beat/ has local changes."""
-    import pg_beat
+def revision() -> str:
+    """The measured pg_beat commit, ``+dirty`` when pg_beat/ or migrations/ have changes;
+    "unknown" outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "pg_beat", "migrations"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return pg_beat.__version__
-    return f"{pg_beat.__version__} ({commit or 'no git'}{'+dirty' if dirty else ''})"
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "pg_beat", "migrations")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+def pg_beat_version() -> str:
+    """pg_beat's version and the commit it was measured at (see :func:`revision`)."""
+    import pg_beat
+
+    return f"{pg_beat.__version__} ({revision()})"
 
 
 def run_and_report(

@@ -47,6 +47,7 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from _common import revision  # noqa: E402
 from support import blackhole as kernel_blackhole  # noqa: E402
 from support.pg import (  # noqa: E402
     NoPostgresAvailable,
@@ -1405,28 +1406,6 @@ def source_digest() -> str:
             with contextlib.suppress(OSError):
                 digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def revision() -> str:
-    """The measured pg_beat commit, ``+dirty`` when pg_beat/ or migrations/ have changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "pg_beat", "migrations"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 
 def report(
