@@ -17,6 +17,7 @@ import pytest
 from celery import Celery, current_app
 from celery.schedules import crontab, schedule, solar
 from support import pg
+from support.env import unavailable
 from support.pg import libpq_url as libpq
 from support.waiting import wait_for
 
@@ -314,6 +315,22 @@ def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
 # --- database unreachable at start ---------------------------------------------------------------
 
 
+def construct_in_background(app: Celery) -> tuple[threading.Thread, dict[str, Any]]:
+    """``Scheduler(app)`` in a daemon thread, for a start-up that waits: the outcome dict gets
+    ``scheduler``, or ``error`` (SystemExit included, for the test to report)."""
+    outcome: dict[str, Any] = {}
+
+    def construct() -> None:
+        try:
+            outcome["scheduler"] = Scheduler(app)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=construct, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def test_start_waits_for_the_database(
     private_cluster: pg.PrivateCluster, make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -322,17 +339,7 @@ def test_start_waits_for_the_database(
     migrate.upgrade(url)
     private_cluster.stop()
     app = make_app(url, beat_schedule={"s": {"task": "t.s", "schedule": 60}})
-
-    outcome: dict[str, Any] = {}
-
-    def construct() -> None:
-        try:
-            outcome["scheduler"] = Scheduler(app)
-        except BaseException as exc:  # SystemExit included: the test reports it
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=construct, daemon=True)
-    thread.start()
+    thread, outcome = construct_in_background(app)
     try:
         wait_for(
             lambda: any("not usable yet" in r.getMessage() for r in caplog.records),
@@ -502,22 +509,13 @@ def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
     caplog.set_level(logging.INFO, logger="pg_beat")
     try:
         pair = ReplicatedPair().start()
-    except Exception as exc:
-        pytest.skip(f"no primary with a standby here: {exc}")
+    except Exception as exc:  # initdb / pg_basebackup missing, or no user to run them as
+        unavailable(f"cannot start a primary with a standby: {exc}")
     try:
         migrate.upgrade(pair.primary.url())
         pair.wait_replayed()
         app = make_app(pair.standby.url(), beat_schedule={"s": {"task": "t.s", "schedule": 60}})
-        outcome: dict[str, Any] = {}
-
-        def construct() -> None:
-            try:
-                outcome["scheduler"] = Scheduler(app)
-            except BaseException as exc:  # SystemExit included: the test reports it
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=construct, daemon=True)
-        thread.start()
+        thread, outcome = construct_in_background(app)
         wait_for(
             lambda: any("read-only" in r.getMessage() for r in caplog.records),
             15,
