@@ -5,24 +5,17 @@ A missing service skips a test locally but fails it under ``CI=true`` (dramatiq'
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from support import pg
+from support.env import unavailable
 from support.procs import ProcessGroup
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-
-
-def _unavailable(message: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -44,7 +37,7 @@ def pg_admin_url() -> Iterator[str]:
     try:
         url = pg.admin_url()
     except pg.NoPostgresAvailable as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     yield url
     pg.release_admin_server()
 
@@ -95,7 +88,7 @@ def private_cluster() -> Iterator[pg.PrivateCluster]:
         cluster.start()
     except pg.NoPostgresAvailable as exc:
         cluster.cleanup()
-        _unavailable(f"cannot start a private PostgreSQL cluster: {exc}")
+        unavailable(f"cannot start a private PostgreSQL cluster: {exc}")
     try:
         yield cluster
     finally:
@@ -126,7 +119,7 @@ def redis_url() -> str:
     flushed) and the demo (15): a test run beside them never shares their keys."""
     problem = _redis_ping()
     if problem is not None:
-        _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}: {problem}")
+        unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}: {problem}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{secrets.randbelow(11) + 1}"
 
 
