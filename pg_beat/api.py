@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pg_beat import schedules, store
 from pg_beat.config import Settings
@@ -245,15 +245,9 @@ def _locked_as(name: str) -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+        if store.sqlstate(exc) == "55P03":  # lock_not_available
             raise ScheduleLocked(name) from exc
         raise
-
-
-def _connection_lost(exc: DBAPIError) -> bool:
-    """A failure to reach the server (no SQLSTATE, class 08, or the server shutting down)."""
-    state = getattr(exc.orig, "sqlstate", None)
-    return exc.connection_invalidated or state is None or state.startswith(("08", "57P"))
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -321,7 +315,7 @@ class ScheduleManager:
                     self._check_schema(conn)
                 yield conn
         except OperationalError as exc:
-            if not _connection_lost(exc):
+            if not store.connection_lost(exc):
                 raise
             raise DatabaseUnavailable(
                 f"database at {redact_url(self.settings.database_url)} is unavailable: {exc.orig}"
@@ -385,7 +379,7 @@ class ScheduleManager:
             with self._begin() as conn:
                 row = store.insert_schedule(conn, self.group, {"name": name, **full})
         except IntegrityError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "23505":
+            if store.sqlstate(exc) == "23505":
                 raise ScheduleExists(name) from exc
             raise InvalidSchedule(name, f"rejected by the database: {exc.orig}") from exc
         return info_from_row(row)

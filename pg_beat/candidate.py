@@ -114,7 +114,7 @@ class Candidate:
             with conn.begin():
                 others = store.terminate_lock_holder(conn, self.settings.group, pid, holder)
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            if store.sqlstate(exc) != "42501":  # insufficient_privilege
                 raise
             self.say(
                 "terminate",

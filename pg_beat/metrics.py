@@ -148,7 +148,7 @@ class SchedulerCollector:
                 self._snapshot, self._retry_at = None, now + SNAPSHOT_BACKOFF
                 logger.warning(
                     "metrics: cannot read the database: %s",
-                    str(exc.orig).splitlines()[0] if exc.orig else exc,
+                    store.first_line(exc),
                     extra={"action": "metrics_db_error", "replica": settings.replica_name},
                 )
             return self._snapshot

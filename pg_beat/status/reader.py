@@ -74,9 +74,9 @@ class SectionReader:
                 store.set_local_timeouts(self.conn, limit, limit + 0.25)
                 return fetch(self.conn)
         except DBAPIError as exc:
-            if _connection_lost(exc):
+            if store.connection_lost(exc):
                 raise
-            if table is not None and getattr(exc.orig, "sqlstate", None) == "55P03":
+            if table is not None and store.sqlstate(exc) == "55P03":
                 self.locked.add(table)
             self.unreadable[section] = _reason(exc, limit)
             return None
@@ -86,20 +86,10 @@ class SectionReader:
         return self.read(section, fetch, SECTION_TABLES[section])
 
 
-def _connection_lost(exc: DBAPIError) -> bool:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return (
-        exc.connection_invalidated
-        or sqlstate is None
-        or sqlstate.startswith("08")
-        or sqlstate in ("57P01", "57P02", "57P03")
-    )
-
-
 def _reason(exc: DBAPIError, limit: float) -> str:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlstate = store.sqlstate(exc)
     if sqlstate == "55P03":
         return f"lock timeout after {limit:.1f}s"
     if sqlstate == "57014":
         return f"statement timeout after {limit:.1f}s"
-    return (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+    return store.first_line(exc)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool, QueuePool
 
 from pg_beat import urls
@@ -34,6 +35,7 @@ __all__ = [
     "TRANSIENT_SQLSTATES",
     "Connector",
     "backend_pid",
+    "connection_lost",
     "db_now",
     "first_line",
     "keepalive_params",
@@ -255,6 +257,13 @@ TRANSIENT_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a driver error (SQLAlchemy's or psycopg's), if the server sent one."""
     return getattr(getattr(exc, "orig", None) or exc, "sqlstate", None)
+
+
+def connection_lost(exc: DBAPIError) -> bool:
+    """A failure to reach the server: no SQLSTATE, class 08, or class 57P (the server shutting
+    down, the session ended by it), as opposed to an error the server answered with."""
+    state = sqlstate(exc)
+    return exc.connection_invalidated or state is None or state.startswith(("08", "57P"))
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,6 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import OperationalError
 
+from pg_beat.store.connections import sqlstate
+
 __all__ = [
     "DISOWN_TERM",
     "ENSURE_LEASE",
@@ -250,7 +252,7 @@ def wait_lock(conn: Connection, group: str, timeout: float) -> bool:
             )
         return True
     except OperationalError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+        if sqlstate(exc) == "55P03":  # lock_not_available
             return False
         raise
 
