@@ -106,14 +106,22 @@ def current(url: str, schema: str | None = None) -> str | None:
         engine.dispose()
 
 
+def mismatch(current: str | None) -> str | None:
+    """Why a database at revision ``current`` will not do, with the command that fixes it;
+    None at :func:`head_revision`."""
+    head = head_revision()
+    if current == head:
+        return None
+    return (
+        f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
+        f"needs {head}: run 'pg-beat db upgrade'"
+    )
+
+
 def require_head(connection: Connection, schema: str | None = None) -> None:
-    """Raise :class:`SchemaMismatch` unless the connected database is at :func:`head_revision`,
-    with the command that fixes it."""
+    """Raise :class:`SchemaMismatch` unless the connected database is at :func:`head_revision`."""
     from pg_beat.exceptions import SchemaMismatch
 
-    current, head = current_revision(connection, schema), head_revision()
-    if current != head:
-        raise SchemaMismatch(
-            f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
-            f"needs {head}: run 'pg-beat db upgrade'"
-        )
+    reason = mismatch(current_revision(connection, schema))
+    if reason is not None:
+        raise SchemaMismatch(reason)

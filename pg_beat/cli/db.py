@@ -104,13 +104,8 @@ def db_check(env: Env, as_json: bool) -> None:
     with env.connect(schema=False) as conn:
         revision = migrate.current_revision(conn, env.schema)
     head = migrate.head_revision()
-    reason: str | None = None
-    if revision != head:
-        reason = (
-            f"database schema is at revision {revision or 'none (not migrated)'}, pg_beat needs "
-            f"{head}: run 'pg-beat db upgrade'"
-        )
-    else:
+    reason = migrate.mismatch(revision)
+    if reason is None:
         from alembic import command
 
         config = migrate.alembic_config(env.migrate_url, env.schema)
