@@ -28,7 +28,7 @@ from pg_beat.config import Settings
 from pg_beat.keeper import ConnectionKeeper
 from pg_beat.lease import LeaderState
 from pg_beat.planner import Planner
-from pg_beat.publisher import Publisher, Send
+from pg_beat.publisher import OpenBatch, Publisher, Send
 from pg_beat.recorder import FLUSH_WAIT, Recorder
 from pg_beat.ticks import Claim
 
@@ -57,13 +57,14 @@ class Dispatcher:
         state: LeaderState,
         send: Send,
         connector: store.Connector | None = None,
+        open_batch: OpenBatch | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.connector = connector or store.Connector(settings)
         self.keeper = ConnectionKeeper(self.connector)
         self.planner = Planner(settings)
-        self.publisher = Publisher(state, send, settings.replica_name)
+        self.publisher = Publisher(state, send, settings.replica_name, open_batch)
         self.recorder = Recorder(settings, state, self.publisher, self.keeper)
         self._busy = False
         self._behind = False

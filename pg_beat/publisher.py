@@ -8,6 +8,9 @@ The loop hands over ticks whose claims have committed (invariant 3). This thread
 - checks the local deadline before every message (invariant 4). Past the deadline it waits
   while the epoch is still ours (a renewal may bring it back) and drops the epoch's ticks once
   it is not (the next leader re-publishes them);
+- sends a backlog in batches where the transport can (one round trip for up to BATCH_MAX
+  messages on Redis): the deadline is checked again right before the batch is flushed, and
+  a batch that is past it goes out not at all;
 - retries a transient failure in order, and records a permanent one as failed and moves on. A
   tick that keeps failing while the next one goes out is permanent too (a poison message);
 - keeps, under one lock, what is queued, being sent, and done but not yet recorded, so the loop
@@ -21,7 +24,9 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 from pg_beat import broker, clock
 from pg_beat.lease import LeaderState
@@ -34,14 +39,43 @@ RETRY_FIRST = 0.1  # seconds before retrying a publish that failed; doubles up t
 RETRY_MAX = 1.0
 SUSPECT_AFTER = 3  # transient failures in a row of one tick before the next one is tried
 DEADLINE_POLL = 0.02  # seconds between looks at a passed deadline that a renewal may move
+BATCH_MAX = 32  # messages per batch, where the transport batches
 
 Send = Callable[[Claim, int], None]
+
+
+class Batch(Protocol):
+    """What a batch context yields: sends made inside it go out at ``flush()``, or, if the
+    context exits with an error, not at all."""
+
+    def flush(self) -> None: ...
+
+
+#: Opens a batch on the broker connection; None where the transport sends each message at once.
+OpenBatch = Callable[[], "AbstractContextManager[Batch] | None"]
+
+
+class _Deferred(Exception):
+    """A batch reached the local deadline before its flush: none of it went out."""
+
+
+class _NotTried:
+    """The outcome of a tick that was not sent because the deadline came first."""
+
+
+DEFERRED = _NotTried()
+_Result = BaseException | _NotTried | None
+
+
+def _permanent(result: _Result) -> bool:
+    return isinstance(result, BaseException) and broker.is_permanent(result)
 
 
 @dataclass
 class _Item:
     claim: Claim
     epoch: int
+    in_late: bool = False  # queued in the late lane (an on-time tick behind its late ones)
     failures: int = 0  # transient failures in a row
     error: str = ""  # the last one
 
@@ -49,10 +83,19 @@ class _Item:
 class Publisher:
     """One thread per replica, started on first use; ``send`` is only ever called from it."""
 
-    def __init__(self, state: LeaderState, send: Send, replica: str) -> None:
+    def __init__(
+        self,
+        state: LeaderState,
+        send: Send,
+        replica: str,
+        open_batch: OpenBatch | None = None,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
         self.state = state
         self.send = send
         self.replica = replica
+        self.open_batch = open_batch
+        self.batch_max = batch_max
         self.on_sent: Callable[[Claim, float], None] | None = None
         self.log = SendLog(replica)
         self.sent_total = 0
@@ -65,7 +108,7 @@ class Publisher:
         self._on_time: deque[_Item] = deque()
         self._late: deque[_Item] = deque()
         self._late_of: Counter[int] = Counter()  # schedule id -> its ticks in the late lane
-        self._current: _Item | None = None
+        self._sending: list[_Item] = []  # taken from the lanes, outcome not yet settled
         #: A tick that failed SUSPECT_AFTER times in a row, held aside while the next one is
         #: tried: if that goes out, this one is poison; if not, the broker is down.
         self._suspect: _Item | None = None
@@ -89,6 +132,7 @@ class Publisher:
             for claim in claims:
                 item = _Item(claim, epoch)
                 if claim.late or self._late_of[claim.schedule_id]:
+                    item.in_late = True
                     self._late.append(item)
                     self._late_of[claim.schedule_id] += 1
                 else:
@@ -113,7 +157,7 @@ class Publisher:
             return self._backlog()
 
     def _backlog(self) -> int:
-        held = (self._current is not None) + (self._suspect is not None)
+        held = len(self._sending) + (self._suspect is not None)
         return len(self._on_time) + len(self._late) + held
 
     def in_flight(self) -> set[int]:
@@ -122,9 +166,9 @@ class Publisher:
             ids = {item.claim.run_id for item in (*self._on_time, *self._late)}
             ids.update(self._outcomes.sent)
             ids.update(run_id for run_id, _, _ in self._outcomes.failed)
-            for item in (self._current, self._suspect):
-                if item is not None:
-                    ids.add(item.claim.run_id)
+            ids.update(item.claim.run_id for item in self._sending)
+            if self._suspect is not None:
+                ids.add(self._suspect.claim.run_id)
             return ids
 
     def take_outcomes(self) -> Outcomes:
@@ -181,19 +225,26 @@ class Publisher:
         delay = RETRY_FIRST
         while True:
             with self._lock:
-                item = self._next()
-                if item is None:
+                items = self._take()
+                if not items:
                     return
-                self._current = item
-            error = self._send_one(item)
+                self._sending = items
+            results = self._publish(items)
+            for item, result in zip(items, results, strict=True):
+                if result is None:
+                    self._announce(item)
             with self._lock:
-                self._current = None
-                if error is None or broker.is_permanent(error):
+                self._sending = []
+                if any(r is None or _permanent(r) for r in results):
                     # Progress means the queue moves on. Retrying a transient failure is not
                     # progress: a leader that cannot publish for the hang timeout is reported
                     # and lets a replica that can take over.
                     self._progress_at = clock.now()
-                delay = self._settle(item, error, delay)
+                first = results[0]
+                if len(items) == 1 and not isinstance(first, _NotTried):
+                    delay = self._settle(items[0], first, delay)
+                else:
+                    delay = self._settle_batch(items, results, delay)
                 self._notify_drained()
 
     def _next(self) -> _Item | None:
@@ -209,10 +260,7 @@ class Publisher:
             lane = self._on_time if self._on_time else self._late
             item = lane[0]
             if self.state.may_publish(item.epoch):
-                lane.popleft()
-                if lane is self._late:
-                    self._late_of[item.claim.schedule_id] -= 1
-                return item
+                return self._pop(lane)
             if self.state.holds(item.epoch):
                 # Past the deadline, but the epoch is still ours: a late renewal brings it back,
                 # a failed one steps down. Either way these ticks are not lost.
@@ -220,6 +268,125 @@ class Publisher:
                 self._work.wait(DEADLINE_POLL)
                 continue
             self._drop(item.epoch)
+
+    def _take(self) -> list[_Item]:
+        """The next tick, and where the transport batches, the ticks after it of the same epoch
+        that have not failed yet, up to ``batch_max``; empty when stopping. A tick being
+        retried, or one held as a suspect, goes out alone. Lock held."""
+        first = self._next()
+        if first is None:
+            return []
+        items = [first]
+        if self.open_batch is None or first.failures or self._suspect is not None:
+            return items
+        while len(items) < self.batch_max:
+            lane = self._on_time if self._on_time else self._late
+            if not lane or lane[0].failures or lane[0].epoch != first.epoch:
+                break
+            items.append(self._pop(lane))
+        return items
+
+    def _pop(self, lane: deque[_Item]) -> _Item:
+        item = lane.popleft()
+        if lane is self._late:
+            self._late_of[item.claim.schedule_id] -= 1
+        return item
+
+    def _publish(self, items: list[_Item]) -> list[_Result]:
+        """Send ``items``, in order; per item None (sent), its error, or DEFERRED (not tried)."""
+        if self.open_batch is None or len(items) == 1:
+            return self._publish_each(items)
+        try:
+            opened = self.open_batch()
+        except Exception as exc:  # e.g. no broker connection yet
+            return [exc, *[DEFERRED] * (len(items) - 1)]
+        if opened is None:
+            self.open_batch = None  # the transport sends each message at once: no more batches
+            return self._publish_each(items)
+        return self._publish_batch(opened, items)
+
+    def _publish_batch(
+        self, opened: AbstractContextManager[Batch], items: list[_Item]
+    ) -> list[_Result]:
+        results: list[_Result] = []
+        epoch = items[0].epoch
+        try:
+            with opened as batch:
+                for item in items:
+                    if not self.state.may_publish(epoch):
+                        raise _Deferred
+                    try:
+                        self.send(item.claim, item.epoch)
+                    except Exception as exc:
+                        if not _permanent(exc):
+                            raise
+                        results.append(exc)  # refused before it was buffered: the rest go on
+                    else:
+                        results.append(None)
+                if not self.state.may_publish(epoch):
+                    raise _Deferred  # invariant 4: the flush is the publish
+                batch.flush()
+        except _Deferred:
+            failure: _Result = DEFERRED
+        except Exception as exc:
+            # Nothing of the batch is known to have gone out: all of it is retried, same task
+            # ids, as a single publish whose reply was lost is.
+            failure = exc
+        else:
+            return results
+        unsent = len(items) - len(results)
+        return [failure if r is None else r for r in results] + [failure] * unsent
+
+    def _publish_each(self, items: list[_Item]) -> list[_Result]:
+        results: list[_Result] = []
+        for item in items:
+            if any(r is not None and not _permanent(r) for r in results) or (
+                not self.state.may_publish(item.epoch)
+            ):
+                results.append(DEFERRED)
+                continue
+            try:
+                self.send(item.claim, item.epoch)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    def _announce(self, item: _Item) -> None:
+        """Log a tick that went out and call the hook. Not under the lock."""
+        self.log.sent(item.claim, item.epoch)
+        if self.on_sent is not None:
+            try:
+                self.on_sent(item.claim, time.time())
+            except Exception:
+                logger.exception("dispatch: on_sent hook failed for %r", item.claim.schedule)
+
+    def _settle_batch(self, items: list[_Item], results: list[_Result], delay: float) -> float:
+        """Record a batch's outcomes; return the next retry delay. What did not go out is put
+        back in order; a transient failure counts once, against the first tick. Lock held."""
+        back = []
+        failed: tuple[_Item, BaseException] | None = None
+        for item, result in zip(items, results, strict=True):
+            if result is None:
+                self._sent(item)
+            elif isinstance(result, _NotTried):
+                back.append(item)
+            elif _permanent(result):
+                self._fail(item, f"{type(result).__name__}: {result}")
+            else:
+                if failed is None:
+                    failed = item, result
+                    item.failures += 1
+                    item.error = f"{type(result).__name__}: {result}"
+                back.append(item)
+        for item in reversed(back):
+            self._requeue(item)
+        if failed is None:
+            return delay if back else RETRY_FIRST
+        self._report_down(*failed)
+        self._back_off(delay)
+        return min(delay * 2, RETRY_MAX)
 
     def _settle(self, item: _Item, error: BaseException | None, delay: float) -> float:
         """Record a send's outcome; return the next retry delay. Lock held."""
@@ -277,8 +444,8 @@ class Publisher:
             )
 
     def _requeue(self, item: _Item) -> None:
-        """Put a failed tick back first in its lane, so ticks still go out oldest first."""
-        if item.claim.late:
+        """Put a tick back first in its lane, so ticks still go out oldest first."""
+        if item.in_late:
             self._late.appendleft(item)
             self._late_of[item.claim.schedule_id] += 1
         else:
@@ -321,20 +488,6 @@ class Publisher:
         until = time.monotonic() + delay
         while not self._stopping and (left := until - time.monotonic()) > 0:
             self._work.wait(left)
-
-    def _send_one(self, item: _Item) -> BaseException | None:
-        """Send one tick; the error, or None."""
-        try:
-            self.send(item.claim, item.epoch)
-        except Exception as exc:
-            return exc
-        self.log.sent(item.claim, item.epoch)
-        if self.on_sent is not None:
-            try:
-                self.on_sent(item.claim, time.time())
-            except Exception:
-                logger.exception("dispatch: on_sent hook failed for %r", item.claim.schedule)
-        return None
 
     def _drop(self, epoch: int) -> None:
         """Deposed: leave this epoch's ticks to the next leader, which re-publishes them (same

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from contextlib import AbstractContextManager
 from typing import Any
 
 from celery import beat
@@ -27,6 +28,7 @@ from pg_beat.dispatch import Dispatcher
 from pg_beat.exceptions import ConfigurationError, MessageTooLarge
 from pg_beat.lease import LeaderState
 from pg_beat.liveness import LivenessFile
+from pg_beat.publisher import BATCH_MAX, Batch
 from pg_beat.ticks import Claim
 from pg_beat.urls import describe
 from pg_beat.watchdog import Watchdog
@@ -34,6 +36,9 @@ from pg_beat.watchdog import Watchdog
 logger = logging.getLogger("pg_beat.scheduler")
 #: Schedules warned about one by one per task name this app does not know.
 UNKNOWN_TASK_SCHEDULES = 5
+#: kombu's own flush threshold in a batch, in broker commands: never reached by a batch of the
+#: publisher's (one or two commands per message), whose flush checks the deadline first.
+BATCH_BUFFER = BATCH_MAX * 4
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -83,7 +88,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             startup.start_up(self.app, settings, self.connector)
         finally:
             Scheduler._starting = False
-        self.dispatcher = Dispatcher(settings, self.state, self._send, self.connector)
+        self.dispatcher = Dispatcher(
+            settings, self.state, self._send, self.connector, self._open_batch
+        )
         self.watchdog = Watchdog(
             settings,
             self.state,
@@ -236,6 +243,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if broker.is_channel_error(exc):
                 self._revive_channel()
             raise
+
+    def _open_batch(self) -> AbstractContextManager[Batch] | None:
+        """A batch on the producer (kombu 5.7+), where the transport defers the messages sent
+        inside it to one flush (Redis: one pipeline); None where each would go out at once.
+        kombu's own size limit is set above the publisher's, so only our flush sends."""
+        producer = self.producer
+        if not hasattr(producer, "batch") or not producer.supports_batch_publish:
+            return None
+        return producer.batch(max_size=BATCH_BUFFER)  # type: ignore[no-any-return]
 
     def _send_task(self, name: str) -> Any:
         return lambda args, kwargs, **options: self.app.send_task(name, args, kwargs, **options)

@@ -576,3 +576,61 @@ def test_a_task_this_app_does_not_know_is_warned_about_per_schedule_and_still_se
         db_url, "SELECT count(DISTINCT schedule_name) FROM pg_beat_runs WHERE status = 'sent'"
     )
     assert sent == [(len(typos) + 1,)]
+
+
+def test_a_backlog_goes_out_in_redis_pipelines_each_tick_once_beside_a_poison_tick(
+    db_url: str, make_app: AppFactory, redis_url: str
+) -> None:
+    """On Redis the publisher sends a backlog in batches (one pipeline each). A message refused
+    before it is buffered (over pg_beat_max_message_bytes) is parked alone: every other tick of
+    its batch reaches the queue, each once, with its own task id."""
+    import json
+
+    import redis
+
+    queue = f"pg_beat_test_{secrets.token_hex(4)}"
+    app = make_app(db_url, task_default_queue=queue, pg_beat_max_message_bytes=10_000)
+    names = [f"b{i:03d}" for i in range(120)]
+    with ScheduleManager(db_url) as api:
+        for name in names:
+            api.create(name, "t.backlog", every=3600)
+        api.create("too-big", "t.backlog", every=3600, args=["x" * 20_000])
+    # A backlog: every schedule 90 minutes behind (fire_once: one late tick each, the next
+    # one 30 minutes ahead).
+    sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() - interval '90 minutes'")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with running(app) as scheduler:
+            assert scheduler.dispatcher is not None
+            publisher = scheduler.dispatcher.publisher
+            opened = publisher.open_batch
+            assert opened is not None
+            batches: list[int] = []
+
+            def counting() -> Any:
+                batches.append(publisher.backlog)
+                return opened()
+
+            publisher.open_batch = counting
+            done = "SELECT count(*) FROM pg_beat_runs WHERE status IN ('sent', 'failed')"
+            deadline = time.monotonic() + 30
+            while sql(db_url, done) != [(len(names) + 1,)]:
+                assert time.monotonic() < deadline, sql(
+                    db_url, "SELECT status, count(*) FROM pg_beat_runs GROUP BY status"
+                )
+                scheduler.tick()
+        messages = [json.loads(m) for m in client.lrange(queue, 0, -1)]
+    finally:
+        client.delete(queue)
+        client.close()
+    assert batches and len(batches) < len(names) / 2, batches  # batched, not one by one
+    sent = dict(
+        sql(db_url, "SELECT task_id, schedule_name FROM pg_beat_runs WHERE status = 'sent'")
+    )
+    ids = [m["headers"]["id"] for m in messages]
+    assert sorted(ids) == sorted(sent) and len(set(ids)) == len(names)  # each tick once
+    assert sorted(sent.values()) == names
+    assert {m["headers"]["pg_beat_schedule"] for m in messages} == set(names)
+    failed = sql(db_url, "SELECT schedule_name, error FROM pg_beat_runs WHERE status = 'failed'")
+    assert [name for name, _ in failed] == ["too-big"]
+    assert "pg_beat_max_message_bytes" in failed[0][1]

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -43,24 +44,63 @@ def claim(run_id: int, *, late: bool = False, schedule: int | None = None) -> Cl
 
 
 class Broker:
-    """Records sends; can fail (all, or some run ids) or block on demand."""
+    """Records sends; can fail (all, or some run ids) or block on demand.
 
-    def __init__(self) -> None:
+    A batching broker (as kombu's Redis transport in a batch) buffers what is sent inside a
+    batch and delivers it at the flush, which is where it blocks and fails; a message it
+    refuses (poison) is refused when it is sent.
+    """
+
+    def __init__(self, batching: bool = False) -> None:
         self.sent: list[int] = []
-        self.attempts = 0
+        self.attempts = 0  # round trips: single sends and flushes
+        self.flushed: list[list[int]] = []  # what each flush delivered
         self.fail = False
         self.poison: dict[int, BaseException] = {}  # run id -> what its every send raises
         self.gate = threading.Event()
         self.gate.set()
+        self.batching = batching
+        self.stall = (0, 0.0)  # (run id, seconds): its send takes that long
+        self._buffer: list[int] | None = None
 
     def __call__(self, c: Claim, epoch: int) -> None:
+        if c.run_id == self.stall[0]:
+            time.sleep(self.stall[1])
+        if c.run_id in self.poison:
+            self.attempts += self._buffer is None
+            raise self.poison[c.run_id]
+        if self._buffer is not None:
+            self._buffer.append(c.run_id)
+            return
+        self._deliver([c.run_id])
+
+    def _deliver(self, run_ids: list[int]) -> None:
         self.attempts += 1
         self.gate.wait()
         if self.fail:
             raise ConnectionError("broker down (test)")
-        if c.run_id in self.poison:
-            raise self.poison[c.run_id]
-        self.sent.append(c.run_id)
+        self.sent.extend(run_ids)
+
+    @contextmanager
+    def _batch(self) -> Iterator[Broker]:
+        self._buffer = []
+        try:
+            yield self
+        finally:
+            self._buffer = None  # an error inside discards what was buffered
+
+    def flush(self) -> None:
+        assert self._buffer is not None
+        buffered, self._buffer = self._buffer, []
+        if buffered:
+            self._deliver(buffered)
+            self.flushed.append(buffered)
+
+    def open_batch(self) -> AbstractContextManager[Broker] | None:
+        return self._batch() if self.batching else None
+
+    def publisher(self, state: LeaderState, batch_max: int = 4) -> Publisher:
+        return Publisher(state, self, "r", self.open_batch, batch_max=batch_max)
 
 
 def leader(epoch: int = 1, lifetime: float = 60.0) -> LeaderState:
@@ -76,16 +116,28 @@ def broker() -> Iterator[Broker]:
     b.gate.set()
 
 
-def test_sends_in_order_and_hands_back_what_went_out(broker: Broker) -> None:
-    pub = Publisher(leader(), broker, "r")
+@pytest.fixture(params=["single", "batched"])
+def either(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A broker that takes one message per round trip, and one that takes batches."""
+    b = Broker(batching=request.param == "batched")
+    yield b
+    b.gate.set()
+
+
+def test_sends_in_order_and_hands_back_what_went_out(either: Broker) -> None:
+    pub = either.publisher(leader())
     assert pub.stalled_since() is None
     pub.submit([claim(i) for i in range(1, 51)], 1)
     pub.submit([claim(i) for i in range(51, 101)], 1)
     assert pub.wait_below(1, 5.0)
-    assert broker.sent == list(range(1, 101))
+    assert either.sent == list(range(1, 101))
     assert pub.take_outcomes().sent == list(range(1, 101))
     assert pub.take_outcomes().sent == []
     assert pub.sent_total == 100 and pub.backlog == 0 and pub.stalled_since() is None
+    if either.batching:
+        assert either.flushed and max(map(len, either.flushed)) == 4
+    else:  # the transport sends each message at once: the publisher stops asking for batches
+        assert pub.open_batch is None and not either.flushed
     pub.stop(5.0)
 
 
@@ -104,6 +156,29 @@ def test_past_the_deadline_the_queue_waits_for_the_renewal_while_the_epoch_is_he
     state.extend(1, clock.now(), 60.0)  # a late renewal of the same epoch
     assert pub.wait_below(1, 5.0)
     assert broker.sent == list(range(1, 11))  # each once, in order
+    pub.stop(5.0)
+
+
+@pytest.mark.parametrize("stall_on", [3, 4], ids=["while-buffering", "before-the-flush"])
+def test_a_batch_that_reaches_the_deadline_before_its_flush_goes_out_not_at_all(
+    stall_on: int,
+) -> None:
+    """Invariant 4 for a batch: the flush is the publish, so the deadline is checked right
+    before it; a batch past it is put back whole, in order, and counts as no failure."""
+    b = Broker(batching=True)
+    state = leader(lifetime=0.3)
+    pub = b.publisher(state, batch_max=4)
+    b.stall = (stall_on, 0.4)  # the deadline passes while the batch is being made
+    # 3 is on time but behind its schedule's late tick 2: it must stay behind it when put back.
+    pub.submit([claim(1), claim(2, late=True, schedule=7), claim(3, schedule=7)], 1)
+    pub.submit([claim(4, late=True)], 1)
+    assert not pub.wait_below(1, 0.6)
+    assert b.sent == [] and pub.in_flight() == {1, 2, 3, 4}
+    b.stall = (0, 0.0)
+    state.extend(1, clock.now(), 60.0)  # a late renewal of the same epoch
+    assert pub.wait_below(1, 5.0)
+    assert b.sent == [1, 2, 3, 4] and b.flushed == [[1, 2, 3, 4]]
+    assert pub.take_outcomes().failed == []
     pub.stop(5.0)
 
 
@@ -126,30 +201,30 @@ def test_once_stepped_down_the_queue_is_left_for_the_next_leader(
     pub.stop(5.0)
 
 
-def test_a_stale_epoch_never_publishes(broker: Broker) -> None:
+def test_a_stale_epoch_never_publishes(either: Broker) -> None:
     state = leader(epoch=2)
-    pub = Publisher(state, broker, "r")
+    pub = either.publisher(state)
     pub.submit([claim(1)], 1)  # claimed under epoch 1, which is no longer ours
     pub.submit([claim(2)], 2)
     assert pub.wait_below(1, 5.0)
-    assert broker.sent == [2]
+    assert either.sent == [2]
     pub.stop(5.0)
 
 
 def test_a_failed_publish_is_retried_first_and_logged_once(
-    broker: Broker, caplog: pytest.LogCaptureFixture
+    either: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pub = Publisher(leader(), broker, "r")
-    broker.fail = True
+    pub = either.publisher(leader())
+    either.fail = True
     with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
         pub.submit([claim(1), claim(2)], 1)
-        until(lambda: broker.attempts >= 3)  # backing off between them
-        assert broker.sent == [] and pub.backlog == 2
+        until(lambda: either.attempts >= 3)  # backing off between them
+        assert either.sent == [] and pub.backlog == 2
         assert pub.in_flight() == {1, 2}  # still ours: never re-claimed as an orphan
         pub.submit([claim(3)], 1)
-        broker.fail = False
+        either.fail = False
         assert pub.wait_below(1, 5.0)
-    assert broker.sent == [1, 2, 3]  # oldest first, each once
+    assert either.sent == [1, 2, 3]  # oldest first, each once
     failures = [r for r in caplog.records if "failed, will retry" in r.getMessage()]
     assert len(failures) == 1 and "'s1'" in failures[0].getMessage()
     assert "epoch 1" in failures[0].getMessage()
@@ -176,8 +251,8 @@ def test_a_blocked_send_shows_as_a_stall_and_its_claim_stays_in_flight(broker: B
     pub.stop(5.0)
 
 
-def test_a_hook_that_raises_does_not_stop_the_thread(broker: Broker) -> None:
-    pub = Publisher(leader(), broker, "r")
+def test_a_hook_that_raises_does_not_stop_the_thread(either: Broker) -> None:
+    pub = either.publisher(leader())
 
     def hook(c: Claim, published: float) -> None:
         raise RuntimeError("bad hook")
@@ -185,7 +260,7 @@ def test_a_hook_that_raises_does_not_stop_the_thread(broker: Broker) -> None:
     pub.on_sent = hook
     pub.submit([claim(1), claim(2)], 1)
     assert pub.wait_below(1, 5.0)
-    assert broker.sent == [1, 2] and pub.take_outcomes().sent == [1, 2]
+    assert either.sent == [1, 2] and pub.take_outcomes().sent == [1, 2]
     pub.stop(5.0)
 
 
@@ -204,17 +279,17 @@ def test_stop_drops_the_queue_and_ends_the_thread(broker: Broker) -> None:
 
 
 def test_on_time_ticks_go_before_a_late_backlog_but_never_before_their_own_late_ones(
-    broker: Broker,
+    either: Broker,
 ) -> None:
-    pub = Publisher(leader(), broker, "r")
-    broker.gate.clear()
+    pub = either.publisher(leader())
+    either.gate.clear()
     pub.submit([claim(1)], 1)  # being sent while the rest is queued
-    until(lambda: broker.attempts == 1)
+    until(lambda: either.attempts == 1)
     pub.submit([claim(i, late=True) for i in range(2, 6)], 1)  # a backlog
     pub.submit([claim(6), claim(7, schedule=3)], 1)  # on time; 7 is schedule 3's, late in line
-    broker.gate.set()
+    either.gate.set()
     assert pub.wait_below(1, 5.0)
-    assert broker.sent == [1, 6, 2, 3, 4, 5, 7]
+    assert either.sent == [1, 6, 2, 3, 4, 5, 7]
     pub.stop(5.0)
 
 
@@ -223,17 +298,18 @@ def test_on_time_ticks_go_before_a_late_backlog_but_never_before_their_own_late_
     [TypeError("got multiple values for keyword argument 'task_id'"), ValueError("priority")],
 )
 def test_a_permanent_failure_is_recorded_and_the_queue_moves_on(
-    broker: Broker, caplog: pytest.LogCaptureFixture, error: BaseException
+    either: Broker, caplog: pytest.LogCaptureFixture, error: BaseException
 ) -> None:
-    pub = Publisher(leader(), broker, "r")
-    broker.poison = {2: error}
+    pub = either.publisher(leader())
+    either.poison = {2: error}
     with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
         pub.submit([claim(1), claim(2, schedule=9), claim(3)], 1)
         assert pub.wait_below(1, 5.0)
         pub.submit([claim(4, schedule=9)], 1)  # the same schedule, failing again: one line
-        broker.poison = {4: error}
+        either.poison = {4: error}
         assert pub.wait_below(1, 5.0)
-    assert broker.sent == [1, 3]
+    assert either.sent == [1, 3]
+    assert not either.batching or either.flushed == [[1, 3]]
     outcomes = pub.take_outcomes()
     assert outcomes.sent == [1, 3]
     assert [(run, sid) for run, sid, _ in outcomes.failed] == [(2, 9), (4, 9)]
@@ -244,12 +320,12 @@ def test_a_permanent_failure_is_recorded_and_the_queue_moves_on(
     pub.stop(5.0)
 
 
-def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(broker: Broker) -> None:
-    pub = Publisher(leader(), broker, "r")
-    broker.poison = {1: ConnectionError("looks transient")}
+def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(either: Broker) -> None:
+    pub = either.publisher(leader())
+    either.poison = {1: ConnectionError("looks transient")}
     pub.submit([claim(1), claim(2), claim(3)], 1)
     assert pub.wait_below(1, 10.0)
-    assert broker.sent == [2, 3]
+    assert either.sent == [2, 3]
     outcomes = pub.take_outcomes()
     assert [run for run, _, _ in outcomes.failed] == [1]
     assert "while other ticks were published" in outcomes.failed[0][2]
@@ -257,21 +333,21 @@ def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(broker: Bro
     pub.stop(5.0)
 
 
-def test_an_outage_fails_nothing_and_keeps_the_order(broker: Broker) -> None:
-    pub = Publisher(leader(), broker, "r")
-    broker.fail = True
+def test_an_outage_fails_nothing_and_keeps_the_order(either: Broker) -> None:
+    pub = either.publisher(leader())
+    either.fail = True
     pub.submit([claim(i) for i in range(1, 5)], 1)
-    until(lambda: broker.attempts >= 8)  # several rounds of probing, all failing
+    until(lambda: either.attempts >= 8)  # several rounds of probing, all failing
     assert pub.backlog == 4 and pub.take_outcomes().failed == []
-    broker.fail = False
+    either.fail = False
     assert pub.wait_below(1, 10.0)
-    assert broker.sent == [1, 2, 3, 4]
+    assert either.sent == [1, 2, 3, 4]
     assert pub.take_outcomes().failed == []
     pub.stop(5.0)
 
 
-def test_a_recovered_schedule_is_reported_once(broker: Broker) -> None:
-    pub = Publisher(leader(), broker, "r")
+def test_a_recovered_schedule_is_reported_once(either: Broker) -> None:
+    pub = either.publisher(leader())
     pub.mark_failing({5})
     pub.submit([claim(1, schedule=5), claim(2, schedule=5)], 1)
     assert pub.wait_below(1, 5.0)
@@ -279,25 +355,25 @@ def test_a_recovered_schedule_is_reported_once(broker: Broker) -> None:
     pub.stop(5.0)
 
 
-def test_retrying_a_failing_broker_is_no_progress(broker: Broker) -> None:
+def test_retrying_a_failing_broker_is_no_progress(either: Broker) -> None:
     """A leader that cannot publish looks stalled to the watchdog, which lets another lead."""
-    pub = Publisher(leader(), broker, "r")
-    broker.fail = True
+    pub = either.publisher(leader())
+    either.fail = True
     before = clock.now()
     pub.submit([claim(1)], 1)
-    until(lambda: broker.attempts >= 4)
+    until(lambda: either.attempts >= 4)
     stalled = pub.stalled_since()
     assert stalled is not None and stalled <= before + 0.1
-    broker.fail = False
+    either.fail = False
     assert pub.wait_below(1, 5.0)
     assert pub.stalled_since() is None
     pub.stop(5.0)
 
 
 def test_each_tick_sent_is_logged_and_a_burst_is_folded(
-    broker: Broker, caplog: pytest.LogCaptureFixture
+    either: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pub = Publisher(leader(), broker, "r")
+    pub = either.publisher(leader())
     with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
         pub.submit([claim(1)], 1)
         assert pub.wait_below(1, 5.0)
