@@ -28,8 +28,9 @@ from pg_beat.config import Settings
 from pg_beat.keeper import ConnectionKeeper
 from pg_beat.lease import LeaderState
 from pg_beat.planner import Planner
-from pg_beat.publisher import OpenBatch, Publisher, Send
+from pg_beat.publisher import Publisher
 from pg_beat.recorder import FLUSH_WAIT, Recorder
+from pg_beat.sending import OpenBatch, Send
 from pg_beat.ticks import Claim
 
 logger = logging.getLogger("pg_beat.dispatch")

@@ -28,7 +28,8 @@ from pg_beat.dispatch import Dispatcher
 from pg_beat.exceptions import ConfigurationError, MessageTooLarge
 from pg_beat.lease import LeaderState
 from pg_beat.liveness import LivenessFile
-from pg_beat.publisher import BATCH_MAX, Batch
+from pg_beat.publisher import BATCH_MAX
+from pg_beat.sending import Batch
 from pg_beat.ticks import Claim
 from pg_beat.urls import describe
 from pg_beat.watchdog import Watchdog

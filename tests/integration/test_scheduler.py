@@ -603,7 +603,7 @@ def test_a_backlog_goes_out_in_redis_pipelines_each_tick_once_beside_a_poison_ti
         with running(app) as scheduler:
             assert scheduler.dispatcher is not None
             publisher = scheduler.dispatcher.publisher
-            opened = publisher.open_batch
+            opened = publisher.sender.open_batch
             assert opened is not None
             batches: list[int] = []
 
@@ -611,7 +611,7 @@ def test_a_backlog_goes_out_in_redis_pipelines_each_tick_once_beside_a_poison_ti
                 batches.append(publisher.backlog)
                 return opened()
 
-            publisher.open_batch = counting
+            publisher.sender.open_batch = counting
             done = "SELECT count(*) FROM pg_beat_runs WHERE status IN ('sent', 'failed')"
             deadline = time.monotonic() + 30
             while sql(db_url, done) != [(len(names) + 1,)]:

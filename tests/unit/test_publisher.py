@@ -137,7 +137,7 @@ def test_sends_in_order_and_hands_back_what_went_out(either: Broker) -> None:
     if either.batching:
         assert either.flushed and max(map(len, either.flushed)) == 4
     else:  # the transport sends each message at once: the publisher stops asking for batches
-        assert pub.open_batch is None and not either.flushed
+        assert not pub.sender.batches and not either.flushed
     pub.stop(5.0)
 
 

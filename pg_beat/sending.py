@@ -1,0 +1,125 @@
+"""One go of the publisher: a tick alone, or where the transport batches, several at once.
+
+A batch (kombu 5.7's ``Producer.batch()``; on Redis, one pipeline) defers what is sent inside it
+to one flush, and discards it if the batch ends in an error. The flush is the publish, so the
+local deadline (invariant 4) is checked before each message is buffered and again right before
+the flush: a batch past it goes out not at all. A message refused before it is buffered (bad
+options, too big) fails alone and the rest of the batch goes on; any other error fails the
+batch as a whole, and nothing of it is known to have gone out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from pg_beat import broker
+from pg_beat.lanes import Queued
+from pg_beat.lease import LeaderState
+from pg_beat.ticks import Claim
+
+Send = Callable[[Claim, int], None]
+
+
+class Batch(Protocol):
+    """What a batch context yields: sends made inside it go out at ``flush()``, or, if the
+    context exits with an error, not at all."""
+
+    def flush(self) -> None: ...
+
+
+#: Opens a batch on the broker connection; None where the transport sends each message at once.
+OpenBatch = Callable[[], "AbstractContextManager[Batch] | None"]
+
+
+class NotTried:
+    """The outcome of a tick that was not sent: the deadline, or a failure before it, came
+    first. It goes back to the queue and counts as no failure of its own."""
+
+
+NOT_TRIED = NotTried()
+#: Per tick: None (sent), the error it failed with, or NOT_TRIED.
+Result = BaseException | NotTried | None
+
+
+class _PastDeadline(Exception):
+    """A batch reached the local deadline before its flush."""
+
+
+def is_permanent(result: Result) -> bool:
+    return isinstance(result, BaseException) and broker.is_permanent(result)
+
+
+class Sender:
+    """Sends what the publisher thread took from its queue, and says what became of each."""
+
+    def __init__(self, state: LeaderState, open_batch: OpenBatch | None) -> None:
+        self.state = state
+        #: None once the transport turned out to send each message at once.
+        self.open_batch = open_batch
+
+    @property
+    def batches(self) -> bool:
+        return self.open_batch is not None
+
+    def publish(self, items: Sequence[Queued], send: Send) -> list[Result]:
+        """Send ``items`` in order; the result of each."""
+        if self.open_batch is None or len(items) == 1:
+            return self._each(items, send)
+        try:
+            opened = self.open_batch()
+        except Exception as exc:  # e.g. no broker connection yet
+            return [exc, *[NOT_TRIED] * (len(items) - 1)]
+        if opened is None:
+            self.open_batch = None  # the transport sends each message at once: no more batches
+            return self._each(items, send)
+        return self._batch(opened, items, send)
+
+    def _each(self, items: Sequence[Queued], send: Send) -> list[Result]:
+        results: list[Result] = []
+        for item in items:
+            if any(r is not None and not is_permanent(r) for r in results) or (
+                not self.state.may_publish(item.epoch)
+            ):
+                results.append(NOT_TRIED)
+                continue
+            try:
+                send(item.claim, item.epoch)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    def _batch(
+        self, opened: AbstractContextManager[Batch], items: Sequence[Queued], send: Send
+    ) -> list[Result]:
+        results: list[Result] = []
+        epoch = items[0].epoch
+        try:
+            with opened as batch:
+                for item in items:
+                    if not self.state.may_publish(epoch):
+                        raise _PastDeadline
+                    try:
+                        send(item.claim, item.epoch)
+                    except Exception as exc:
+                        if not is_permanent(exc):
+                            raise
+                        results.append(exc)  # refused before it was buffered: the rest go on
+                    else:
+                        results.append(None)
+                if not self.state.may_publish(epoch):
+                    raise _PastDeadline  # invariant 4: the flush is the publish
+                batch.flush()
+        except _PastDeadline:
+            failure: Result = NOT_TRIED
+        except Exception as exc:
+            # Nothing of the batch is known to have gone out: all of it is retried, same task
+            # ids, as a single publish whose reply was lost is.
+            failure = exc
+        else:
+            return results
+        unsent = len(items) - len(results)
+        return [failure if r is None else r for r in results] + [failure] * unsent
