@@ -170,8 +170,10 @@ def test_a_batch_that_reaches_the_deadline_before_its_flush_goes_out_not_at_all(
     pub = b.publisher(state, batch_max=4)
     b.stall = (stall_on, 0.4)  # the deadline passes while the batch is being made
     # 3 is on time but behind its schedule's late tick 2: it must stay behind it when put back.
-    pub.submit([claim(1), claim(2, late=True, schedule=7), claim(3, schedule=7)], 1)
-    pub.submit([claim(4, late=True)], 1)
+    # One submit: the thread takes all four in one batch.
+    pub.submit(
+        [claim(1), claim(2, late=True, schedule=7), claim(3, schedule=7), claim(4, late=True)], 1
+    )
     assert not pub.wait_below(1, 0.6)
     assert b.sent == [] and pub.in_flight() == {1, 2, 3, 4}
     b.stall = (0, 0.0)
@@ -305,8 +307,8 @@ def test_a_permanent_failure_is_recorded_and_the_queue_moves_on(
     with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
         pub.submit([claim(1), claim(2, schedule=9), claim(3)], 1)
         assert pub.wait_below(1, 5.0)
-        pub.submit([claim(4, schedule=9)], 1)  # the same schedule, failing again: one line
         either.poison = {4: error}
+        pub.submit([claim(4, schedule=9)], 1)  # the same schedule, failing again: one line
         assert pub.wait_below(1, 5.0)
     assert either.sent == [1, 3]
     assert not either.batching or either.flushed == [[1, 3]]
