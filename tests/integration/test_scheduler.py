@@ -3,6 +3,7 @@ instance, the ``beat_schedule`` sync, the schema check, start-up retries, and sh
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from celery import Celery, current_app
 from celery.schedules import crontab, schedule, solar
 from support import pg
@@ -588,10 +590,6 @@ def test_a_backlog_goes_out_in_redis_pipelines_each_tick_once_beside_a_poison_ti
     """On Redis the publisher sends a backlog in batches (one pipeline each). A message refused
     before it is buffered (over pg_beat_max_message_bytes) is parked alone: every other tick of
     its batch reaches the queue, each once, with its own task id."""
-    import json
-
-    import redis
-
     queue = f"pg_beat_test_{secrets.token_hex(4)}"
     app = make_app(db_url, task_default_queue=queue, pg_beat_max_message_bytes=10_000)
     names = [f"b{i:03d}" for i in range(120)]
@@ -648,10 +646,6 @@ def test_a_redis_that_stops_answering_mid_backlog_loses_no_tick_and_logs_two_lin
     lease, and once Redis answers again every tick is in the queue (at least once: a pipeline
     that Redis ran after its reply was lost arrives twice, same task id; docs/semantics.md).
     The outage costs two log lines: one when publishing fails, one when it works again."""
-    import json
-
-    import redis
-
     server = shutil.which("redis-server")
     if server is None:
         unavailable("redis-server (Debian package redis-server) for a Redis of this test's own")
