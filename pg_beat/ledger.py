@@ -12,8 +12,6 @@ from pg_beat.ticks import Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 
-ERROR_CHARS = 2000  # of a failed run's error, as recorded
-
 
 class Ledger:
     def __init__(self, replica: str) -> None:
@@ -66,7 +64,7 @@ class Ledger:
         """A tick that can never go out: recorded failed, the schedule's last_error set."""
         claim = item.claim
         self.failed_total += 1
-        self._outcomes.failed.append((claim.run_id, claim.schedule_id, error[:ERROR_CHARS]))
+        self._outcomes.failed.append((claim.run_id, claim.schedule_id, error))
         if claim.schedule_id not in self._failing:
             self._failing.add(claim.schedule_id)
             logger.error(

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from pg_beat.store.runs import ERROR_CHARS
 from pg_beat.store.schedules import ROW
 
 __all__ = [
@@ -273,7 +274,7 @@ def park_schedules(conn: Connection, parked: Sequence[tuple[int, str]]) -> None:
     if parked:
         conn.execute(
             PARK_SCHEDULES,
-            {"ids": [i for i, _ in parked], "errors": [e[:2000] for _, e in parked]},
+            {"ids": [i for i, _ in parked], "errors": [e[:ERROR_CHARS] for _, e in parked]},
         )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
     "CLEAR_ERRORS",
+    "ERROR_CHARS",
     "LAST_RUN_ID",
     "MARK_FAILED",
     "MARK_SENT",
@@ -30,6 +31,9 @@ __all__ = [
     "runs_after",
     "set_run_statuses",
 ]
+
+#: Of an error, as a run's ``error`` or a schedule's ``last_error`` records it.
+ERROR_CHARS = 2000
 
 # Named columns, never *: see pg_beat.store.schedules.ROW_COLUMNS.
 RUN_COLUMNS = (
@@ -120,7 +124,9 @@ def mark_sent(conn: Connection, run_ids: Sequence[int]) -> None:
 def mark_failed(conn: Connection, failures: Sequence[tuple[int, int, str]]) -> None:
     """Record (run id, schedule id, error) of ticks that can never be published."""
     if failures:
-        run_ids, schedule_ids, errors = (list(c) for c in zip(*failures, strict=True))
+        run_ids = [run_id for run_id, _, _ in failures]
+        schedule_ids = [schedule_id for _, schedule_id, _ in failures]
+        errors = [error[:ERROR_CHARS] for _, _, error in failures]
         conn.execute(
             MARK_FAILED, {"run_ids": run_ids, "schedule_ids": schedule_ids, "errors": errors}
         )

@@ -579,3 +579,23 @@ def test_a_column_added_by_a_later_migration_does_not_break_running_replicas(
         assert len(one.outbox.sent) >= before + 10
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+def test_a_long_publish_error_is_recorded_cut_to_the_stores_limit(db_url: str) -> None:
+    """The run's error and the schedule's last_error keep the first ERROR_CHARS characters of
+    a permanent publish error, however long the broker's message was."""
+    create_due_now(db_url, "bad", "t.bad", every=3600)
+    with replica(db_url) as rep:
+
+        def refuse(claim: Claim, epoch: int) -> None:
+            raise TypeError("bad option " + "x" * (3 * store.ERROR_CHARS))
+
+        rep.dispatcher.publisher.send = refuse
+        rep.run_until(lambda: [s for _, s, _ in runs(db_url, "bad")] == ["failed"], timeout=10)
+    ((error, last_error),) = sql(
+        db_url,
+        "SELECT r.error, s.last_error FROM pg_beat_runs r "
+        "JOIN pg_beat_schedules s ON s.id = r.schedule_id WHERE s.name = 'bad'",
+    )
+    assert isinstance(error, str) and error.startswith("TypeError: bad option xxx")
+    assert len(error) == store.ERROR_CHARS and last_error == error
