@@ -77,17 +77,19 @@ class Sender:
         return self._batch(opened, items, send)
 
     def _each(self, items: Sequence[Queued], send: Send) -> list[Result]:
+        """One message at a time; after a transient failure or at the deadline, the rest wait."""
         results: list[Result] = []
+        halted = False
         for item in items:
-            if any(r is not None and not is_permanent(r) for r in results) or (
-                not self.state.may_publish(item.epoch)
-            ):
+            halted = halted or not self.state.may_publish(item.epoch)
+            if halted:
                 results.append(NOT_TRIED)
                 continue
             try:
                 send(item.claim, item.epoch)
             except Exception as exc:
                 results.append(exc)
+                halted = not is_permanent(exc)
             else:
                 results.append(None)
         return results
