@@ -150,7 +150,7 @@ def parse_time(text: str, option: str, schedule: str | None = None) -> datetime:
         value = datetime.fromisoformat(raw)
     except ValueError as exc:
         raise CliError(
-            f"{where}{option} {text!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00Z)"
+            f"{where}{option} {text!r} is not an ISO 8601 time (e.g. 2030-12-01T09:00Z)"
         ) from exc
     if value.utcoffset() is None:
         raise CliError(

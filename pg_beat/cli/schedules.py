@@ -66,7 +66,7 @@ DEFINITIONS = {"--every": "every", "--cron": "cron", "--at": "at", "--solar": "s
 _TZ_USELESS = {
     "--every": "an interval runs at the same pace in every timezone; use --cron for wall-clock "
     "times",
-    "--at": "put the offset in the time itself, e.g. 2026-12-01T09:00+01:00",
+    "--at": "put the offset in the time itself, e.g. 2030-12-01T09:00+01:00",
     "--solar": "solar events follow the sun at --lat and --lon",
 }
 
@@ -90,7 +90,7 @@ def _definition_options(f: F) -> F:
         click.option(
             "--at",
             metavar="TIME",
-            help="Once, at an ISO 8601 time with an offset: 2026-12-01T09:00Z. A time already "
+            help="Once, at an ISO 8601 time with an offset: 2030-12-01T09:00Z. A time already "
             "past is refused unless --allow-past.",
         ),
         click.option(

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -272,10 +273,15 @@ def test_schedules_happy_path(db_url: str) -> None:
 
     added = ok_json(db_url, "schedules", "add", "tick", "app.tick", "--every", "30s")
     assert added["schedule_text"] == "every 30s" and added["enabled"] is True
+    # A year ahead of today, whatever today is: a fixed date becomes the past, and the CLI
+    # refuses a one-off time in the past.
+    at = datetime.now(timezone.utc).replace(hour=9, minute=0, second=0, microsecond=0)
+    at += timedelta(days=365)
     added = ok_json(
-        db_url, "schedules", "add", "once", "app.once", "--at", "2026-12-01T09:00Z", "--one-off"
-    )
-    assert added["schedule"]["clocked_at"] == "2026-12-01T09:00:00+00:00"
+        db_url, "schedules", "add", "once", "app.once", "--at", at.strftime("%Y-%m-%dT%H:%MZ"),
+        "--one-off",
+    )  # fmt: skip
+    assert added["schedule"]["clocked_at"] == at.isoformat()
     assert added["one_off"] is True
     added = ok_json(
         db_url,
@@ -337,7 +343,7 @@ def test_schedule_validation_errors(db_url: str) -> None:
         cli(db_url, *add, "--cron", "0 3 * * *", "--tz", "Mars/Olympus"), 1, "Mars/Olympus"
     )
     assert_one_line_error(cli(db_url, *add, "--every", "soon"), 1, "invalid duration 'soon'")
-    assert_one_line_error(cli(db_url, *add, "--at", "2026-12-01T09:00"), 1, "--at", "no timezone")
+    assert_one_line_error(cli(db_url, *add, "--at", "2030-12-01T09:00"), 1, "--at", "no timezone")
     assert_one_line_error(cli(db_url, *add, "--at", "tomorrow"), 1, "not an ISO 8601 time")
     assert_one_line_error(cli(db_url, *add, "--solar", "sunset"), 2, "--lat and --lon")
     assert_one_line_error(cli(db_url, *add, "--every", "1m", "--args", "[1,"), 1, "not valid JSON")
