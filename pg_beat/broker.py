@@ -2,8 +2,11 @@
 
 A publish error is either *transient* (the broker or the link is down: retry in order, every
 tick waits) or *permanent* (this one message can never go out: record it failed and go on).
-Only errors that are about the message itself are permanent at once; anything else is treated
-as transient, and the publisher finds a poison message by trying the next one (see
+Only errors raised before the message is handed to the broker are permanent at once: it does
+not serialise, its options are wrong, it is over ``pg_beat_max_message_bytes``. Anything the
+broker or the wire says (a lost connection, a timeout, a channel closed over a permission or
+routing error) is transient: the broker may say the same of every tick, and that is an
+outage. The publisher finds a message the broker refuses alone by trying the next one (see
 :mod:`pg_beat.publisher`).
 
 A publish that starts before the lease's local deadline must end before the lease can expire,
@@ -22,7 +25,10 @@ __all__ = ["MessageTooLarge", "connection_options", "is_permanent"]
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """True when publishing this message again cannot succeed."""
+    """True when this message can never be handed to the broker: publishing it again cannot
+    succeed. Broker and wire errors are never permanent here (see the module's docstring)."""
+    if is_broker_error(exc):
+        return False
     if isinstance(exc, (MessageTooLarge, TypeError, ValueError, KeyError)):
         # Bad options (e.g. task_id in options), unserialisable arguments, a bad priority.
         return True
@@ -30,15 +36,34 @@ def is_permanent(exc: BaseException) -> bool:
         from kombu.exceptions import ContentDisallowed, EncodeError
     except ImportError:  # pragma: no cover - kombu comes with Celery
         return False
-    if isinstance(exc, (EncodeError, ContentDisallowed)):
+    return isinstance(exc, (EncodeError, ContentDisallowed))
+
+
+def is_broker_error(exc: BaseException) -> bool:
+    """True for what the broker or the wire said: a connection, socket or channel error,
+    whatever else its type is (a redis-py or py-amqp error may also be a ValueError)."""
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
         return True
     try:
-        from amqp.exceptions import IrrecoverableChannelError
+        from kombu.exceptions import OperationalError
+    except ImportError:  # pragma: no cover - kombu comes with Celery
+        return False
+    if isinstance(exc, OperationalError):
+        return True
+    try:
+        from amqp.exceptions import AMQPError
+    except ImportError:
+        pass
+    else:
+        # 403 access refused, 404 no such exchange, 406 precondition failed: the broker
+        # closed the channel. Every tick may get the same (a permission or routing change).
+        if isinstance(exc, AMQPError):
+            return True
+    try:
+        from redis.exceptions import RedisError
     except ImportError:
         return False
-    # 404 no such exchange, 406 precondition failed (e.g. over the broker's message size),
-    # 403 access refused: the broker closed the channel over this message.
-    return isinstance(exc, IrrecoverableChannelError)
+    return isinstance(exc, RedisError)
 
 
 def is_channel_error(exc: BaseException) -> bool:

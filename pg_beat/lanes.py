@@ -24,6 +24,9 @@ class Queued:
     in_late: bool = False  # queued in the late lane (an on-time tick behind its late ones)
     failures: int = 0  # transient failures in a row
     error: str = ""  # the last one
+    #: Its last try came right after the broker published another tick (a probe, while it was
+    #: held aside as a suspect): failing again then points at the tick, not at the broker.
+    after_success: bool = False
 
 
 class Lanes:

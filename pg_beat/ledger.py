@@ -1,12 +1,13 @@
 """What the publisher did, kept until the dispatch loop records it in its next transaction,
 and the log lines it owes: one per failing streak of a schedule, one when it publishes again,
-one when the broker looks down and one when it works again. Not thread-safe: the publisher
-holds its lock."""
+one when publishing starts failing (with the error) and one when it works again (with how long
+it failed and how many ticks waited). Not thread-safe: the publisher holds its lock."""
 
 from __future__ import annotations
 
 import logging
 
+from pg_beat import clock
 from pg_beat.lanes import Queued
 from pg_beat.ticks import Outcomes
 
@@ -20,7 +21,10 @@ class Ledger:
         self.failed_total = 0
         self._outcomes = Outcomes()
         self._failing: set[int] = set()  # schedules whose last tick failed for good
-        self._down = False  # the broker looks down
+        #: When publishing began to fail (clock.now), and the last error; None while it works.
+        self.down_since: float | None = None
+        self.down_error: str | None = None
+        self._waited = 0  # most ticks waiting at once during the current outage
 
     def take(self) -> Outcomes:
         """What was sent or failed since the last call."""
@@ -38,7 +42,8 @@ class Ledger:
         as recovered."""
         self._failing |= schedule_ids
 
-    def sent(self, item: Queued) -> None:
+    def sent(self, item: Queued, waiting: int = 0) -> None:
+        """A tick that went out; ``waiting``: the ticks still queued behind it."""
         claim = item.claim
         self._outcomes.sent.append(claim.run_id)
         self.sent_total += 1
@@ -51,13 +56,24 @@ class Ledger:
                 self.replica,
                 extra={"action": "publish_recovered", "schedule": claim.schedule},
             )
-        if self._down:
-            self._down = False
-            logger.info(
-                "dispatch: publishing works again (replica %s, epoch %s)",
+        if self.down_since is not None:
+            failed_for = clock.now() - self.down_since
+            waited = max(self._waited, waiting + 1)
+            self.down_since = self.down_error = None
+            self._waited = 0
+            logger.warning(
+                "dispatch: publishing works again after failing for %.1fs; %d tick(s) were "
+                "waiting and go out now, in order (replica %s, epoch %s)",
+                failed_for,
+                waited,
                 self.replica,
                 item.epoch,
-                extra={"action": "publish_recovered", "epoch": item.epoch},
+                extra={
+                    "action": "publish_recovered",
+                    "epoch": item.epoch,
+                    "failed_for": round(failed_for, 3),
+                    "waited": waited,
+                },
             )
 
     def failed(self, item: Queued, error: str) -> None:
@@ -78,17 +94,21 @@ class Ledger:
                 extra={"action": "publish_failed", "schedule": claim.schedule, "epoch": item.epoch},
             )
 
-    def down(self, item: Queued, error: BaseException) -> None:
-        """A transient failure: logged when the first of a streak."""
-        if self._down:
+    def down(self, item: Queued, error: BaseException, waiting: int = 0) -> None:
+        """A transient failure (``waiting``: the ticks queued now): logged when the first of a
+        streak. The lease is kept; every tick waits, in order, and is retried."""
+        self.down_error = f"{type(error).__name__}: {error}"
+        self._waited = max(self._waited, waiting)
+        if self.down_since is not None:
             return
-        self._down = True
+        self.down_since = clock.now()
         logger.error(
-            "dispatch: publishing %r due %s failed, will retry (replica %s, epoch %s): %s",
-            item.claim.schedule,
-            item.claim.due_at.isoformat(),
+            "dispatch: publishing failed; keeping the lease and retrying in order while ticks "
+            "wait (replica %s, epoch %s, first failed: %r due %s): %s",
             self.replica,
             item.epoch,
-            error,
+            item.claim.schedule,
+            item.claim.due_at.isoformat(),
+            self.down_error,
             extra={"action": "publish_down", "schedule": item.claim.schedule, "epoch": item.epoch},
         )

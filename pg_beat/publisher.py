@@ -10,8 +10,14 @@ The loop hands over ticks whose claims have committed (invariant 3). This thread
   it is not (the next leader re-publishes them);
 - sends a backlog in batches where the transport can (see :mod:`pg_beat.sending`: one round
   trip for up to BATCH_MAX messages on Redis, the deadline checked again before the flush);
-- retries a transient failure in order, and records a permanent one as failed and moves on. A
-  tick that keeps failing while the next one goes out is permanent too (a poison message);
+- retries a transient failure in order with capped back-off, and records a permanent one as
+  failed and moves on (invariant 16). A tick that fails SUSPECT_AFTER times in a row is held
+  aside while the next one is tried; it is poison only when it fails again between two ticks
+  the broker took (see :meth:`Publisher._settle`). A broker that fails every tick is an outage:
+  the queue waits, in order, and nothing is recorded failed;
+- counts every call that returns, with or without an error, as the thread's progress: only a
+  call that does not return within the hang timeout is a hang (invariant 15). How long the
+  broker has been failing is :attr:`Publisher.failing_since`;
 - keeps, under one lock, what is queued, being sent, and done but not yet recorded, so the loop
   records outcomes in its next transaction and never re-publishes one of its own ticks.
 """
@@ -23,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pg_beat import broker, clock
+from pg_beat import clock
 from pg_beat.lanes import Lanes, Queued
 from pg_beat.lease import LeaderState
 from pg_beat.ledger import Ledger
@@ -71,8 +77,10 @@ class Publisher:
         self._suspect: Queued | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
+        #: The last time the thread showed life (a call returned, a wait ended).
         self._progress_at = clock.now()
         self._deadline_logged: int | None = None
+        self._crashes = 0  # iterations that raised, in a row
 
     # --- the loop's side ------------------------------------------------------------------
 
@@ -85,12 +93,23 @@ class Publisher:
                 self._progress_at = clock.now()  # idle until now: not stalled
             for claim in claims:
                 self._queue.add(claim, epoch)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pg_beat-publisher", daemon=True
-                )
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                self._start_thread()
             self._work.notify()
+
+    def _start_thread(self) -> None:
+        """Start the thread, or start it again if it died (lock held)."""
+        if self._thread is not None:
+            logger.error(
+                "dispatch: the publisher thread had ended; starting it again (replica %s)",
+                self.replica,
+                extra={"action": "publisher_restart", "replica": self.replica},
+            )
+            for item in reversed(self._sending):  # what it held goes back, in order
+                self._queue.requeue(item)
+            self._sending = []
+        self._thread = threading.Thread(target=self._run, name="pg_beat-publisher", daemon=True)
+        self._thread.start()
 
     @property
     def sent_total(self) -> int:
@@ -99,6 +118,26 @@ class Publisher:
     @property
     def failed_total(self) -> int:
         return self.ledger.failed_total
+
+    @property
+    def failing_since(self) -> float | None:
+        """The :func:`clock.now` at which publishing began to fail (every try since has
+        failed), or None while it works."""
+        with self._lock:
+            return self.ledger.down_since
+
+    @property
+    def failing_error(self) -> str | None:
+        """The last error of the current outage, or None while publishing works."""
+        with self._lock:
+            return self.ledger.down_error
+
+    @property
+    def alive(self) -> bool:
+        """False when the thread was started and has ended (it is started again on the next
+        submit)."""
+        thread = self._thread
+        return thread is None or thread.is_alive()
 
     def mark_failing(self, schedule_ids: set[int]) -> None:
         """Schedules the database shows failing (at a takeover): a tick of theirs that goes
@@ -153,7 +192,9 @@ class Publisher:
             self._drained.notify_all()
 
     def stalled_since(self) -> float | None:
-        """The :func:`clock.now` of the last progress while work is pending; None when idle."""
+        """While work is pending, the :func:`clock.now` at which the thread last showed life: a
+        call that returned (sent or failed) or a wait that ended. A broker that fails every
+        call is no stall; a call that never returns is. None when idle."""
         with self._lock:
             if not self._backlog():
                 return None
@@ -176,28 +217,53 @@ class Publisher:
         self.thread_id = threading.get_ident()
         delay = RETRY_FIRST
         while True:
-            with self._lock:
-                items = self._take()
-                if not items:
-                    return
-                self._sending = items
-            results = self.sender.publish(items, self.send)
-            for item, result in zip(items, results, strict=True):
-                if result is None:
-                    self._announce(item)
-            with self._lock:
-                self._sending = []
-                if any(r is None or is_permanent(r) for r in results):
-                    # Progress means the queue moves on. Retrying a transient failure is not
-                    # progress: a leader that cannot publish for the hang timeout is reported
-                    # and lets a replica that can take over.
-                    self._progress_at = clock.now()
-                first = results[0]
-                if len(items) == 1 and not isinstance(first, NotTried):
-                    delay = self._settle(items[0], first, delay)
-                else:
-                    delay = self._settle_batch(items, results, delay)
-                self._notify_drained()
+            try:
+                settled = self._iterate(delay)
+            except Exception:
+                # Never let the thread die over a bug: what it held goes back to the queue, in
+                # order, and the next iteration tries again (one traceback per streak).
+                with self._lock:
+                    for item in reversed(self._sending):
+                        self._queue.requeue(item)
+                    self._sending = []
+                    self._crashes += 1
+                    if self._crashes == 1:
+                        logger.exception(
+                            "dispatch: unexpected error in the publisher thread (replica %s)",
+                            self.replica,
+                            extra={"action": "publisher_error", "replica": self.replica},
+                        )
+                    self._back_off(RETRY_MAX)
+                continue
+            if settled is None:
+                return
+            delay = settled
+
+    def _iterate(self, delay: float) -> float | None:
+        """Send what is next and settle its outcome; return the next retry delay, or None when
+        stopping."""
+        with self._lock:
+            items = self._take()
+            if not items:
+                return None
+            self._sending = items
+        results = self.sender.publish(items, self.send)
+        for item, result in zip(items, results, strict=True):
+            if result is None:
+                self._announce(item)
+        with self._lock:
+            self._sending = []
+            self._crashes = 0
+            # Every call that returned is progress, an error too: only a call that never
+            # returns is a hang (invariant 15).
+            self._progress_at = clock.now()
+            first = results[0]
+            if len(items) == 1 and not isinstance(first, NotTried):
+                delay = self._settle(items[0], first, delay)
+            else:
+                delay = self._settle_batch(items, results, delay)
+            self._notify_drained()
+            return delay
 
     def _next(self) -> Queued | None:
         """The next tick to send, waiting for one; None when stopping. Lock held."""
@@ -254,10 +320,10 @@ class Publisher:
         failed: tuple[Queued, BaseException] | None = None
         for item, result in zip(items, results, strict=True):
             if result is None:
-                self.ledger.sent(item)
+                self.ledger.sent(item, waiting=self._backlog() + len(items))
             elif isinstance(result, NotTried):
                 back.append(item)
-            elif is_permanent(result):
+            elif is_permanent(result):  # refused before it was handed over: its own
                 self.ledger.failed(item, f"{type(result).__name__}: {result}")
             else:
                 if failed is None:
@@ -269,23 +335,39 @@ class Publisher:
             self._queue.requeue(item)
         if failed is None:
             return delay if back else RETRY_FIRST
-        self.ledger.down(*failed)
+        self.ledger.down(*failed, waiting=self._backlog())
         self._back_off(delay)
         return min(delay * 2, RETRY_MAX)
 
     def _settle(self, item: Queued, error: BaseException | None, delay: float) -> float:
-        """Record a send's outcome; return the next retry delay. Lock held."""
+        """Record a send's outcome; return the next retry delay. Lock held.
+
+        The poison rule (invariant 16), with its counter-cases: a tick that failed
+        SUSPECT_AFTER times in a row is held aside as a suspect and the next tick is tried.
+        - The next one fails too: the broker is down, not the suspect; both go back, in order.
+        - The next one goes out: the broker works. The suspect is tried again at once; if it
+          goes out, it was the broker that had been down (an outage that ended between the
+          tries), and nothing failed.
+        - The suspect fails again right after that success: held aside once more, and the next
+          tick tried. Only if that one goes out too (the broker took the ticks right before and
+          right after it) is the suspect poison, recorded failed. A broker that flaps between
+          the tries makes it a suspect again, never poison.
+        """
         if error is None:
-            self.ledger.sent(item)
-            if self._suspect is not None:  # the tick after it went out: the suspect is poison
+            self.ledger.sent(item, waiting=self._backlog())
+            if self._suspect is not None:
                 suspect, self._suspect = self._suspect, None
-                self.ledger.failed(
-                    suspect,
-                    f"failed {suspect.failures} times in a row while other ticks were "
-                    f"published; last error: {suspect.error}",
-                )
+                if suspect.after_success:
+                    self.ledger.failed(
+                        suspect,
+                        f"failed {suspect.failures} times in a row while the broker took the "
+                        f"ticks tried right before and after it; last error: {suspect.error}",
+                    )
+                else:
+                    suspect.after_success = True
+                    self._queue.requeue(suspect)  # tried next: now the broker works
             return RETRY_FIRST
-        if broker.is_permanent(error):
+        if is_permanent(error):
             self.ledger.failed(item, f"{type(error).__name__}: {error}")
             return delay
         item.failures += 1
@@ -296,13 +378,14 @@ class Publisher:
             suspect, self._suspect = self._suspect, None
             self._queue.requeue(item)
             suspect.failures = 0
+            suspect.after_success = False
             self._queue.requeue(suspect)
-        elif item.failures >= SUSPECT_AFTER and self._queue:
+        elif (item.after_success or item.failures >= SUSPECT_AFTER) and self._queue:
             self._suspect = item
             return delay  # no back-off: the next tick tells at once
         else:
             self._queue.requeue(item)
-        self.ledger.down(item, error)
+        self.ledger.down(item, error, waiting=self._backlog())
         self._back_off(delay)
         return min(delay * 2, RETRY_MAX)
 
@@ -311,6 +394,7 @@ class Publisher:
         until = time.monotonic() + delay
         while not self._stopping and (left := until - time.monotonic()) > 0:
             self._work.wait(left)
+        self._progress_at = clock.now()
 
     def _drop(self, epoch: int) -> None:
         """Deposed: leave this epoch's ticks to the next leader, which re-publishes them (same

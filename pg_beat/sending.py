@@ -3,9 +3,13 @@
 A batch (kombu 5.7's ``Producer.batch()``; on Redis, one pipeline) defers what is sent inside it
 to one flush, and discards it if the batch ends in an error. The flush is the publish, so the
 local deadline (invariant 4) is checked before each message is buffered and again right before
-the flush: a batch past it goes out not at all. A message refused before it is buffered (bad
-options, too big) fails alone and the rest of the batch goes on; any other error fails the
-batch as a whole, and nothing of it is known to have gone out.
+the flush: a batch past it goes out not at all.
+
+Who an error belongs to (invariant 16): a message refused before it is handed to the broker
+(bad options, arguments that do not serialise, too big) fails alone, and the rest of its batch
+goes on. Any other error of a batch (opening it, buffering into it, the flush) belongs to the
+batch, whatever its type: it is a :class:`BatchFailed`, transient for every tick in it, and
+nothing of it is known to have gone out.
 """
 
 from __future__ import annotations
@@ -43,11 +47,24 @@ NOT_TRIED = NotTried()
 Result = BaseException | NotTried | None
 
 
+class BatchFailed(Exception):
+    """An error of a whole batch (opening it, buffering into it, its flush): transient for
+    every tick in it, whatever the error's own type (:func:`is_permanent` is False)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
 class _PastDeadline(Exception):
     """A batch reached the local deadline before its flush."""
 
 
 def is_permanent(result: Result) -> bool:
+    """True for an error that is this one message's (see :func:`pg_beat.broker.is_permanent`);
+    never for a :class:`BatchFailed`."""
+    if isinstance(result, BatchFailed):
+        return False
     return isinstance(result, BaseException) and broker.is_permanent(result)
 
 
@@ -64,13 +81,14 @@ class Sender:
         return self.open_batch is not None
 
     def publish(self, items: Sequence[Queued], send: Send) -> list[Result]:
-        """Send ``items`` in order; the result of each."""
-        if self.open_batch is None or len(items) == 1:
+        """Send ``items`` in order; the result of each. Where the transport batches, a single
+        tick goes in a batch of one too: on Redis that is what pushes it once per task id."""
+        if self.open_batch is None:
             return self._each(items, send)
         try:
             opened = self.open_batch()
-        except Exception as exc:  # e.g. no broker connection yet
-            return [exc, *[NOT_TRIED] * (len(items) - 1)]
+        except Exception as exc:  # e.g. no broker connection yet: every tick waits
+            return [BatchFailed(exc)] * len(items)
         if opened is None:
             self.open_batch = None  # the transport sends each message at once: no more batches
             return self._each(items, send)
@@ -119,8 +137,9 @@ class Sender:
             failure: Result = NOT_TRIED
         except Exception as exc:
             # Nothing of the batch is known to have gone out: all of it is retried, same task
-            # ids, as a single publish whose reply was lost is.
-            failure = exc
+            # ids, as a single publish whose reply was lost is. The error is the batch's, not
+            # any one message's, whatever its type.
+            failure = BatchFailed(exc)
         else:
             return results
         unsent = len(items) - len(results)

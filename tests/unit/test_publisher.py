@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -227,10 +228,17 @@ def test_a_failed_publish_is_retried_first_and_logged_once(
         either.fail = False
         assert pub.wait_below(1, 5.0)
     assert either.sent == [1, 2, 3]  # oldest first, each once
-    failures = [r for r in caplog.records if "failed, will retry" in r.getMessage()]
+    failures = [r for r in caplog.records if "publishing failed" in r.getMessage()]
     assert len(failures) == 1 and "'s1'" in failures[0].getMessage()
-    assert "epoch 1" in failures[0].getMessage()
-    assert sum("works again" in r.getMessage() for r in caplog.records) == 1
+    assert (
+        "epoch 1" in failures[0].getMessage() and "broker down (test)" in failures[0].getMessage()
+    )
+    (back,) = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert "3 tick(s) were waiting" in back  # 1 and 2, and 3 submitted during the outage
+    assert [r.levelno for r in caplog.records if "sent " not in r.getMessage()] == [
+        logging.ERROR,
+        logging.WARNING,
+    ]  # the whole outage: two lines
     pub.stop(5.0)
 
 
@@ -322,7 +330,7 @@ def test_a_permanent_failure_is_recorded_and_the_queue_moves_on(
     pub.stop(5.0)
 
 
-def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(either: Broker) -> None:
+def test_a_tick_that_fails_between_two_ticks_the_broker_took_is_poison(either: Broker) -> None:
     pub = either.publisher(leader())
     either.poison = {1: ConnectionError("looks transient")}
     pub.submit([claim(1), claim(2), claim(3)], 1)
@@ -330,8 +338,115 @@ def test_a_tick_that_keeps_failing_while_the_next_goes_out_is_poison(either: Bro
     assert either.sent == [2, 3]
     outcomes = pub.take_outcomes()
     assert [run for run, _, _ in outcomes.failed] == [1]
-    assert "while other ticks were published" in outcomes.failed[0][2]
+    assert "the broker took the ticks tried right before and after it" in outcomes.failed[0][2]
     assert "looks transient" in outcomes.failed[0][2]
+    pub.stop(5.0)
+
+
+class Recovering:
+    """A one-by-one broker that fails its first ``failures`` calls, then works; records the
+    run id of every call."""
+
+    def __init__(self, failures: int, fail_again: tuple[int, ...] = ()) -> None:
+        self.failures = failures
+        self.fail_again = set(fail_again)  # calls (1-based) that fail after the recovery
+        self.calls: list[int] = []
+
+    def __call__(self, c: Claim, epoch: int) -> None:
+        self.calls.append(c.run_id)
+        if len(self.calls) <= self.failures or len(self.calls) in self.fail_again:
+            raise ConnectionError("broker down (test)")
+
+
+def test_a_broker_that_recovers_between_the_tries_of_a_suspect_fails_nothing() -> None:
+    """Counter-case of the poison rule: the broker fails 3 times, then works. The suspect's
+    probe goes out, and the suspect is tried again, and goes out: nothing is failed."""
+    send = Recovering(failures=3)
+    pub = Publisher(leader(), send, "r")
+    pub.submit([claim(1), claim(2), claim(3)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert send.calls == [1, 1, 1, 2, 1, 3]
+    outcomes = pub.take_outcomes()
+    assert outcomes.failed == [] and sorted(outcomes.sent) == [1, 2, 3]
+    pub.stop(5.0)
+
+
+def test_a_broker_that_flaps_between_the_tries_of_a_suspect_fails_nothing() -> None:
+    """Counter-case: the probe goes out, then the broker fails the suspect's retry and the next
+    probe too. The suspect failed right after a success, but not between two: not poison."""
+    send = Recovering(failures=3, fail_again=(5, 6))
+    pub = Publisher(leader(), send, "r")
+    pub.submit([claim(1), claim(2), claim(3)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert send.calls[:6] == [1, 1, 1, 2, 1, 3]  # 5th and 6th calls fail: the broker again
+    outcomes = pub.take_outcomes()
+    assert outcomes.failed == [] and sorted(outcomes.sent) == [1, 2, 3]
+    assert sorted(send.calls[6:]) == sorted(set(send.calls[6:]))  # each sent once after
+    pub.stop(5.0)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("looks like bad options"), KeyError("x"), ConnectionError("reset")],
+    ids=["ValueError", "KeyError", "ConnectionError"],
+)
+def test_an_error_of_the_whole_batch_fails_no_tick(error: BaseException) -> None:
+    """A flush that raises, whatever the type, is the batch's: every tick is retried."""
+    b = Broker(batching=True)
+    flushes = 0
+    real_flush = b.flush
+
+    def flush() -> None:
+        nonlocal flushes
+        flushes += 1
+        if flushes <= 2:
+            raise error
+        real_flush()
+
+    b.flush = flush  # type: ignore[method-assign]
+    pub = b.publisher(leader(), batch_max=5)
+    pub.submit([claim(i) for i in range(1, 6)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert sorted(b.sent) == [1, 2, 3, 4, 5] and len(b.sent) == 5
+    assert pub.take_outcomes().failed == [] and pub.failed_total == 0
+    pub.stop(5.0)
+
+
+def test_a_batch_that_cannot_be_opened_fails_no_tick() -> None:
+    b = Broker(batching=True)
+    opens = 0
+
+    def open_batch() -> AbstractContextManager[Broker] | None:
+        nonlocal opens
+        opens += 1
+        if opens <= 4:
+            raise ValueError("no channel yet")
+        return b.open_batch()
+
+    pub = Publisher(leader(), b, "r", open_batch, batch_max=5)
+    pub.submit([claim(i) for i in range(1, 6)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert b.sent == [1, 2, 3, 4, 5]
+    assert pub.take_outcomes().failed == []
+    pub.stop(5.0)
+
+
+def test_a_channel_error_on_every_tick_is_an_outage_not_a_failure(broker: Broker) -> None:
+    """A permission or routing error the broker gives every tick (AMQP 403 after a grant was
+    revoked) fails nothing: the ticks wait until it is mended."""
+    from amqp.exceptions import AccessRefused
+
+    pub = Publisher(leader(), broker, "r")
+    refused = AccessRefused("ACCESS_REFUSED - write access to exchange 'celery' refused")
+    broker.poison = {i: refused for i in range(1, 5)}
+    pub.submit([claim(i) for i in range(1, 5)], 1)
+    until(lambda: broker.attempts >= 10)
+    assert pub.take_outcomes().failed == [] and pub.failing_since is not None
+    assert "AccessRefused" in (pub.failing_error or "")
+    broker.poison = {}
+    assert pub.wait_below(1, 10.0)
+    assert broker.sent == [1, 2, 3, 4] and pub.take_outcomes().failed == []
+    assert pub.failing_since is None
     pub.stop(5.0)
 
 
@@ -357,18 +472,41 @@ def test_a_recovered_schedule_is_reported_once(either: Broker) -> None:
     pub.stop(5.0)
 
 
-def test_retrying_a_failing_broker_is_no_progress(either: Broker) -> None:
-    """A leader that cannot publish looks stalled to the watchdog, which lets another lead."""
+def test_retrying_a_failing_broker_is_progress_and_an_outage(either: Broker) -> None:
+    """Every call that returns is progress (invariant 15): a broker that fails every call is an
+    outage, shown by failing_since, never a stall for the watchdog to act on."""
     pub = either.publisher(leader())
     either.fail = True
     before = clock.now()
     pub.submit([claim(1)], 1)
-    until(lambda: either.attempts >= 4)
+    until(lambda: either.attempts >= 6)  # about 2 s of capped back-off
     stalled = pub.stalled_since()
-    assert stalled is not None and stalled <= before + 0.1
+    assert stalled is not None and clock.now() - stalled < 1.5
+    since = pub.failing_since
+    assert since is not None and before <= since <= before + 0.5
+    assert "broker down (test)" in (pub.failing_error or "")
     either.fail = False
     assert pub.wait_below(1, 5.0)
-    assert pub.stalled_since() is None
+    assert pub.stalled_since() is None and pub.failing_since is None
+    pub.stop(5.0)
+
+
+def test_the_thread_survives_an_unexpected_error_and_loses_nothing(broker: Broker) -> None:
+    pub = Publisher(leader(), broker, "r")
+    calls = 0
+    real = pub.sender.publish
+
+    def publish(items: list[Any], send: Any) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the publish path (test)")
+        return real(items, send)
+
+    pub.sender.publish = publish  # type: ignore[method-assign]
+    pub.submit([claim(1), claim(2)], 1)
+    assert pub.wait_below(1, 5.0)
+    assert broker.sent == [1, 2] and pub.alive
     pub.stop(5.0)
 
 
