@@ -22,7 +22,7 @@ from celery import beat
 from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import broker, clock, startup, store
+from pg_beat import broker, clock, dedup, startup, store
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
 from pg_beat.exceptions import ConfigurationError, MessageTooLarge
@@ -65,6 +65,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.watchdog: Watchdog | None = None
         self._closed = False
         self._producer_ready = False
+        self._broken = False  # the broker connection failed: reconnect before the next send
+        self._publishing: str | None = None  # the task id being published (pg_beat.dedup)
         #: Per unknown task name, the schedules warned about (see _warn_unknown).
         self._unknown_tasks: dict[str, set[str]] = {}
         self.liveness = (
@@ -146,6 +148,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         options = broker.connection_options(transport, self.settings.publish_margin)
         return self.app.connection_for_write(**options)
 
+    def _ensure_connected(self) -> Any:
+        """The broker connection, connected with one quick try (Celery's own retries up to
+        ``broker_connection_max_retries`` times, minutes in all, with a log line each: a
+        publish blocked that long would be a hang, and the lines a flood). A failure is the
+        publisher's transient error: it retries, with capped back-off, in order."""
+        return self.connection.ensure_connection(max_retries=0)
+
+    def _reconnect(self) -> None:
+        """After a connection error: a new connection and a producer channel on it, one quick
+        try (raises what connecting raised: transient). Redis needs none of it (each publish
+        takes a client from the pool, which reconnects), AMQP does."""
+        connection = self.connection
+        if not connection.connected:
+            connection.ensure_connection(max_retries=0)
+        if "producer" in self.__dict__:
+            self.producer.revive(connection.default_channel)
+        self._broken = False
+
     def _warm_producer(self) -> None:
         """Connect to the broker while standing by, so a takeover's first publish does not pay
         for the connection (most of a hand-over's cost otherwise)."""
@@ -225,10 +245,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if claim.expires_at is not None:
             options["expires"] = claim.expires_at  # absolute: due time + expires
         self._check_size(claim)
+        if self._broken:
+            self._reconnect()
         task = self.app.tasks.get(claim.task)
         if task is None:
             self._warn_unknown(claim)
         publish = task.apply_async if task is not None else self._send_task(claim.task)
+        self._publishing = claim.task_id
         try:
             # retry=False: the publisher thread retries, in order, within the lease's deadline.
             publish(
@@ -243,15 +266,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except Exception as exc:
             if broker.is_channel_error(exc):
                 self._revive_channel()
+            elif broker.is_broker_error(exc):
+                self._broken = True
             raise
+        finally:
+            self._publishing = None
 
     def _open_batch(self) -> AbstractContextManager[Batch] | None:
         """A batch on the producer (kombu 5.7+), where the transport defers the messages sent
-        inside it to one flush (Redis: one pipeline); None where each would go out at once.
-        kombu's own size limit is set above the publisher's, so only our flush sends."""
+        inside it to one flush (Redis: one pipeline) and each message is pushed once per task
+        id (:mod:`pg_beat.dedup`); None where each would go out at once. kombu's own size
+        limit is set above the publisher's, so only our flush sends."""
+        if self._broken:
+            self._reconnect()
         producer = self.producer
         if not hasattr(producer, "batch") or not producer.supports_batch_publish:
             return None
+        if not dedup.install(producer.channel, lambda: self._publishing):
+            return None  # no push-once: a batch's lost reply would duplicate all of it
         return producer.batch(max_size=BATCH_BUFFER)  # type: ignore[no-any-return]
 
     def _send_task(self, name: str) -> Any:
