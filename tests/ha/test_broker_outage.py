@@ -1,0 +1,155 @@
+"""A broker outage is an outage, not a hang (invariant 15): three real replicas, a real worker,
+and a Redis of the test's own that goes away for 30 s, as a managed Redis failover does.
+
+Each case asserts, for the whole outage: no replica exits, the leader keeps its term, at most
+five log lines per replica (the line per tick sent after the recovery aside), every tick due
+during the outage runs once after it (catch_up), and the first publish follows the broker's
+return within a generous bound (the figure itself is measured by benchmarks/bench_failover.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from support import pg
+from support.env import unavailable
+from support.ha import ClusterFactory, assert_every_tick_once, settle
+from support.procs import ProcessGroup
+from support.waiting import wait_for
+
+from examples.cluster import Cluster, utcnow
+
+pytestmark = [pytest.mark.ha, pytest.mark.timeout(240)]
+
+OUTAGE = 30.0  # seconds: a managed Redis failover takes 30-60 s
+LINES_PER_REPLICA = 5
+FIRST_PUBLISH_BOUND = 10.0  # seconds after the broker answers again; generous, see the module
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, stopped by its PID. Appends every
+    write before answering, so a SIGKILL loses no message that was acknowledged."""
+
+    def __init__(self, procs: ProcessGroup, datadir: Path) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            unavailable("redis-server (Debian package redis-server) for a Redis of the test's own")
+        self.procs = procs
+        self.port = pg.free_port()
+        self.argv = [
+            server,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(datadir),
+        ]
+        self.starts = 0
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def answers(self) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.procs.spawn(f"redis-{self.starts}", self.argv)
+        wait_for(self.answers, 15, "the test's own Redis")
+
+    def kill(self) -> None:
+        name = f"redis-{self.starts}"
+        self.procs.signal(name, signal.SIGKILL)
+        self.procs.wait(name, 10)
+
+    def signal(self, sig: int) -> None:
+        self.procs.signal(f"redis-{self.starts}", sig)
+
+
+@pytest.fixture
+def private_redis(procs: ProcessGroup, tmp_path: Path) -> Iterator[PrivateRedis]:
+    datadir = tmp_path / "redis"
+    datadir.mkdir()
+    yield PrivateRedis(procs, datadir)
+
+
+def first_sent_at_or_after(cluster: Cluster, since: float, timeout: float = 60.0) -> float:
+    """Seconds from ``since`` (time.time()) to the first tick recorded sent at or after it."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(pg.libpq_url(cluster.database_url), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT extract(epoch FROM min(sent_at)) FROM pg_beat_runs "
+                "WHERE sent_at >= to_timestamp(%s)",
+                (since,),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                return float(row[0]) - since
+            time.sleep(0.05)
+    raise TimeoutError("nothing was sent after the broker came back")
+
+
+def quiet_lines(cluster: Cluster, name: str, skip: int) -> list[str]:
+    """The lines ``name`` logged after its first ``skip``, without the line per tick sent."""
+    lines = cluster.log(name).splitlines()[skip:]
+    return [line for line in lines if "] sent " not in line]
+
+
+def ride_out(
+    cluster: Cluster, stop_broker: Callable[[], None], resume_broker: Callable[[], None]
+) -> None:
+    """Run the cluster through one outage and assert everything the module promises."""
+    leader, epoch = settle(cluster)
+    start = utcnow()
+    before = {name: cluster.log_lines(name) for name in cluster.replicas}
+    stop_broker()
+    time.sleep(OUTAGE)  # the fault's length is the point: nothing to wait for
+    resume_broker()
+    back = time.time()
+    waited = first_sent_at_or_after(cluster, back)
+    assert waited < FIRST_PUBLISH_BOUND, f"first publish {waited:.2f}s after the broker returned"
+    assert_every_tick_once(cluster, start)
+    lease = cluster.lease()
+    assert lease is not None and (lease["holder"], lease["epoch"]) == (leader, epoch)
+    for name, replica in cluster.replicas.items():
+        assert replica.exits == [], (name, replica.exits)
+        lines = quiet_lines(cluster, name, before[name])
+        assert len(lines) <= LINES_PER_REPLICA, (name, lines)
+
+
+def test_redis_killed_for_30s_then_restarted(
+    make_cluster: ClusterFactory, private_redis: PrivateRedis
+) -> None:
+    cluster = make_cluster(broker_url=private_redis.url)
+    ride_out(cluster, private_redis.kill, private_redis.start)
+
+
+def test_redis_stopped_for_30s(make_cluster: ClusterFactory, private_redis: PrivateRedis) -> None:
+    cluster = make_cluster(broker_url=private_redis.url)
+    ride_out(
+        cluster,
+        lambda: private_redis.signal(signal.SIGSTOP),
+        lambda: private_redis.signal(signal.SIGCONT),
+    )
