@@ -26,6 +26,13 @@ Metric                                Type      Meaning
                                                 heartbeat age on the database clock
 ``pg_beat_due_backlog``               gauge     enabled schedules whose ``next_run_at`` has
                                                 passed (database clock)
+``pg_beat_broker_up``                 gauge     1 while this replica's broker connection works
+                                                (its publishes, or a standby's probes), 0 while
+                                                it fails; absent before the first try
+``pg_beat_broker_failing_seconds``    gauge     seconds since publishing (or probing) began to
+                                                fail; 0 while it works
+``pg_beat_ticks_waiting``             gauge     leader: ticks claimed and not yet published
+                                                (they wait, in order, through a broker outage)
 ``pg_beat_metrics_scrape_errors_total`` counter database reads for a scrape that failed
 ===================================== ========= =================================================
 
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import store
+from pg_beat import clock, store
 from pg_beat.config import Settings
 from pg_beat.exceptions import ConfigurationError
 from pg_beat.lease import LeaderState
@@ -50,6 +57,7 @@ from pg_beat.lease import LeaderState
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from pg_beat.brokerhealth import Health
     from pg_beat.dispatch import Dispatcher
     from pg_beat.ticks import Claim
     from pg_beat.watchdog import Watchdog
@@ -68,6 +76,8 @@ class SchedulerLike(Protocol):
     state: LeaderState
     watchdog: Watchdog | None
     dispatcher: Dispatcher | None
+
+    def broker_health(self) -> Health: ...
 
 
 def _prometheus() -> Any:
@@ -223,6 +233,26 @@ class SchedulerCollector:
             heartbeat_age,
         )
         yield gauge("pg_beat_due_backlog", "Enabled schedules past their next_run_at", backlog)
+        health = scheduler.broker_health()
+        known = health.checked_at is not None
+        failing_for = (
+            clock.now() - health.failing_since if health.failing_since is not None else 0.0
+        )
+        yield gauge(
+            "pg_beat_broker_up",
+            "1 while this replica's broker connection works, 0 while it fails",
+            int(health.working) if known else None,
+        )
+        yield gauge(
+            "pg_beat_broker_failing_seconds",
+            "Seconds since publishing (or a standby's probes) began to fail; 0 while it works",
+            failing_for if known else None,
+        )
+        yield gauge(
+            "pg_beat_ticks_waiting",
+            "Leader: ticks claimed and not yet published",
+            health.waiting if held is not None else None,
+        )
         yield counter(
             "pg_beat_metrics_scrape_errors",
             "Database reads for a scrape that failed",

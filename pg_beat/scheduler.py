@@ -22,7 +22,8 @@ from celery import beat
 from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import broker, clock, dedup, startup, store
+from pg_beat import broker, brokerhealth, clock, dedup, startup, store
+from pg_beat.brokerhealth import Health, Prober, probe_connection
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
 from pg_beat.exceptions import ConfigurationError, MessageTooLarge
@@ -74,6 +75,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if self.settings.liveness_file
             else None
         )
+        self.prober = Prober(lambda: probe_connection(self.connection), self.settings.replica_name)
         #: Kept empty on purpose: schedules are read from the database as they fall due.
         self._empty: dict[str, Any] = {}
         super().__init__(app, *args, lazy=lazy, **kwargs)
@@ -127,8 +129,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Dispatch what is due, then wait for the next due time or a NOTIFY. Returns 0."""
         if self.dispatcher is None:
             return float(self.max_interval)
-        if not self._producer_ready and self.state.epoch is None:
-            self._warm_producer()
+        if self.state.epoch is None:
+            if not self._producer_ready:
+                self._warm_producer()
+            if self.prober.due():
+                self.prober.probe()
         delay = self.dispatcher.step()
         if self.liveness is not None and self.watchdog is not None:
             stalled = self.dispatcher.publisher.stalled_since()
@@ -139,6 +144,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
         self.dispatcher.wait(min(delay, float(self.max_interval)))
         return 0.0
+
+    def broker_health(self) -> Health:
+        """This replica's broker, as its publishes (leader) or its probes (standby) show it."""
+        leading = self.dispatcher is not None and self.state.epoch is not None
+        publisher = self.dispatcher.publisher if self.dispatcher is not None else None
+        return brokerhealth.current(self.prober.health, publisher if leading else None)
 
     @cached_property
     def connection(self) -> Any:

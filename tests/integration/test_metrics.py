@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import pg
 from support.inproc import replica, settings_for
 
+from pg_beat import brokerhealth
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
@@ -81,6 +82,32 @@ def test_leader_metrics(db_url: str) -> None:
         total = value(samples, f"{lateness}_sum", "m1")
         assert total is not None and 0 <= total < 15
         assert value(samples, "pg_beat_metrics_scrape_errors_total", "m1") == 0
+        assert value(samples, "pg_beat_broker_up", "m1") == 1
+        assert value(samples, "pg_beat_broker_failing_seconds", "m1") == 0
+        assert value(samples, "pg_beat_ticks_waiting", "m1") == 0
+
+
+def test_a_broker_outage_shows_in_the_metrics_and_its_end_too(db_url: str) -> None:
+    with replica(db_url, replica_name="o1") as leader, metrics_of(leader) as server:
+        with ScheduleManager(db_url) as manager:
+            manager.create("a", "app.tick", every="1h")
+            manager.run_now("a")
+        leader.run_until(lambda: leader.dispatcher.sent_total >= 1)
+        leader.outbox.fail = True
+        with ScheduleManager(db_url) as manager:
+            manager.run_now("a")
+        leader.run_until(lambda: leader.dispatcher.publisher.failing_since is not None)
+        samples = scrape(server.port)
+        assert value(samples, "pg_beat_broker_up", "o1") == 0
+        failing = value(samples, "pg_beat_broker_failing_seconds", "o1")
+        assert failing is not None and 0 <= failing < 10
+        assert value(samples, "pg_beat_ticks_waiting", "o1") == 1
+        assert value(samples, "pg_beat_ticks_failed_total", "o1") == 0
+        leader.outbox.fail = False
+        leader.run_until(lambda: leader.dispatcher.sent_total >= 2)
+        samples = scrape(server.port)
+        assert value(samples, "pg_beat_broker_up", "o1") == 1
+        assert value(samples, "pg_beat_ticks_waiting", "o1") == 0
 
 
 def test_standby_metrics_and_backlog(db_url: str) -> None:
@@ -101,6 +128,8 @@ def test_standby_metrics_and_backlog(db_url: str) -> None:
         assert value(samples, "pg_beat_ticks_dispatched_total", "standby") == 0
         age = value(samples, "pg_beat_heartbeat_age_seconds", "standby")
         assert age is not None and 0 <= age < 1.5  # the leader's heartbeat, on the DB clock
+        assert value(samples, "pg_beat_broker_up", "standby") is None  # never probed
+        assert value(samples, "pg_beat_ticks_waiting", "standby") is None
 
 
 def test_serve_metrics_on_a_fixed_port(db_url: str) -> None:
@@ -122,6 +151,9 @@ class Unconnected:
     state: LeaderState = field(default_factory=LeaderState)
     watchdog: Watchdog | None = None
     dispatcher: Dispatcher | None = None
+
+    def broker_health(self) -> brokerhealth.Health:
+        return brokerhealth.UNKNOWN
 
 
 def test_scrape_survives_an_unreachable_database() -> None:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pg_beat import brokerhealth
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
 from pg_beat.lease import LeaderState
@@ -50,6 +51,12 @@ class Replica:
     dispatcher: Dispatcher
     watchdog: Watchdog
     outbox: Outbox
+
+    def broker_health(self) -> brokerhealth.Health:
+        """As ``Scheduler.broker_health``, with no standby probe (the outbox is no broker)."""
+        leading = self.state.epoch is not None
+        publisher = self.dispatcher.publisher if leading else None
+        return brokerhealth.current(brokerhealth.UNKNOWN, publisher)
 
     def wait_leader(self, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout
