@@ -25,6 +25,13 @@ def default_replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _seconds(value: object) -> bool:
+    """A finite number of seconds >= 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every ``pg_beat_*`` setting; durations are seconds (floats). See the README's table."""
@@ -59,34 +66,13 @@ class Settings:
     poll_interval: float = 1.0
     max_message_bytes: int = 1024 * 1024
     liveness_file: str | None = None
+    broker_handover_after: float = 30.0
 
     def __post_init__(self) -> None:
         urls.parse(self.database_url)
         if self.listen_url is not None:
             urls.parse(self.listen_url)
-        for name in (
-            "lease_ttl",
-            "heartbeat_interval",
-            "hang_timeout",
-            "misfire_grace_time",
-            "statement_timeout",
-            "lock_timeout",
-            "idle_in_transaction_timeout",
-            "connect_timeout",
-            "run_retention",
-            "replica_stale_after",
-            "poll_interval",
-        ):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigurationError(
-                    f"pg_beat_{name} must be a positive number of seconds, got {value!r}"
-                )
+        self._check_durations()
         if self.lease_ttl < 3 * self.heartbeat_interval:
             raise ConfigurationError(
                 f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
@@ -121,6 +107,31 @@ class Settings:
             )
         if not self.group or not self.replica_name:
             raise ConfigurationError("pg_beat_group and pg_beat_replica_name must not be empty")
+
+    def _check_durations(self) -> None:
+        for name in (
+            "lease_ttl",
+            "heartbeat_interval",
+            "hang_timeout",
+            "misfire_grace_time",
+            "statement_timeout",
+            "lock_timeout",
+            "idle_in_transaction_timeout",
+            "connect_timeout",
+            "run_retention",
+            "replica_stale_after",
+            "poll_interval",
+        ):
+            value = getattr(self, name)
+            if not _seconds(value) or value == 0:
+                raise ConfigurationError(
+                    f"pg_beat_{name} must be a positive number of seconds, got {value!r}"
+                )
+        if not _seconds(self.broker_handover_after):
+            raise ConfigurationError(
+                "pg_beat_broker_handover_after must be a number of seconds >= 0 (0: never hand "
+                f"over), got {self.broker_handover_after!r}"
+            )
 
     @classmethod
     def from_celery(cls, conf: Mapping[str, Any]) -> Settings:

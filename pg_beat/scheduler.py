@@ -103,6 +103,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             dispatch_thread=lambda: self.dispatcher.thread_id if self.dispatcher else None,
             dispatch_backend=lambda: self.dispatcher.backend_pid if self.dispatcher else None,
             connector=self.connector,
+            broker_health=self.broker_health,
         )
         if settings.metrics_port:
             from pg_beat.metrics import serve_metrics

@@ -26,9 +26,11 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import __version__, clock, store
+from pg_beat import __version__, brokerhealth, clock, store
+from pg_beat.brokerhealth import Health
 from pg_beat.candidate import Candidate
 from pg_beat.config import Settings
+from pg_beat.handover import Handover
 from pg_beat.lease import LeaderState
 
 logger = logging.getLogger("pg_beat.watchdog")
@@ -51,6 +53,7 @@ class Watchdog(threading.Thread):
         dispatch_backend: Callable[[], int | None] = lambda: None,
         exit_process: Callable[[int], None] = os._exit,
         connector: store.Connector | None = None,
+        broker_health: Callable[[], Health] = lambda: brokerhealth.UNKNOWN,
     ) -> None:
         super().__init__(name=f"pg_beat-watchdog[{settings.replica_name}]", daemon=True)
         self.settings = settings
@@ -59,6 +62,8 @@ class Watchdog(threading.Thread):
         self.dispatch_thread = dispatch_thread
         self.dispatch_backend = dispatch_backend
         self.exit_process = exit_process
+        self.broker_health = broker_health
+        self.handover = Handover(settings, broker_health)
         self.connector = connector or store.Connector(settings)
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -238,6 +243,26 @@ class Watchdog(threading.Thread):
             self._step_down("the lease expired or was taken over by another replica")
             return
         self.state.extend(self.epoch, started, settings.lease_ttl - settings.publish_margin)
+        self._maybe_hand_over(conn)
+
+    # --- a broker this replica cannot reach (invariant 15) -------------------------------------
+
+    def _maybe_hand_over(self, conn: Connection) -> None:
+        """The broker has failed here for long while a standby's works: let that one lead. A
+        full outage (every replica failing) keeps the lease where it is."""
+        peer = self.handover.working_peer(conn)
+        if peer is None:
+            return
+        logger.warning(
+            "watchdog: the broker has failed here for %.0fs while replica %s reports a working "
+            "one; handing the lease over (replica %s, epoch %s)",
+            self.handover.failing_for() or 0.0,
+            peer,
+            self.settings.replica_name,
+            self.epoch,
+            extra={"action": "hand_over", "epoch": self.epoch, "peer": peer},
+        )
+        self.release(conn)
 
     def _hang_detected(self, conn: Connection, stuck_for: float) -> None:
         """The dispatch loop made no progress for too long: say why, and let go of the lease."""
@@ -309,6 +334,20 @@ class Watchdog(threading.Thread):
             if clock.now() - self.progress() > self.settings.hang_timeout:
                 return  # our own loop is still stuck: never lead with it
             self._hung = False
+        peer = self.handover.working_peer(conn)
+        if peer is not None:
+            # Our broker fails and another's works: never take the lease from it (this is what
+            # keeps a replica that handed over from winning it straight back).
+            self._say(
+                "aside",
+                "aside",
+                logging.INFO,
+                "watchdog: standing aside while the broker fails here; replica %s reports a "
+                "working one",
+                peer,
+            )
+            return
+        self._said.pop("aside", None)
         won = self.candidate.stand_by(conn, stopping=self.stopping.is_set)
         if self.candidate.reconnect:  # the pool mode changed: a session made for the new one
             self.candidate.reconnect = False
@@ -339,6 +378,7 @@ class Watchdog(threading.Thread):
 
     def _heartbeat_replica(self, conn: Connection) -> None:
         settings = self.settings
+        health, now = self.broker_health(), clock.now()
         with conn.begin():
             store.heartbeat_replica(
                 conn,
@@ -351,6 +391,10 @@ class Watchdog(threading.Thread):
                     "version": __version__,
                     "started_at": datetime.fromtimestamp(self.started_at, tz=timezone.utc),
                     "session": self.session_mode,
+                    "broker_failing_for": _age(health.failing_since, now),
+                    "broker_error": health.error,
+                    "broker_checked_ago": _age(health.checked_at, now),
+                    "ticks_waiting": health.waiting,
                 },
             )
             if clock.now() - self._replica_seen_at > REPLICA_PRUNE_EVERY:
@@ -366,6 +410,11 @@ class Watchdog(threading.Thread):
         """After :meth:`stop` and a join: close the session (dropping any lock) and the engine."""
         self._drop_connection()
         self.engine.dispose()
+
+
+def _age(at: float | None, now: float) -> float | None:
+    """Seconds from ``at`` to ``now`` (both :func:`clock.now`), or None."""
+    return None if at is None else max(0.0, now - at)
 
 
 def _describe_backend(row: Any) -> str:

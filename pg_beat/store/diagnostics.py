@@ -29,6 +29,7 @@ __all__ = [
     "SCHEDULE_FAILURES",
     "SET_LOCAL_TIMEOUTS",
     "UPSERT_REPLICA",
+    "WORKING_BROKER_PEER",
     "backend_diagnostics",
     "due_schedules",
     "heartbeat_replica",
@@ -40,6 +41,7 @@ __all__ = [
     "replica_backend_pids",
     "schedule_failures",
     "set_local_timeouts",
+    "working_broker_peer",
 ]
 
 # Bounds the statements of one transaction only (a status section): SET LOCAL, as values.
@@ -141,17 +143,41 @@ def backend_diagnostics(
     )
 
 
+# The broker columns are ages on the replica's monotonic clock, turned into database times
+# here (invariant 5: no replica's wall clock is compared with another's). NULL: unknown.
 UPSERT_REPLICA = text(
     """
     INSERT INTO pg_beat_replicas
-        (group_name, name, host, pid, role, version, backend_pid, started_at, last_seen_at)
+        (group_name, name, host, pid, role, version, backend_pid, started_at, last_seen_at,
+         broker_failing_since, broker_error, broker_checked_at, ticks_waiting)
     VALUES (:group, :name, :host, :pid, :role, :version,
             CASE WHEN :session THEN pg_backend_pid() END, :started_at,
-            clock_timestamp())
+            clock_timestamp(),
+            clock_timestamp() - make_interval(secs => CAST(:broker_failing_for AS float8)),
+            :broker_error,
+            clock_timestamp() - make_interval(secs => CAST(:broker_checked_ago AS float8)),
+            :ticks_waiting)
     ON CONFLICT (group_name, name) DO UPDATE SET
         host = EXCLUDED.host, pid = EXCLUDED.pid, role = EXCLUDED.role,
         version = EXCLUDED.version, backend_pid = EXCLUDED.backend_pid,
-        started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at
+        started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at,
+        broker_failing_since = EXCLUDED.broker_failing_since,
+        broker_error = EXCLUDED.broker_error, broker_checked_at = EXCLUDED.broker_checked_at,
+        ticks_waiting = EXCLUDED.ticks_waiting
+    """
+)
+
+# Another live replica of the group whose own broker connection works, as it said lately: one
+# a leader cut off from the broker may hand over to (invariant 15).
+WORKING_BROKER_PEER = text(
+    """
+    SELECT name FROM pg_beat_replicas
+    WHERE group_name = :group AND name <> :me
+      AND last_seen_at > clock_timestamp() - make_interval(secs => :seen_within)
+      AND broker_checked_at > clock_timestamp() - make_interval(secs => :checked_within)
+      AND broker_failing_since IS NULL
+    ORDER BY broker_checked_at DESC
+    LIMIT 1
     """
 )
 
@@ -165,6 +191,20 @@ PRUNE_REPLICAS = text(
 
 def heartbeat_replica(conn: Connection, group: str, values: Mapping[str, Any]) -> None:
     conn.execute(UPSERT_REPLICA, {"group": group, **values})
+
+
+def working_broker_peer(
+    conn: Connection, group: str, me: str, seen_within: float, checked_within: float
+) -> str | None:
+    """The name of another live replica reporting a working broker, or None."""
+    params = {
+        "group": group,
+        "me": me,
+        "seen_within": seen_within,
+        "checked_within": checked_within,
+    }
+    name = conn.execute(WORKING_BROKER_PEER, params).scalar()
+    return None if name is None else str(name)
 
 
 def prune_replicas(conn: Connection, group: str, older_than: float) -> int:

@@ -171,6 +171,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "poll_interval": 0.5,
     "max_message_bytes": 4096,
     "liveness_file": "/run/pg-beat/alive.json",
+    "broker_handover_after": 12.5,
 }
 
 

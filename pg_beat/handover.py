@@ -1,0 +1,48 @@
+"""When a leader cut off from its broker lets another replica lead (invariant 15).
+
+A leader whose broker has failed for longer than ``pg_beat_broker_handover_after`` while another
+live replica reports a working broker (its own probes, in the replica rows) hands the lease
+over; a replica whose broker fails never takes the lease from one whose broker works. A full
+outage, where every replica's broker fails, changes nothing: the leader keeps its lease and its
+ticks wait, in order, since no successor could publish them either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.engine import Connection
+
+from pg_beat import brokerhealth, clock, store
+from pg_beat.brokerhealth import Health
+from pg_beat.config import Settings
+
+
+class Handover:
+    """Asked by the watchdog thread, once a heartbeat, on its own connection."""
+
+    def __init__(self, settings: Settings, health: Callable[[], Health]) -> None:
+        self.settings = settings
+        self.health = health
+
+    def failing_for(self) -> float | None:
+        """Seconds this replica's broker has failed, or None while it works."""
+        since = self.health().failing_since
+        return None if since is None else clock.now() - since
+
+    def working_peer(self, conn: Connection) -> str | None:
+        """Another live replica whose broker works, when this one's has failed for longer than
+        the setting (0: never); else None. Reads the database only in that case."""
+        settings = self.settings
+        failing_for = self.failing_for()
+        after = settings.broker_handover_after
+        if not after or failing_for is None or failing_for < after:
+            return None
+        with conn.begin():
+            return store.working_broker_peer(
+                conn,
+                settings.group,
+                settings.replica_name,
+                seen_within=3 * settings.heartbeat_interval,
+                checked_within=2 * brokerhealth.PROBE_EVERY + settings.heartbeat_interval,
+            )
