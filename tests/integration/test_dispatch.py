@@ -599,3 +599,29 @@ def test_a_long_publish_error_is_recorded_cut_to_the_stores_limit(db_url: str) -
     )
     assert isinstance(error, str) and error.startswith("TypeError: bad option xxx")
     assert len(error) == store.ERROR_CHARS and last_error == error
+
+
+def test_a_long_validation_error_is_recorded_cut_to_the_stores_limit(db_url: str) -> None:
+    """A row edited by hand into an invalid payload is recorded by the claim itself (a failed
+    run, the schedule parked): both texts keep the first ERROR_CHARS characters of the error."""
+    with ScheduleManager(db_url) as api:
+        api.create("edited", "t.edited", every=3600)
+    key = "k" * (3 * store.ERROR_CHARS)
+    sql(
+        db_url,
+        "UPDATE pg_beat_schedules SET options = jsonb_build_object(%s::text, 1) "
+        "WHERE name = 'edited'",
+        key,
+    )
+    with ScheduleManager(db_url) as api:
+        api.run_now("edited")
+    with replica(db_url) as rep:
+        rep.run_until(lambda: [s for _, s, _ in runs(db_url, "edited")] == ["failed"], timeout=10)
+    ((error, last_error),) = sql(
+        db_url,
+        "SELECT r.error, s.last_error FROM pg_beat_runs r "
+        "JOIN pg_beat_schedules s ON s.id = r.schedule_id WHERE s.name = 'edited'",
+    )
+    assert isinstance(error, str) and error.startswith("InvalidSchedule: ")
+    assert "unknown option 'kkk" in error
+    assert len(error) == store.ERROR_CHARS and last_error == error
