@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pg_beat import urls
+from pg_beat import broker, urls
 from pg_beat.exceptions import ConfigurationError
 from pg_beat.schedules import MISFIRE_POLICIES
 
@@ -87,17 +87,7 @@ class Settings:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a positive number of seconds, got {value!r}"
                 )
-        if self.lease_ttl < 3 * self.heartbeat_interval:
-            raise ConfigurationError(
-                f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
-                f"pg_beat_heartbeat_interval ({self.heartbeat_interval:g}s), so that one "
-                "late heartbeat does not cost the lease"
-            )
-        if not 0 <= self.publish_margin < self.lease_ttl - self.heartbeat_interval:
-            raise ConfigurationError(
-                f"pg_beat_publish_margin ({self.publish_margin:g}s) must be >= 0 and leave room "
-                f"in the lease: below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
-            )
+        self._check_lease()
         for name, choices in (
             ("on_hang", ON_HANG_CHOICES),
             ("misfire_policy", MISFIRE_POLICIES),
@@ -121,6 +111,33 @@ class Settings:
             )
         if not self.group or not self.replica_name:
             raise ConfigurationError("pg_beat_group and pg_beat_replica_name must not be empty")
+
+    def _check_lease(self) -> None:
+        """The TTL against the heartbeat, and the publish margin against both and the broker."""
+        if self.lease_ttl < 3 * self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
+                f"pg_beat_heartbeat_interval ({self.heartbeat_interval:g}s), so that one "
+                "late heartbeat does not cost the lease"
+            )
+        margin = self.publish_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ConfigurationError(
+                f"pg_beat_publish_margin must be a number of seconds, got {margin!r}"
+            )
+        if not margin >= broker.MIN_PUBLISH_MARGIN:  # NaN too
+            # A publish begun just before the local deadline must end before the lease can
+            # expire: a connect and a write, each bounded by half the margin, at least 0.05 s.
+            raise ConfigurationError(
+                f"pg_beat_publish_margin ({margin:g}s) must be at least "
+                f"{broker.MIN_PUBLISH_MARGIN:g}s: the broker's connect and socket timeouts are "
+                f"half of it, and never below {broker.MIN_TIMEOUT:g}s"
+            )
+        if not margin < self.lease_ttl - self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_publish_margin ({margin:g}s) must leave room in the lease: "
+                "below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
+            )
 
     @classmethod
     def from_celery(cls, conf: Mapping[str, Any]) -> Settings:

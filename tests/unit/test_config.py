@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from pg_beat import broker
 from pg_beat.config import Settings, default_replica_name
 from pg_beat.exceptions import ConfigurationError, PgBeatError
 
@@ -81,8 +82,9 @@ def test_durations_must_be_positive_seconds(name: str, value: Any) -> None:
 INVALID: list[tuple[dict[str, Any], str]] = [
     ({"lease_ttl": 2.9, "heartbeat_interval": 1.0}, "pg_beat_lease_ttl (2.9s) must be at least 3x"),
     ({"lease_ttl": 5.0, "heartbeat_interval": 2.0}, "pg_beat_heartbeat_interval (2s)"),
-    ({"publish_margin": -0.1}, "pg_beat_publish_margin (-0.1s) must be >= 0"),
+    ({"publish_margin": -0.1}, "pg_beat_publish_margin (-0.1s) must be at least 0.1s"),
     ({"publish_margin": 4.0}, "below pg_beat_lease_ttl - pg_beat_heartbeat_interval"),
+    ({"publish_margin": "1"}, "pg_beat_publish_margin must be a number of seconds, got '1'"),
     ({"on_hang": "restart"}, "pg_beat_on_hang must be one of exit, release, got 'restart'"),
     ({"misfire_policy": "all"}, "pg_beat_misfire_policy must be one of fire_once, skip, catch_up"),
     ({"catch_up_limit": 0}, "pg_beat_catch_up_limit must be a whole number >= 1, got 0"),
@@ -104,6 +106,26 @@ def test_invalid_settings_name_the_setting(values: dict[str, Any], text: str) ->
         Settings(**{"database_url": URL, **values})
     assert text in str(caught.value)
     assert isinstance(caught.value, PgBeatError)
+
+
+@pytest.mark.parametrize("margin", [0, 0.0, 0.05, 0.0999, math.nan])
+def test_a_publish_margin_below_what_the_broker_timeouts_need_is_refused(margin: float) -> None:
+    """The broker's connect and socket timeouts are half the margin, never below 0.05 s: a
+    smaller margin would let a publish begun before the local deadline outlive the lease."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(database_url=URL, publish_margin=margin)
+    message = str(caught.value)
+    assert message.startswith(f"pg_beat_publish_margin ({margin:g}s) must be at least 0.1s")
+    assert "\n" not in message
+
+
+def test_the_smallest_publish_margin_fits_a_connect_and_a_write() -> None:
+    margin = broker.MIN_PUBLISH_MARGIN
+    assert Settings(database_url=URL, publish_margin=margin).publish_margin == margin
+    timeout = broker.connection_options("redis", margin)["connect_timeout"]
+    assert timeout == broker.MIN_TIMEOUT and 2 * timeout <= margin
+    # Below it the timeouts stop shrinking with the margin: that is why it is the minimum.
+    assert broker.connection_options("redis", margin / 2)["connect_timeout"] == timeout
 
 
 @pytest.mark.parametrize("schema", ["beat", "Mixed", "_private", "s1"])
