@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from support.waiting import wait_for
 
 from pg_beat import migrate, store
 from pg_beat.api import ScheduleManager
+from pg_beat.config import Settings, env_name
 from pg_beat.scheduler import UNKNOWN_TASK_SCHEDULES, Scheduler
 
 pytestmark = pytest.mark.timeout(90)
@@ -73,8 +75,9 @@ def advisory_locks(url: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(autouse=True)
 def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PG_BEAT_DATABASE_URL", "PG_BEAT_SCHEMA", "PG_BEAT_GROUP", "PG_BEAT_REPLICA_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    # Every setting may come from PG_BEAT_<NAME>: none may leak in from the caller's shell.
+    for item in fields(Settings):
+        monkeypatch.delenv(env_name(item.name), raising=False)
 
 
 @pytest.fixture
