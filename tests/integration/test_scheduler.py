@@ -87,8 +87,8 @@ def make_app(redis_url: str) -> Iterator[AppFactory]:
     previous = current_app._get_current_object()
     apps: list[Celery] = []
 
-    def make(url: str, current: bool = True, **conf: Any) -> Celery:
-        name = f"pg_beat_test_{secrets.token_hex(3)}"
+    def make(url: str, current: bool = True, named: bool = True, **conf: Any) -> Celery:
+        name = f"pg_beat_test_{secrets.token_hex(3)}" if named else None
         app = Celery(name, broker=redis_url, set_as_current=current)
         app.conf.update(
             pg_beat_database_url=url,
@@ -245,6 +245,45 @@ def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory)
         assert after[name]["created_at"] == before[name]["created_at"]
     assert after["crontab"]["updated_at"] == before["crontab"]["updated_at"]  # unchanged entry
     assert after["from-api"] == before["from-api"]
+
+
+def owner_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if getattr(r, "action", None) == "config_owner_default"
+    ]
+
+
+def test_an_app_without_a_main_name_is_warned_once_that_its_owner_is_shared(
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    with running(make_app(db_url, named=False, beat_schedule=BEAT_SCHEDULE)) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, what="leadership")
+    (line,) = owner_warnings(caplog)
+    assert "no main name" in line and "owned by 'celery'" in line
+    assert "set pg_beat_config_owner (or PG_BEAT_CONFIG_OWNER)" in line
+    assert "\n" not in line
+    assert {r[0] for r in sql(db_url, "SELECT config_owner FROM pg_beat_schedules")} == {"celery"}
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"named": True},
+        {"named": False, "pg_beat_config_owner": "billing"},
+        {"named": False, "pg_beat_sync_config": False},
+    ],
+    ids=["main-name", "config-owner", "no-sync"],
+)
+def test_no_owner_warning_when_the_owner_is_the_apps_own(
+    conf: dict[str, Any], db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    with running(make_app(db_url, beat_schedule=BEAT_SCHEDULE, **conf)):
+        pass
+    assert owner_warnings(caplog) == []
 
 
 def test_sync_can_be_turned_off(db_url: str, make_app: AppFactory) -> None:
