@@ -247,6 +247,30 @@ def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory)
     assert after["from-api"] == before["from-api"]
 
 
+def test_a_start_that_prunes_never_removes_another_apps_rows(
+    db_url: str, make_app: AppFactory
+) -> None:
+    """App A's beat_schedule never names app B's entries: a start of A with pruning removes
+    A's own stale rows only, whatever else is in the group."""
+    reports = {"reports": {"task": "t.reports", "schedule": 20.0}}
+    billing = {"billing": {"task": "t.billing", "schedule": 10.0}}
+    with running(make_app(db_url, beat_schedule=reports, pg_beat_config_owner="reports-app")):
+        pass
+    old_billing = {**billing, "old-billing": {"task": "t.old", "schedule": 30.0}}
+    with running(make_app(db_url, beat_schedule=old_billing, pg_beat_config_owner="billing-app")):
+        pass
+    before = rows_by_name(db_url)
+    assert set(before) == {"reports", "billing", "old-billing"}
+    app = make_app(
+        db_url, beat_schedule=billing, pg_beat_config_owner="billing-app", pg_beat_config_prune=True
+    )
+    with running(app):
+        after = rows_by_name(db_url)
+    assert set(after) == {"reports", "billing"}  # billing's stale row pruned, reports' kept
+    assert after["reports"] == before["reports"]
+    assert after["reports"]["config_owner"] == "reports-app"
+
+
 def owner_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
