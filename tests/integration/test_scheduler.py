@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -28,7 +29,7 @@ from support.pg import libpq_url as libpq
 from support.procs import ProcessGroup
 from support.waiting import wait_for
 
-from pg_beat import migrate, store
+from pg_beat import migrate, startup, store
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings, env_name
 from pg_beat.scheduler import UNKNOWN_TASK_SCHEDULES, Scheduler
@@ -387,6 +388,20 @@ def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
 # --- database unreachable at start ---------------------------------------------------------------
 
 
+class StartRetries:
+    """Counts the pauses of start-up between two tries (``pg_beat.startup``'s sleeps)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = time.sleep
+
+        def sleep(seconds: float) -> None:
+            self.count += 1
+            real(seconds)
+
+        monkeypatch.setattr(startup, "time", SimpleNamespace(sleep=sleep))
+
+
 def construct_in_background(app: Celery) -> tuple[threading.Thread, dict[str, Any]]:
     """``Scheduler(app)`` in a daemon thread, for a start-up that waits: the outcome dict gets
     ``scheduler``, or ``error`` (SystemExit included, for the test to report)."""
@@ -404,9 +419,13 @@ def construct_in_background(app: Celery) -> tuple[threading.Thread, dict[str, An
 
 
 def test_start_waits_for_the_database(
-    private_cluster: pg.PrivateCluster, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    private_cluster: pg.PrivateCluster,
+    make_app: AppFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="pg_beat")
+    retries = StartRetries(monkeypatch)
     url = private_cluster.url()
     migrate.upgrade(url)
     private_cluster.stop()
@@ -418,7 +437,7 @@ def test_start_waits_for_the_database(
             10,
             "the 'not usable yet' log line",
         )
-        time.sleep(1.0)  # a few retries against the stopped server
+        wait_for(lambda: retries.count >= 3, 15, "a few retries against the stopped server")
         assert thread.is_alive() and outcome == {}
         private_cluster.start()
         thread.join(timeout=30)
@@ -479,7 +498,12 @@ def test_the_next_replica_leads_without_waiting_for_the_ttl(
         wait_for(lambda: first.state.epoch is not None, 10, "first leads")
         first_epoch = first.state.epoch
         with running(make_app(db_url, pg_beat_lease_ttl=ttl)) as second:
-            time.sleep(0.5)
+            queued = [False, True]  # the first holds the lock, the second waits for it
+            wait_for(
+                lambda: sorted(granted for _, granted in advisory_locks(db_url)) == queued,
+                10,
+                "the second queued on the lock",
+            )
             assert second.state.epoch is None  # standing by
             first.close()
             closed_at = time.monotonic()
@@ -572,13 +596,14 @@ def test_database_url_from_the_environment(
 
 
 def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
-    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pointed at a hot standby (SQLSTATE 25006 on every write), beat waits with one line and
     starts once the server accepts writes (it was promoted)."""
     from support.replication import ReplicatedPair
 
     caplog.set_level(logging.INFO, logger="pg_beat")
+    retries = StartRetries(monkeypatch)
     try:
         pair = ReplicatedPair().start()
     except Exception as exc:  # initdb / pg_basebackup missing, or no user to run them as
@@ -593,7 +618,7 @@ def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
             15,
             "the read-only line",
         )
-        time.sleep(1.5)  # several retries
+        wait_for(lambda: retries.count >= 3, 15, "several retries")
         assert thread.is_alive() and outcome == {}
         pair.stop_primary("immediate")
         pair.promote_standby()
