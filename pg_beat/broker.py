@@ -21,7 +21,18 @@ from typing import Any
 
 from pg_beat.exceptions import MessageTooLarge
 
-__all__ = ["MessageTooLarge", "connection_options", "is_permanent"]
+__all__ = [
+    "MIN_PUBLISH_MARGIN",
+    "MIN_TIMEOUT",
+    "MessageTooLarge",
+    "connection_options",
+    "is_permanent",
+]
+
+#: Seconds: the shortest connect and socket timeout the broker connection gets.
+MIN_TIMEOUT = 0.05
+#: Seconds: the smallest publish margin that holds a connect and a write at those timeouts.
+MIN_PUBLISH_MARGIN = 2 * MIN_TIMEOUT
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -85,8 +96,8 @@ def connection_options(transport: str, publish_margin: float) -> dict[str, Any]:
     confirms on AMQP, so that "sent" means the broker took the message and a refusal is
     reported for the message that caused it.
     """
-    timeout = max(publish_margin / 2, 0.05)
-    user_timeout = max(int(timeout * 1000), 50)
+    timeout = max(publish_margin / 2, MIN_TIMEOUT)
+    user_timeout = max(int(timeout * 1000), int(MIN_TIMEOUT * 1000))
     if transport in ("redis", "rediss", "sentinel"):
         options: dict[str, Any] = {
             "socket_timeout": timeout,

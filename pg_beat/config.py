@@ -9,9 +9,9 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
-from pg_beat import urls
+from pg_beat import broker, urls
 from pg_beat.exceptions import ConfigurationError
 from pg_beat.schedules import MISFIRE_POLICIES
 
@@ -73,17 +73,7 @@ class Settings:
         if self.listen_url is not None:
             urls.parse(self.listen_url)
         self._check_durations()
-        if self.lease_ttl < 3 * self.heartbeat_interval:
-            raise ConfigurationError(
-                f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
-                f"pg_beat_heartbeat_interval ({self.heartbeat_interval:g}s), so that one "
-                "late heartbeat does not cost the lease"
-            )
-        if not 0 <= self.publish_margin < self.lease_ttl - self.heartbeat_interval:
-            raise ConfigurationError(
-                f"pg_beat_publish_margin ({self.publish_margin:g}s) must be >= 0 and leave room "
-                f"in the lease: below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
-            )
+        self._check_lease()
         for name, choices in (
             ("on_hang", ON_HANG_CHOICES),
             ("misfire_policy", MISFIRE_POLICIES),
@@ -133,9 +123,38 @@ class Settings:
                 f"over), got {self.broker_handover_after!r}"
             )
 
+    def _check_lease(self) -> None:
+        """The TTL against the heartbeat, and the publish margin against both and the broker."""
+        if self.lease_ttl < 3 * self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_lease_ttl ({self.lease_ttl:g}s) must be at least 3x "
+                f"pg_beat_heartbeat_interval ({self.heartbeat_interval:g}s), so that one "
+                "late heartbeat does not cost the lease"
+            )
+        margin = self.publish_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ConfigurationError(
+                f"pg_beat_publish_margin must be a number of seconds, got {margin!r}"
+            )
+        if not margin >= broker.MIN_PUBLISH_MARGIN:  # NaN too
+            # A publish begun just before the local deadline must end before the lease can
+            # expire: a connect and a write, each bounded by half the margin, at least 0.05 s.
+            raise ConfigurationError(
+                f"pg_beat_publish_margin ({margin:g}s) must be at least "
+                f"{broker.MIN_PUBLISH_MARGIN:g}s: the broker's connect and socket timeouts are "
+                f"half of it, and never below {broker.MIN_TIMEOUT:g}s"
+            )
+        if not margin < self.lease_ttl - self.heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_publish_margin ({margin:g}s) must leave room in the lease: "
+                "below pg_beat_lease_ttl - pg_beat_heartbeat_interval"
+            )
+
     @classmethod
     def from_celery(cls, conf: Mapping[str, Any]) -> Settings:
-        """Read the ``pg_beat_*`` keys of a Celery app's ``conf`` (env vars fill the gaps)."""
+        """Read the ``pg_beat_*`` keys of a Celery app's ``conf``; a setting the conf leaves
+        out (or sets to None) comes from the environment variable ``PG_BEAT_<NAME>``
+        (:func:`env_name`) when that is set and not empty, else it keeps its default."""
         known = {f"pg_beat_{item.name}" for item in fields(cls)}
         unknown = sorted(k for k in conf if str(k).startswith("pg_beat_") and k not in known)
         if unknown:
@@ -148,28 +167,76 @@ class Settings:
                 )
             )
         values: dict[str, Any] = {}
-        for item in fields(cls):
-            key = f"pg_beat_{item.name}"
-            value = conf.get(key)
+        from_env: list[str] = []
+        for name, kind in setting_types().items():
+            value = conf.get(f"pg_beat_{name}")
             if value is not None:
-                values[item.name] = value
-        values.setdefault("database_url", os.environ.get("PG_BEAT_DATABASE_URL"))
-        if not values["database_url"]:
+                values[name] = value
+            elif os.environ.get(env_name(name)):
+                values[name] = parse_env(name, kind, os.environ[env_name(name)])
+                from_env.append(name)
+        if not values.get("database_url"):
             raise ConfigurationError(
                 "no database URL: set pg_beat_database_url in the Celery config "
                 "or the PG_BEAT_DATABASE_URL environment variable"
             )
-        for env_name, key in (
-            ("PG_BEAT_REPLICA_NAME", "replica_name"),
-            ("PG_BEAT_SCHEMA", "schema"),
-            ("PG_BEAT_GROUP", "group"),
-            ("PG_BEAT_POOL_MODE", "pool_mode"),
-            ("PG_BEAT_LISTEN_URL", "listen_url"),
-            ("PG_BEAT_LIVENESS_FILE", "liveness_file"),
-        ):
-            if key not in values and os.environ.get(env_name):
-                values[key] = os.environ[env_name]
         try:
             return cls(**values)
         except TypeError as exc:
             raise ConfigurationError(f"invalid pg_beat setting: {exc}") from exc
+        except ConfigurationError as exc:
+            # A value read from the environment is named as the operator wrote it.
+            named = [env_name(n) for n in from_env if re.search(rf"\bpg_beat_{n}\b", str(exc))]
+            if not named:
+                raise
+            raise ConfigurationError(f"{exc} (from the environment: {', '.join(named)})") from exc
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: ``PG_BEAT_LEASE_TTL`` for ``lease_ttl``."""
+    return f"PG_BEAT_{setting.upper()}"
+
+
+def setting_types() -> dict[str, type]:
+    """Each setting's name and the type its environment variable is parsed as (the
+    annotation without ``None``: ``str``, ``float``, ``int`` or ``bool``)."""
+    hints = get_type_hints(Settings)
+    types: dict[str, type] = {}
+    for item in fields(Settings):
+        hint = hints[item.name]
+        kinds = [k for k in get_args(hint) if k is not type(None)] or [hint]
+        if len(kinds) != 1 or kinds[0] not in (str, float, int, bool):
+            raise TypeError(f"setting {item.name}: no environment parser for {hint!r}")
+        types[item.name] = kinds[0]
+    return types
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_env(setting: str, kind: type, text: str) -> Any:
+    """The value of ``setting`` written as ``text`` in its environment variable; a
+    :class:`ConfigurationError` naming the variable when it is not of the setting's type."""
+    raw = text.strip()
+    if kind is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        expected = f"true or false ({'/'.join(_TRUE)} or {'/'.join(_FALSE)})"
+    elif kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            expected = "a whole number"
+    elif kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            expected = "a number of seconds"
+    else:
+        return text
+    raise ConfigurationError(
+        f"environment variable {env_name(setting)} must be {expected}, got {text!r}"
+    )

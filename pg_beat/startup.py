@@ -106,6 +106,8 @@ def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
     """Check the schema and sync ``beat_schedule``, retrying (with backoff, one line per
     state change) while the database is unreachable or read-only; exit on what waiting
     cannot cure."""
+    if settings.sync_config:
+        _warn_default_owner(app, settings)
     delay, failing = 0.5, ""
     where = describe(settings.database_url)
     while True:
@@ -146,7 +148,7 @@ def sync_config(app: Any, settings: Settings, connector: store.Connector) -> Non
         name: entry_values(name, entry, tz)
         for name, entry in (app.conf.beat_schedule or {}).items()
     }
-    owner = settings.config_owner or str(app.main or "celery")
+    owner = config_owner(app, settings)
     manager = ScheduleManager(settings=settings, connector=connector)
     try:
         result = manager.sync_config(entries, owner=owner, prune=settings.config_prune)
@@ -158,4 +160,30 @@ def sync_config(app: Any, settings: Settings, connector: store.Connector) -> Non
         result.upserted,
         len(result.removed),
         extra={"action": "config_sync", "owner": owner},
+    )
+
+
+#: The owner of the config rows of an app without a main name (``Celery()``): Celery's own
+#: default name, which every such app shares.
+DEFAULT_OWNER = "celery"
+
+
+def config_owner(app: Any, settings: Settings) -> str:
+    """Whose config rows the app's ``beat_schedule`` writes: ``pg_beat_config_owner``, else
+    the app's main name, else :data:`DEFAULT_OWNER`."""
+    return settings.config_owner or str(app.main or DEFAULT_OWNER)
+
+
+def _warn_default_owner(app: Any, settings: Settings) -> None:
+    """Once per start: two apps without a main name would own each other's config rows."""
+    if settings.config_owner or app.main:
+        return
+    logger.warning(
+        "pg_beat: the Celery app has no main name, so its beat_schedule rows are owned by %r, "
+        "as are those of any other app without one in group %r: each rewrites (and with "
+        "pg_beat_config_prune removes) the other's; set pg_beat_config_owner (or "
+        "PG_BEAT_CONFIG_OWNER) to a name for this app",
+        DEFAULT_OWNER,
+        settings.group,
+        extra={"action": "config_owner_default", "owner": DEFAULT_OWNER},
     )

@@ -116,11 +116,13 @@ def blocker_dict(blocker: Blocker) -> dict[str, Any]:
     }
 
 
-def replica_dict(row: Row, view: LeaseView | None, now: datetime) -> dict[str, Any]:
+def replica_dict(
+    row: Row, view: LeaseView | None, now: datetime, gone_after: float | None = None
+) -> dict[str, Any]:
     return _pick(
         row, ("name", "host", "pid", "version", "backend_pid", "backend_alive", "started_at")
     ) | {
-        "role": replica_role(row, view, now),
+        "role": replica_role(row, view, now, gone_after),
         "reported_role": row.get("role"),
         "last_seen_at": jsonable(row.get("last_seen_at")),
         "last_seen_age": seconds(row.get("last_seen_age")),
@@ -153,7 +155,7 @@ def due_dict(row: Row) -> dict[str, Any]:
 
 def as_json(status: ClusterStatus) -> dict[str, Any]:
     """The documented ``pg-beat status --json`` object; an unreadable section is null."""
-    view, now = status.lease_view, status.now
+    view, now, gone_after = status.lease_view, status.now, status.replica_gone_after
     return {
         "group": status.group,
         "db_now": now.isoformat(),
@@ -161,7 +163,7 @@ def as_json(status: ClusterStatus) -> dict[str, Any]:
         "unreadable": [{"section": k, "reason": v} for k, v in status.unreadable.items()],
         "blockers": [blocker_dict(b) for b in status.blockers],
         "lease": None if view is None else lease_dict(status.lease, now),
-        "replicas": _each(status.replicas, lambda r: replica_dict(r, view, now)),
+        "replicas": _each(status.replicas, lambda r: replica_dict(r, view, now, gone_after)),
         "lock": _each(key_rows(status.locks), advisory_dict),
         "locks": _each(status.locks, lock_dict),
         "blocked": _each(status.blocked, lambda r: _pick(r, _BACKEND_KEYS)),

@@ -21,18 +21,21 @@ from pg_beat.status.text import duration, shorten
 
 __all__ = [
     "BLOCKED",
+    "DEFAULT_LEASE_TTL",
     "DEFAULT_MAX_STALL",
     "GONE",
+    "GONE_AFTER_HEARTBEATS",
     "HEALTHY",
     "LEADER_STALE",
     "NO_LEADER",
-    "REPLICA_GONE_AFTER",
     "UNKNOWN",
     "Verdict",
     "describe_backend",
     "leader_verdict",
+    "lease_ttl",
     "progress_age",
     "replica_gone",
+    "replica_gone_after",
     "replica_role",
     "verdict",
     "without_lock_waiters",
@@ -47,9 +50,11 @@ UNKNOWN = "unknown"  # the lease itself could not be read
 
 #: Seconds without dispatch-loop progress after which a leader counts as stalled.
 DEFAULT_MAX_STALL = 10.0
-#: A replica without a session of its own (transaction pooling) not seen for this many
-#: seconds is gone: it heartbeats every ``pg_beat_heartbeat_interval`` (1 s by default).
-REPLICA_GONE_AFTER = 5.0
+#: ``pg_beat_lease_ttl``'s default: the TTL assumed when the lease row tells none.
+DEFAULT_LEASE_TTL = 5.0
+#: Heartbeats a replica without a session of its own may miss before it is gone, counted at
+#: the slowest interval its lease TTL allows (the TTL is at least 3 heartbeats).
+GONE_AFTER_HEARTBEATS = 4
 
 GONE = "gone"
 
@@ -235,17 +240,47 @@ def describe_backend(row: Row, *, hint_idle: bool = False) -> str:
     return text
 
 
-def replica_gone(row: Row, now: datetime, gone_after: float = REPLICA_GONE_AFTER) -> bool:
+def lease_ttl(lease: Row | None) -> float | None:
+    """The group's ``pg_beat_lease_ttl`` as its lease row shows it: every takeover and renewal
+    sets ``expires_at`` to ``heartbeat_at`` plus the TTL. None for no lease, a released one
+    (its release moved ``expires_at``) or one never renewed."""
+    if lease is None or lease.get("released_at") is not None:
+        return None
+    heartbeat: datetime | None = lease.get("heartbeat_at")
+    expires: datetime | None = lease.get("expires_at")
+    if heartbeat is None or expires is None:
+        return None
+    ttl = (expires - heartbeat).total_seconds()
+    return ttl if ttl > 0 else None
+
+
+def replica_gone_after(lease: Row | None) -> float:
+    """Seconds without a heartbeat after which a replica with no session of its own is gone.
+
+    The status tool does not know the replicas' ``pg_beat_heartbeat_interval``, but it knows
+    their lease TTL, which is at least 3 heartbeats: a replica is gone once it has missed
+    :data:`GONE_AFTER_HEARTBEATS` heartbeats at the slowest interval that TTL allows, i.e.
+    after 4/3 of the TTL (6.7 s with the default 5 s TTL, which is 6 heartbeats of the default
+    1 s). Without a TTL in the lease row (no lease yet, or released) the default TTL is assumed.
+    """
+    ttl = lease_ttl(lease) or DEFAULT_LEASE_TTL
+    return ttl / 3 * GONE_AFTER_HEARTBEATS
+
+
+def replica_gone(row: Row, now: datetime, gone_after: float | None = None) -> bool:
     """The replica's session is no longer connected, or (transaction pooling: no session of
-    its own) it has not heartbeaten for ``gone_after`` seconds of the database clock."""
+    its own) it has not heartbeaten for ``gone_after`` seconds of the database clock (by
+    default :func:`replica_gone_after` of no lease row)."""
     if row.get("backend_pid") is not None:
         return not row.get("backend_alive")
+    if gone_after is None:
+        gone_after = replica_gone_after(None)
     seen: datetime | None = row.get("last_seen_at")
     return seen is None or (now - seen).total_seconds() > gone_after
 
 
 def replica_role(
-    row: Row, view: LeaseView | None, now: datetime, gone_after: float = REPLICA_GONE_AFTER
+    row: Row, view: LeaseView | None, now: datetime, gone_after: float | None = None
 ) -> str:
     """What a replica is, whatever its row says: ``gone``; ``leader`` only for the holder of
     a held lease (so at most one); ``hung`` for the holder of a hung one; else ``standby``

@@ -109,7 +109,7 @@ def _replica_rows(status: ClusterStatus) -> list[list[Any]] | None:
         return None
     rows = []
     for r in status.replicas:
-        role = replica_role(r, status.lease_view, status.now)
+        role = replica_role(r, status.lease_view, status.now, status.replica_gone_after)
         shown = role if role == r.get("role") else f"{role} (reports {r.get('role')})"
         rows.append(
             [

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pg_beat.lease import LeaseView, lease_state
-from pg_beat.status.judge import DEFAULT_MAX_STALL, Verdict
+from pg_beat.status.judge import DEFAULT_MAX_STALL, Verdict, replica_gone_after
 from pg_beat.status.locks import Blocker
 from pg_beat.status.rows import Row
 
@@ -42,6 +42,11 @@ class ClusterStatus:
     @property
     def lease_view(self) -> LeaseView | None:
         return None if "lease" in self.unreadable else lease_state(self.lease, self.now)
+
+    @property
+    def replica_gone_after(self) -> float:
+        """Seconds of silence after which a replica without a session of its own is gone."""
+        return replica_gone_after(None if "lease" in self.unreadable else self.lease)
 
 
 @dataclass(frozen=True)

@@ -252,11 +252,11 @@ def claim_ticks(
             "r_dues": [r.due_at for r in runs],
             "r_task_ids": [r.task_id for r in runs],
             "r_statuses": [r.status for r in runs],
-            "r_errors": [r.error for r in runs],
+            "r_errors": [_cut(r.error) for r in runs],
             "a_ids": [a.schedule_id for a in advances],
             "a_nexts": [a.next_run_at for a in advances],
             "a_last_dues": [a.last_due_at for a in advances],
-            "a_errors": [a.error for a in advances],
+            "a_errors": [_cut(a.error) for a in advances],
         },
     )
     return {(row.schedule_id, row.due_at): row.id for row in rows}
@@ -274,8 +274,13 @@ def park_schedules(conn: Connection, parked: Sequence[tuple[int, str]]) -> None:
     if parked:
         conn.execute(
             PARK_SCHEDULES,
-            {"ids": [i for i, _ in parked], "errors": [e[:ERROR_CHARS] for _, e in parked]},
+            {"ids": [i for i, _ in parked], "errors": [_cut(e) for _, e in parked]},
         )
+
+
+def _cut(error: str | None) -> str | None:
+    """An error as the store records it: its first ``ERROR_CHARS`` characters."""
+    return None if error is None else error[:ERROR_CHARS]
 
 
 def failing_schedules(conn: Connection, group: str) -> set[int]:

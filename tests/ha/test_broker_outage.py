@@ -22,6 +22,7 @@ from support import pg
 from support.env import unavailable
 from support.ha import ClusterFactory, assert_every_tick_once, settle
 from support.procs import ProcessGroup
+from support.rabbitmq import PrivateRabbitMQ, RabbitMQUnavailable
 from support.waiting import wait_for
 
 from examples.cluster import Cluster, utcnow
@@ -118,14 +119,17 @@ def quiet_lines(cluster: Cluster, name: str, skip: int) -> list[str]:
 
 
 def ride_out(
-    cluster: Cluster, stop_broker: Callable[[], None], resume_broker: Callable[[], None]
+    cluster: Cluster,
+    stop_broker: Callable[[], None],
+    resume_broker: Callable[[], None],
+    outage: float = OUTAGE,
 ) -> None:
     """Run the cluster through one outage and assert everything the module promises."""
     leader, epoch = settle(cluster)
     start = utcnow()
     before = {name: cluster.log_lines(name) for name in cluster.replicas}
     stop_broker()
-    time.sleep(OUTAGE)  # the fault's length is the point: nothing to wait for
+    time.sleep(outage)  # the fault's length is the point: nothing to wait for
     resume_broker()
     back = time.time()
     waited = first_sent_at_or_after(cluster, back)
@@ -153,3 +157,17 @@ def test_redis_stopped_for_30s(make_cluster: ClusterFactory, private_redis: Priv
         lambda: private_redis.signal(signal.SIGSTOP),
         lambda: private_redis.signal(signal.SIGCONT),
     )
+
+
+def test_rabbitmq_restarted(
+    make_cluster: ClusterFactory, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    """A RabbitMQ of the test's own stopped as a service manager stops it, then started again
+    (about 15 s without a broker): the AMQP connection is made anew and every tick goes out."""
+    try:
+        rabbit = PrivateRabbitMQ(procs, tmp_path / "rabbitmq")
+        rabbit.start()
+    except RabbitMQUnavailable as exc:
+        unavailable(f"a RabbitMQ of the test's own: {exc}")
+    cluster = make_cluster(broker_url=rabbit.url)
+    ride_out(cluster, rabbit.stop, rabbit.start, outage=2.0)

@@ -760,9 +760,12 @@ def test_unchanged_sync_writes_nothing(api: ScheduleManager, db_url: str) -> Non
     planned = datetime(2030, 1, 1, tzinfo=UTC)
     sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = %s", planned)
     before = snapshot(db_url)
-    time.sleep(0.01)  # a write would show as a later updated_at
+    # Any UPDATE, even of equal values, leaves a new row version: a new xmin.
+    versions = "SELECT xmin::text FROM pg_beat_schedules ORDER BY id"
+    written = sql(db_url, versions)
     assert sync(api, entries).upserted == 3
     assert snapshot(db_url) == before
+    assert sql(db_url, versions) == written
     assert {r[0] for r in sql(db_url, "SELECT next_run_at FROM pg_beat_schedules")} == {planned}
 
 

@@ -646,7 +646,10 @@ def test_console_script_sees_a_paused_leader(
     assert run("check").returncode == 0
     procs.signal("holder", signal.SIGSTOP)
     try:
-        time.sleep(2.0)  # past the 1.5 s lease
+        with connect(db_url, "test") as conn:
+            # Past the 1.5 s lease of the paused holder, by the database clock check goes by.
+            expired = "SELECT expires_at < clock_timestamp() FROM pg_beat_leases"
+            wait_for(lambda: conn.execute(expired).fetchone() == (True,), timeout=10)
         checked = run("check")
         assert checked.returncode == 1, checked
         assert checked.stdout.startswith("unhealthy: leader stale: 'paused-1'")

@@ -239,8 +239,20 @@ def test_an_outside_holder_of_the_leadership_lock_is_named(db_url: str) -> None:
         outsider.execute("SELECT pg_advisory_lock(%s, hashtext('pg_beat:default'))", (LOCK_KEY,))
         pid = outsider.info.backend_pid
         with replica(db_url, "alpha") as (_, state):
-            time.sleep(1.1)  # a visible age; the standby queues on the lock meanwhile
+            wait_for(lambda: lock_waiters(db_url) == 1, what="the standby queued on the lock")
             _outside_holder_is_named(db_url, pid, state, outsider)
+
+
+def lock_waiters(url: str) -> int:
+    """Sessions queued for the leadership lock of group 'default'."""
+    with connect(url, "test") as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+            "AND objid = hashtext('pg_beat:default')::oid AND NOT granted",
+            (LOCK_KEY,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _outside_holder_is_named(
@@ -348,7 +360,8 @@ def test_a_killed_leader_shows_as_gone_and_the_reason_as_recorded(
 
 
 def test_replicas_without_a_session_are_gone_after_their_heartbeat_stops(db_url: str) -> None:
-    """Transaction pooling: no backend recorded, the replica's own heartbeat tells."""
+    """Transaction pooling: no backend recorded, the replica's own heartbeat tells (no lease
+    row here: gone after 4/3 of the default 5 s TTL)."""
     with connect(db_url, "test") as conn:
         conn.execute(
             """
@@ -357,7 +370,7 @@ def test_replicas_without_a_session_are_gone_after_their_heartbeat_stops(db_url:
             VALUES ('default', 'fresh', 'h', 1, 'standby', '0', NULL, clock_timestamp()),
                    ('stale', 'stale', 'h', 2, 'leader', '0', NULL, now()),
                    ('default', 'silent', 'h', 3, 'leader', '0', NULL,
-                    clock_timestamp() - interval '6 s'),
+                    clock_timestamp() - interval '8 s'),
                    ('default', 'dead', 'h', 4, 'standby', '0', 999999, clock_timestamp())
             """
         )
@@ -475,8 +488,8 @@ def test_status_watch_redraws_until_ctrl_c(db_url: str, tmp_path: Path) -> None:
 
 def test_status_watch_redraws_at_once_on_a_schedule_change(db_url: str, tmp_path: Path) -> None:
     with spawned(db_url, tmp_path, "status", "--watch", "--interval", "60") as (proc, out):
+        # The first frame is drawn after the LISTEN (the listener opens before the loop).
         wait_for(lambda: "verdict: no leader" in out.read_text())
-        time.sleep(0.3)  # listening by now
         add_schedule(db_url, "edited")  # the insert NOTIFYs: no waiting for the interval
         wait_for(lambda: "edited" in out.read_text(), timeout=5)
         started = time.monotonic()
@@ -540,11 +553,21 @@ def test_runs_follow_prints_runs_as_they_are_recorded_until_ctrl_c(
     assert "250.0" in lines[-1]
 
 
+def following(url: str) -> bool:
+    """A ``pg-beat runs --follow`` has read the last run id and polls for the runs after it."""
+    with connect(url, "test") as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_beat:%:cli' "
+            "AND query LIKE '%FROM pg_beat_runs%(id > %'"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
 def test_runs_follow_json_lines(db_url: str, tmp_path: Path) -> None:
     add_schedule(db_url, "tick")
     args = ("runs", "--follow", "--json", "--schedule", "tick")
     with spawned(db_url, tmp_path, *args) as (proc, out):
-        time.sleep(0.5)  # before or after it starts following, run-a is printed once
+        wait_for(lambda: following(db_url), what="runs --follow polling for new runs")
         insert_runs(db_url, "run-a", status="sent")
         wait_for(lambda: "run-a" in out.read_text())
         code, err = interrupt(proc)

@@ -64,9 +64,9 @@ def test_interval_stays_on_its_grid_and_each_tick_is_claimed_once(db_url: str) -
     with ScheduleManager(db_url) as api:
         api.create("tick", "t.tick", every=0.2)
     with replica(db_url) as rep:
-        rep.run_for(2.0)
+        rep.run_until(lambda: len(rep.outbox.sent) >= 10)
     rows = runs(db_url, "tick")
-    assert len(rows) >= 8
+    assert len(rows) >= 10
     dues = [r[0] for r in rows]
     steps = {round((b - a).total_seconds(), 6) for a, b in pairwise(dues)}
     assert steps == {0.2}, steps  # on the grid: no drift, no gaps, no repeats
@@ -138,9 +138,13 @@ def test_a_row_broken_by_sql_is_parked_and_the_others_keep_running(db_url: str) 
         api.create("good", "t.good", every=0.1)
         api.create("bad", "t.bad", crontab="* * * * *")
     sql(db_url, "UPDATE pg_beat_schedules SET cron_minute = '61' WHERE name = 'bad'")
+
+    def last_error() -> object:
+        return sql(db_url, "SELECT last_error FROM pg_beat_schedules WHERE name = 'bad'")[0][0]
+
     with replica(db_url) as rep:
-        rep.run_for(1.0)
-    error = sql(db_url, "SELECT last_error FROM pg_beat_schedules WHERE name = 'bad'")[0][0]
+        rep.run_until(lambda: rep.outbox.names().count("good") >= 5 and last_error() is not None)
+    error = last_error()
     assert "cron_minute" in str(error) and "61" in str(error)
     assert rep.outbox.names().count("good") >= 5
     assert "bad" not in rep.outbox.names()
@@ -154,9 +158,10 @@ def test_one_off_runs_once_and_disables_itself(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("once", "t.once", every=0.1, one_off=True)
     with replica(db_url) as rep:
-        rep.run_for(0.8)
+        rep.run_until(lambda: rep.outbox.names() == ["once"])
+        assert get(db_url, "once").enabled is False  # in the claim's own transaction
+        rep.run_for(0.3)  # three of its intervals: no second tick
     assert rep.outbox.names() == ["once"]
-    assert get(db_url, "once").enabled is False
 
 
 def test_end_time_stops_the_schedule(db_url: str) -> None:
@@ -164,7 +169,7 @@ def test_end_time_stops_the_schedule(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("short", "t.short", every=0.1, end_time=end)
     with replica(db_url) as rep:
-        rep.run_for(1.5)
+        rep.run_until(lambda: not get(db_url, "short").enabled)  # past its end: disabled
     assert all(c.due_at <= end for c, _ in rep.outbox.sent)
     assert 3 <= len(rep.outbox.sent) <= 7
 
@@ -174,8 +179,7 @@ def test_start_time_in_the_future_waits(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("later", "t.later", every=0.2, start_time=start)
     with replica(db_url) as rep:
-        rep.run_for(1.2)
-    assert rep.outbox.sent
+        rep.run_until(lambda: bool(rep.outbox.sent))
     assert min(c.due_at for c, _ in rep.outbox.sent) >= start
 
 
@@ -195,7 +199,8 @@ def test_misfire_policy_after_downtime(db_url: str, policy: str, late_ticks: int
     )[0]
     assert isinstance(missed, datetime)
     with replica(db_url) as rep:
-        rep.run_for(1.0)
+        # Resolved (in one claim) once the schedule is due after now again.
+        rep.run_until(lambda: (get(db_url, "s").next_run_at or missed) > datetime.now(timezone.utc))
     grid = [missed + timedelta(seconds=60 * k) for k in range(61)]
     sent = [c.due_at for c, _ in rep.outbox.sent]
     # catch_up: the oldest missed ticks first, at most the limit; fire_once: the oldest, once;
@@ -221,13 +226,11 @@ def test_a_row_locked_by_another_session_delays_only_that_schedule(db_url: str) 
         with psycopg.connect(libpq(db_url)) as admin:  # an admin's open transaction in psql
             admin.execute("SELECT * FROM pg_beat_schedules WHERE name = 'locked' FOR UPDATE")
             rep.outbox.sent.clear()
-            rep.run_for(1.0)
-            assert rep.outbox.names().count("free") >= 6
+            rep.run_until(lambda: rep.outbox.names().count("free") >= 6)
             assert "locked" not in rep.outbox.names()
             admin.rollback()
         rep.outbox.sent.clear()
-        rep.run_for(0.5)
-        assert "locked" in rep.outbox.names()
+        rep.run_until(lambda: "locked" in rep.outbox.names())
 
 
 def test_a_deposed_leader_claims_nothing(db_url: str) -> None:
@@ -265,7 +268,7 @@ def test_unsent_claims_of_a_dead_epoch_are_republished_with_the_same_task_id(
     create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url, replica_name="first") as first:
         first.outbox.fail = True  # the broker is down: claimed, never sent
-        first.run_for(0.5)
+        first.run_until(lambda: len(runs(db_url, "s")) == 1)
         first_epoch = first.wait_leader()
     claimed = runs(db_url, "s")
     assert [(status, epoch) for _, status, epoch in claimed] == [("claimed", first_epoch)]
@@ -291,10 +294,10 @@ def test_a_leader_that_stepped_down_hands_its_unsent_claims_over_at_once(db_url:
     with replica(db_url, replica_name="first", lease_ttl=30.0) as first:
         first_epoch = first.wait_leader()
         first.outbox.fail = True  # claimed, never sent
-        first.run_for(0.3)
+        first.run_until(lambda: len(runs(db_url, "s")) == 1)
         assert [status for _, status, _ in runs(db_url, "s")] == ["claimed"]
         first.state.step_down()  # as the watchdog does when it loses the lease connection
-        first.run_for(0.3)
+        first.run_until(lambda: not lease_row(db_url)[3])  # its loop gives the epoch up
         epoch, holder, backend, fresh = lease_row(db_url)
         assert (epoch, holder, fresh) == (first_epoch, "first", False)  # expired
         assert backend is not None  # kept: a standby may still have to terminate that session
@@ -315,7 +318,7 @@ def test_past_the_deadline_alone_the_epoch_is_not_given_up(db_url: str) -> None:
     with replica(db_url) as rep:
         epoch = rep.wait_leader()
         rep.outbox.fail = True
-        rep.run_for(0.3)
+        rep.run_until(lambda: len(runs(db_url, "s")) == 1)
         rep.watchdog.stop()  # renewals stop, as when they are slow: the deadline passes
         rep.watchdog.join(timeout=5)
         wait_until(lambda: rep.state.epoch is None, timeout=rep.settings.lease_ttl + 2)
@@ -381,10 +384,10 @@ def test_broker_failure_is_retried_by_the_same_leader(db_url: str) -> None:
     create_due_now(db_url, "s", "t.s", every=3600)
     with replica(db_url) as rep:
         rep.outbox.fail = True
-        rep.run_for(0.3)
+        rep.run_until(lambda: len(runs(db_url, "s")) == 1)
         assert rep.outbox.sent == []
         rep.outbox.fail = False
-        rep.run_for(0.3)
+        rep.run_until(lambda: bool(rep.outbox.sent))
         assert rep.outbox.names() == ["s"]
     assert [status for _, status, _ in runs(db_url, "s")] == ["sent"]
 
@@ -396,9 +399,9 @@ def test_ticks_claimed_while_the_broker_is_down_go_out_once_when_it_returns(
         api.create("s", "t.s", every=0.1)
     with replica(db_url) as rep:
         rep.outbox.fail = True
-        rep.run_for(0.6)
+        rep.run_until(lambda: len(runs(db_url, "s")) >= 6)
         rep.outbox.fail = False
-        rep.run_for(0.5)
+        rep.run_until(lambda: len(rep.outbox.sent) >= 8)
     dues = [c.due_at for c, _ in rep.outbox.sent]
     assert len(dues) == len(set(dues)) >= 8
     assert dues == sorted(dues)
@@ -450,14 +453,21 @@ def test_a_kept_connection_closed_while_idle_is_replaced_without_backing_off(
     assert "not dispatching until it recovers" not in caplog.text
 
 
+OLDEST_PAST_RETENTION = (
+    "SELECT min(claimed_at) < clock_timestamp() - interval '0.6 s' FROM pg_beat_runs"
+)
+
+
 def test_old_runs_are_pruned(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("s", "t.s", every=0.1)
     with replica(db_url, run_retention=0.5) as rep:
-        rep.run_for(0.5)
-        time.sleep(0.6)
+        rep.run_until(lambda: len(runs(db_url, "s")) >= 3)
+        # Past the retention by the database clock, which the pruning goes by.
+        wait_until(lambda: bool(sql(db_url, OLDEST_PAST_RETENTION)[0][0]), timeout=5)
+        (first,) = sql(db_url, "SELECT min(id) FROM pg_beat_runs")[0]
         rep.dispatcher._prune_at = 0.0
-        rep.run_for(0.2)
+        rep.run_until(lambda: not sql(db_url, "SELECT 1 FROM pg_beat_runs WHERE id = %s", first))
     oldest = sql(db_url, "SELECT min(claimed_at) > now() - interval '1 second' FROM pg_beat_runs")
     assert oldest[0][0] is True
 
@@ -551,7 +561,9 @@ def test_orphans_go_through_their_expiry_and_misfire_policy(db_url: str) -> None
     with replica(db_url, replica_name="first") as first:
         first.outbox.fail = True  # claimed, never sent
         first.run_until(lambda: len(runs(db_url, "keeping")) == 1, timeout=5)
-    time.sleep(1.5)  # past the expiry and the grace time
+    # Past the expiry (1 s) and the grace time (1 s), by the database clock the next leader uses.
+    past = "SELECT clock_timestamp() > max(due_at) + interval '1.1 s' FROM pg_beat_runs"
+    wait_until(lambda: bool(sql(db_url, past)[0][0]), timeout=5)
     with replica(db_url, replica_name="second") as second:
         second.run_until(lambda: bool(second.outbox.sent), timeout=10)
         second.run_for(0.5)
@@ -598,4 +610,30 @@ def test_a_long_publish_error_is_recorded_cut_to_the_stores_limit(db_url: str) -
         "JOIN pg_beat_schedules s ON s.id = r.schedule_id WHERE s.name = 'bad'",
     )
     assert isinstance(error, str) and error.startswith("TypeError: bad option xxx")
+    assert len(error) == store.ERROR_CHARS and last_error == error
+
+
+def test_a_long_validation_error_is_recorded_cut_to_the_stores_limit(db_url: str) -> None:
+    """A row edited by hand into an invalid payload is recorded by the claim itself (a failed
+    run, the schedule parked): both texts keep the first ERROR_CHARS characters of the error."""
+    with ScheduleManager(db_url) as api:
+        api.create("edited", "t.edited", every=3600)
+    key = "k" * (3 * store.ERROR_CHARS)
+    sql(
+        db_url,
+        "UPDATE pg_beat_schedules SET options = jsonb_build_object(%s::text, 1) "
+        "WHERE name = 'edited'",
+        key,
+    )
+    with ScheduleManager(db_url) as api:
+        api.run_now("edited")
+    with replica(db_url) as rep:
+        rep.run_until(lambda: [s for _, s, _ in runs(db_url, "edited")] == ["failed"], timeout=10)
+    ((error, last_error),) = sql(
+        db_url,
+        "SELECT r.error, s.last_error FROM pg_beat_runs r "
+        "JOIN pg_beat_schedules s ON s.id = r.schedule_id WHERE s.name = 'edited'",
+    )
+    assert isinstance(error, str) and error.startswith("InvalidSchedule: ")
+    assert "unknown option 'kkk" in error
     assert len(error) == store.ERROR_CHARS and last_error == error

@@ -13,7 +13,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -27,8 +29,9 @@ from support.pg import libpq_url as libpq
 from support.procs import ProcessGroup
 from support.waiting import wait_for
 
-from pg_beat import migrate, store
+from pg_beat import migrate, startup, store
 from pg_beat.api import ScheduleManager
+from pg_beat.config import Settings, env_name
 from pg_beat.scheduler import UNKNOWN_TASK_SCHEDULES, Scheduler
 
 pytestmark = pytest.mark.timeout(90)
@@ -73,8 +76,9 @@ def advisory_locks(url: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(autouse=True)
 def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PG_BEAT_DATABASE_URL", "PG_BEAT_SCHEMA", "PG_BEAT_GROUP", "PG_BEAT_REPLICA_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    # Every setting may come from PG_BEAT_<NAME>: none may leak in from the caller's shell.
+    for item in fields(Settings):
+        monkeypatch.delenv(env_name(item.name), raising=False)
 
 
 @pytest.fixture
@@ -84,8 +88,8 @@ def make_app(redis_url: str) -> Iterator[AppFactory]:
     previous = current_app._get_current_object()
     apps: list[Celery] = []
 
-    def make(url: str, current: bool = True, **conf: Any) -> Celery:
-        name = f"pg_beat_test_{secrets.token_hex(3)}"
+    def make(url: str, current: bool = True, named: bool = True, **conf: Any) -> Celery:
+        name = f"pg_beat_test_{secrets.token_hex(3)}" if named else None
         app = Celery(name, broker=redis_url, set_as_current=current)
         app.conf.update(
             pg_beat_database_url=url,
@@ -244,6 +248,69 @@ def test_restart_with_a_changed_beat_schedule(db_url: str, make_app: AppFactory)
     assert after["from-api"] == before["from-api"]
 
 
+def test_a_start_that_prunes_never_removes_another_apps_rows(
+    db_url: str, make_app: AppFactory
+) -> None:
+    """App A's beat_schedule never names app B's entries: a start of A with pruning removes
+    A's own stale rows only, whatever else is in the group."""
+    reports = {"reports": {"task": "t.reports", "schedule": 20.0}}
+    billing = {"billing": {"task": "t.billing", "schedule": 10.0}}
+    with running(make_app(db_url, beat_schedule=reports, pg_beat_config_owner="reports-app")):
+        pass
+    old_billing = {**billing, "old-billing": {"task": "t.old", "schedule": 30.0}}
+    with running(make_app(db_url, beat_schedule=old_billing, pg_beat_config_owner="billing-app")):
+        pass
+    before = rows_by_name(db_url)
+    assert set(before) == {"reports", "billing", "old-billing"}
+    app = make_app(
+        db_url, beat_schedule=billing, pg_beat_config_owner="billing-app", pg_beat_config_prune=True
+    )
+    with running(app):
+        after = rows_by_name(db_url)
+    assert set(after) == {"reports", "billing"}  # billing's stale row pruned, reports' kept
+    assert after["reports"] == before["reports"]
+    assert after["reports"]["config_owner"] == "reports-app"
+
+
+def owner_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if getattr(r, "action", None) == "config_owner_default"
+    ]
+
+
+def test_an_app_without_a_main_name_is_warned_once_that_its_owner_is_shared(
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    with running(make_app(db_url, named=False, beat_schedule=BEAT_SCHEDULE)) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, what="leadership")
+    (line,) = owner_warnings(caplog)
+    assert "no main name" in line and "owned by 'celery'" in line
+    assert "set pg_beat_config_owner (or PG_BEAT_CONFIG_OWNER)" in line
+    assert "\n" not in line
+    assert {r[0] for r in sql(db_url, "SELECT config_owner FROM pg_beat_schedules")} == {"celery"}
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"named": True},
+        {"named": False, "pg_beat_config_owner": "billing"},
+        {"named": False, "pg_beat_sync_config": False},
+    ],
+    ids=["main-name", "config-owner", "no-sync"],
+)
+def test_no_owner_warning_when_the_owner_is_the_apps_own(
+    conf: dict[str, Any], db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pg_beat")
+    with running(make_app(db_url, beat_schedule=BEAT_SCHEDULE, **conf)):
+        pass
+    assert owner_warnings(caplog) == []
+
+
 def test_sync_can_be_turned_off(db_url: str, make_app: AppFactory) -> None:
     app = make_app(db_url, beat_schedule=BEAT_SCHEDULE, pg_beat_sync_config=False)
     with running(app):
@@ -321,6 +388,20 @@ def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
 # --- database unreachable at start ---------------------------------------------------------------
 
 
+class StartRetries:
+    """Counts the pauses of start-up between two tries (``pg_beat.startup``'s sleeps)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = time.sleep
+
+        def sleep(seconds: float) -> None:
+            self.count += 1
+            real(seconds)
+
+        monkeypatch.setattr(startup, "time", SimpleNamespace(sleep=sleep))
+
+
 def construct_in_background(app: Celery) -> tuple[threading.Thread, dict[str, Any]]:
     """``Scheduler(app)`` in a daemon thread, for a start-up that waits: the outcome dict gets
     ``scheduler``, or ``error`` (SystemExit included, for the test to report)."""
@@ -338,9 +419,13 @@ def construct_in_background(app: Celery) -> tuple[threading.Thread, dict[str, An
 
 
 def test_start_waits_for_the_database(
-    private_cluster: pg.PrivateCluster, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    private_cluster: pg.PrivateCluster,
+    make_app: AppFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="pg_beat")
+    retries = StartRetries(monkeypatch)
     url = private_cluster.url()
     migrate.upgrade(url)
     private_cluster.stop()
@@ -352,7 +437,7 @@ def test_start_waits_for_the_database(
             10,
             "the 'not usable yet' log line",
         )
-        time.sleep(1.0)  # a few retries against the stopped server
+        wait_for(lambda: retries.count >= 3, 15, "a few retries against the stopped server")
         assert thread.is_alive() and outcome == {}
         private_cluster.start()
         thread.join(timeout=30)
@@ -413,7 +498,12 @@ def test_the_next_replica_leads_without_waiting_for_the_ttl(
         wait_for(lambda: first.state.epoch is not None, 10, "first leads")
         first_epoch = first.state.epoch
         with running(make_app(db_url, pg_beat_lease_ttl=ttl)) as second:
-            time.sleep(0.5)
+            queued = [False, True]  # the first holds the lock, the second waits for it
+            wait_for(
+                lambda: sorted(granted for _, granted in advisory_locks(db_url)) == queued,
+                10,
+                "the second queued on the lock",
+            )
             assert second.state.epoch is None  # standing by
             first.close()
             closed_at = time.monotonic()
@@ -506,13 +596,14 @@ def test_database_url_from_the_environment(
 
 
 def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
-    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pointed at a hot standby (SQLSTATE 25006 on every write), beat waits with one line and
     starts once the server accepts writes (it was promoted)."""
     from support.replication import ReplicatedPair
 
     caplog.set_level(logging.INFO, logger="pg_beat")
+    retries = StartRetries(monkeypatch)
     try:
         pair = ReplicatedPair().start()
     except Exception as exc:  # initdb / pg_basebackup missing, or no user to run them as
@@ -527,7 +618,7 @@ def test_a_read_only_server_at_start_is_waited_for_not_crashed_on(
             15,
             "the read-only line",
         )
-        time.sleep(1.5)  # several retries
+        wait_for(lambda: retries.count >= 3, 15, "several retries")
         assert thread.is_alive() and outcome == {}
         pair.stop_primary("immediate")
         pair.promote_standby()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from pg_beat.config import Settings, default_replica_name
+from pg_beat import broker
+from pg_beat.config import Settings, default_replica_name, env_name, setting_types
 from pg_beat.exceptions import ConfigurationError, PgBeatError
 
 URL = "postgresql://pg@db.example/app"
@@ -19,16 +20,8 @@ URL = "postgresql://pg@db.example/app"
 
 @pytest.fixture(autouse=True)
 def _no_pg_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "PG_BEAT_DATABASE_URL",
-        "PG_BEAT_SCHEMA",
-        "PG_BEAT_GROUP",
-        "PG_BEAT_REPLICA_NAME",
-        "PG_BEAT_POOL_MODE",
-        "PG_BEAT_LISTEN_URL",
-        "PG_BEAT_LIVENESS_FILE",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    for item in fields(Settings):
+        monkeypatch.delenv(env_name(item.name), raising=False)
 
 
 def test_defaults() -> None:
@@ -81,8 +74,9 @@ def test_durations_must_be_positive_seconds(name: str, value: Any) -> None:
 INVALID: list[tuple[dict[str, Any], str]] = [
     ({"lease_ttl": 2.9, "heartbeat_interval": 1.0}, "pg_beat_lease_ttl (2.9s) must be at least 3x"),
     ({"lease_ttl": 5.0, "heartbeat_interval": 2.0}, "pg_beat_heartbeat_interval (2s)"),
-    ({"publish_margin": -0.1}, "pg_beat_publish_margin (-0.1s) must be >= 0"),
+    ({"publish_margin": -0.1}, "pg_beat_publish_margin (-0.1s) must be at least 0.1s"),
     ({"publish_margin": 4.0}, "below pg_beat_lease_ttl - pg_beat_heartbeat_interval"),
+    ({"publish_margin": "1"}, "pg_beat_publish_margin must be a number of seconds, got '1'"),
     ({"on_hang": "restart"}, "pg_beat_on_hang must be one of exit, release, got 'restart'"),
     ({"misfire_policy": "all"}, "pg_beat_misfire_policy must be one of fire_once, skip, catch_up"),
     ({"catch_up_limit": 0}, "pg_beat_catch_up_limit must be a whole number >= 1, got 0"),
@@ -104,6 +98,26 @@ def test_invalid_settings_name_the_setting(values: dict[str, Any], text: str) ->
         Settings(**{"database_url": URL, **values})
     assert text in str(caught.value)
     assert isinstance(caught.value, PgBeatError)
+
+
+@pytest.mark.parametrize("margin", [0, 0.0, 0.05, 0.0999, math.nan])
+def test_a_publish_margin_below_what_the_broker_timeouts_need_is_refused(margin: float) -> None:
+    """The broker's connect and socket timeouts are half the margin, never below 0.05 s: a
+    smaller margin would let a publish begun before the local deadline outlive the lease."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(database_url=URL, publish_margin=margin)
+    message = str(caught.value)
+    assert message.startswith(f"pg_beat_publish_margin ({margin:g}s) must be at least 0.1s")
+    assert "\n" not in message
+
+
+def test_the_smallest_publish_margin_fits_a_connect_and_a_write() -> None:
+    margin = broker.MIN_PUBLISH_MARGIN
+    assert Settings(database_url=URL, publish_margin=margin).publish_margin == margin
+    timeout = broker.connection_options("redis", margin)["connect_timeout"]
+    assert timeout == broker.MIN_TIMEOUT and 2 * timeout <= margin
+    # Below it the timeouts stop shrinking with the margin: that is why it is the minimum.
+    assert broker.connection_options("redis", margin / 2)["connect_timeout"] == timeout
 
 
 @pytest.mark.parametrize("schema", ["beat", "Mixed", "_private", "s1"])
@@ -240,3 +254,152 @@ def test_the_readme_documents_every_setting_and_no_other() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     documented = set(re.findall(r"^\| `pg_beat_(\w+)` \|", readme, re.MULTILINE))
     assert documented == {item.name for item in fields(Settings)}
+
+
+# --- the environment -----------------------------------------------------------------------------
+
+#: For the settings whose default is None: a value other than NOT_DEFAULT's.
+OTHER: dict[str, Any] = {
+    "database_url": URL,
+    "schema": "conf_schema",
+    "config_owner": "conf-app",
+    "metrics_port": 9100,
+    "listen_url": "postgresql://conf@db-direct/app",
+    "liveness_file": "/tmp/conf-alive.json",
+}
+
+
+def as_env(value: Any) -> str:
+    """How an operator writes ``value`` in an environment variable."""
+    if isinstance(value, bool):
+        return "yes" if value else "off"
+    return str(value)
+
+
+def every_env_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in NOT_DEFAULT.items():
+        monkeypatch.setenv(env_name(name), as_env(value))
+
+
+def test_the_environment_variable_of_a_setting_is_its_name_in_capitals() -> None:
+    assert env_name("lease_ttl") == "PG_BEAT_LEASE_TTL"
+    assert env_name("database_url") == "PG_BEAT_DATABASE_URL"
+
+
+@pytest.mark.parametrize("name", [item.name for item in fields(Settings)])
+def test_every_setting_comes_from_its_environment_variable(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One setting at a time, so a setting added without environment support (or without a
+    NOT_DEFAULT value) fails here by name."""
+    monkeypatch.setenv(env_name(name), as_env(NOT_DEFAULT[name]))
+    # A lease long enough for NOT_DEFAULT's heartbeat and publish margin.
+    conf = {"database_url": URL, "lease_ttl": 12.0}
+    conf.pop(name, None)
+    settings = Settings.from_celery({f"pg_beat_{k}": v for k, v in conf.items()})
+    assert getattr(settings, name) == NOT_DEFAULT[name]
+    assert type(getattr(settings, name)) is type(NOT_DEFAULT[name])
+
+
+def test_the_environment_fills_every_setting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    every_env_value(monkeypatch)
+    settings = Settings.from_celery({})
+    assert {k: getattr(settings, k) for k in NOT_DEFAULT} == NOT_DEFAULT
+
+
+def test_the_celery_config_wins_over_the_environment_for_every_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    every_env_value(monkeypatch)
+    defaults = Settings(database_url=URL)
+    conf = {
+        name: OTHER[name] if getattr(defaults, name) is None else getattr(defaults, name)
+        for name in NOT_DEFAULT
+    }
+    conf["database_url"] = URL
+    assert all(conf[k] != v for k, v in NOT_DEFAULT.items())
+    settings = Settings.from_celery({f"pg_beat_{k}": v for k, v in conf.items()})
+    assert {k: getattr(settings, k) for k in conf} == conf
+
+
+def test_a_setting_set_to_none_in_the_celery_config_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PG_BEAT_LEASE_TTL", "9")
+    conf = {"pg_beat_database_url": URL, "pg_beat_lease_ttl": None}
+    assert Settings.from_celery(conf).lease_ttl == 9.0
+
+
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_BEAT_LEASE_TTL", "")
+    monkeypatch.setenv("PG_BEAT_SCHEMA", "")
+    settings = Settings.from_celery({"pg_beat_database_url": URL})
+    assert (settings.lease_ttl, settings.schema) == (5.0, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *[("true", True), ("TRUE", True), ("1", True), ("yes", True), (" on ", True)],
+        *[("false", False), ("0", False), ("No", False), ("off", False)],
+    ],
+)
+def test_booleans_from_the_environment(
+    text: str, value: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PG_BEAT_CONFIG_PRUNE", text)
+    assert Settings.from_celery({"pg_beat_database_url": URL}).config_prune is value
+
+
+BAD_TEXT = {bool: ("maybe", "must be true or false"), int: ("9808.5", "must be a whole number")}
+BAD_TEXT[float] = ("5s", "must be a number of seconds")
+TYPED = [(n, k) for n, k in setting_types().items() if k is not str]
+
+
+@pytest.mark.parametrize(("name", "kind"), TYPED, ids=[n for n, _ in TYPED])
+def test_a_value_of_the_wrong_type_names_the_variable(
+    name: str, kind: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, expected = BAD_TEXT[kind]
+    monkeypatch.setenv(env_name(name), text)
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_celery({"pg_beat_database_url": URL})
+    assert str(caught.value) == f"environment variable {env_name(name)} {expected}" + (
+        f" (1/true/yes/on or 0/false/no/off), got {text!r}" if kind is bool else f", got {text!r}"
+    )
+
+
+def test_settings_are_parsed_as_their_declared_types() -> None:
+    types = setting_types()
+    assert set(types) == {item.name for item in fields(Settings)}
+    assert types["lease_ttl"] is float and types["batch_size"] is int
+    assert types["metrics_port"] is int and types["config_prune"] is bool
+    assert types["schema"] is str and types["on_hang"] is str
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("PG_BEAT_LEASE_TTL", "-1", "pg_beat_lease_ttl must be a positive number of seconds"),
+        ("PG_BEAT_ON_HANG", "restart", "pg_beat_on_hang must be one of exit, release"),
+        ("PG_BEAT_BATCH_SIZE", "0", "pg_beat_batch_size must be a whole number >= 1, got 0"),
+        ("PG_BEAT_PUBLISH_MARGIN", "0", "pg_beat_publish_margin (0s) must be at least 0.1s"),
+    ],
+)
+def test_an_invalid_value_from_the_environment_names_the_variable(
+    variable: str, text: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_celery({"pg_beat_database_url": URL})
+    assert message in str(caught.value)
+    assert str(caught.value).endswith(f"(from the environment: {variable})")
+
+
+def test_an_invalid_value_from_the_celery_config_does_not_blame_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PG_BEAT_GROUP", "env-group")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_celery({"pg_beat_database_url": URL, "pg_beat_lease_ttl": -1})
+    assert "environment" not in str(caught.value)

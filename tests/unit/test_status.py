@@ -4,12 +4,14 @@ database clock."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from pg_beat import status
+from pg_beat.config import Settings
 from pg_beat.lease import LeaseStatus, lease_state
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
@@ -445,16 +447,73 @@ HUNG = lease(heartbeat_at=ago(12), expires_at=ago(7))
         (replica("alpha", "leader"), None, "standby"),  # the lease was never taken
         # transaction pooling: no session of its own, judged by its heartbeat
         (replica("alpha", "leader", backend_pid=None, backend_alive=None), HELD, "leader"),
-        (replica("beta", backend_pid=None, backend_alive=None, last_seen_at=ago(4.9)), HELD,
+        # (the lease's TTL is 5 s: gone after 4/3 of it, 6.67 s)
+        (replica("beta", backend_pid=None, backend_alive=None, last_seen_at=ago(6.6)), HELD,
          "standby"),
-        (replica("beta", backend_pid=None, backend_alive=None, last_seen_at=ago(5.1)), HELD,
+        (replica("beta", backend_pid=None, backend_alive=None, last_seen_at=ago(6.7)), HELD,
          "gone"),
         (replica("alpha", "leader", backend_pid=None, backend_alive=None,
-                 last_seen_at=ago(6)), HELD, "gone"),
+                 last_seen_at=ago(7)), HELD, "gone"),
     ],
 )  # fmt: skip
 def test_replica_role(row: dict[str, Any], lease_row: dict[str, Any] | None, role: str) -> None:
     assert status.replica_role(row, lease_state(lease_row, NOW), NOW) == role
+
+
+def ttl_lease(ttl: float, **overrides: Any) -> dict[str, Any]:
+    """A lease held by alpha, renewed 0.5 s ago with ``ttl``."""
+    return lease(**{"heartbeat_at": ago(0.5), "expires_at": ago(0.5 - ttl), **overrides})
+
+
+@pytest.mark.parametrize(
+    ("lease_row", "gone_after"),
+    [
+        (ttl_lease(5.0), 5.0 * 4 / 3),  # the defaults: 6.7 s, six heartbeats of 1 s
+        (ttl_lease(3.0), 4.0),  # TTL 3x a 1 s heartbeat: four heartbeats
+        (ttl_lease(60.0), 80.0),  # a slow heartbeat (up to 20 s) is not taken for a death
+        (ttl_lease(0.6), 0.8),  # a fast one is not waited for 5 s
+        (HUNG, 5.0 * 4 / 3),  # expired, but not released: the TTL still shows
+        (ttl_lease(60.0, released_at=ago(1), expires_at=ago(1)), 5.0 * 4 / 3),  # released
+        (lease(heartbeat_at=None, expires_at=None), 5.0 * 4 / 3),
+        (None, 5.0 * 4 / 3),  # never taken
+    ],
+    ids=["ttl-5", "ttl-3", "ttl-60", "ttl-0.6", "hung", "released", "no-times", "no-lease"],
+)
+def test_replicas_are_gone_after_four_heartbeats_at_the_slowest_their_ttl_allows(
+    lease_row: dict[str, Any] | None, gone_after: float
+) -> None:
+    assert status.replica_gone_after(lease_row) == pytest.approx(gone_after)
+    view = lease_state(lease_row, NOW)
+    silent = {"backend_pid": None, "backend_alive": None}
+    before = replica("beta", last_seen_at=ago(gone_after - 0.01), **silent)
+    after = replica("beta", last_seen_at=ago(gone_after + 0.01), **silent)
+    limit = status.replica_gone_after(lease_row)
+    assert status.replica_role(before, view, NOW, limit) == "standby"
+    assert status.replica_role(after, view, NOW, limit) == "gone"
+
+
+def test_the_assumed_ttl_is_the_settings_default() -> None:
+    (ttl,) = [item.default for item in fields(Settings) if item.name == "lease_ttl"]
+    assert status.DEFAULT_LEASE_TTL == ttl
+    assert status.replica_gone_after(None) == pytest.approx(ttl * 4 / 3)
+    # The TTL is at least 3 heartbeats (config refuses less): 4/3 of it is >= 4 heartbeats.
+    assert status.GONE_AFTER_HEARTBEATS == 4
+
+
+def test_status_judges_replicas_by_the_ttl_of_the_lease_it_read() -> None:
+    """A replica silent for 30 s in a group whose TTL is 60 s is not gone (it was with a fixed
+    5 s); the text and the JSON agree."""
+    silent = replica("beta", backend_pid=None, backend_alive=None, last_seen_at=ago(30),
+                     last_seen_age=timedelta(seconds=30))  # fmt: skip
+    slow = stale_cluster(lease=ttl_lease(60.0), replicas=[silent])
+    assert slow.replica_gone_after == pytest.approx(80.0)
+    assert json.loads(status.dumps(status.as_json(slow)))["replicas"][0]["role"] == "standby"
+    assert "gone" not in status.render(slow).split("\nReplicas\n")[1].split("\n\n")[0]
+    fast = stale_cluster(lease=ttl_lease(3.0), replicas=[silent])
+    assert json.loads(status.dumps(status.as_json(fast)))["replicas"][0]["role"] == "gone"
+    # The lease could not be read: the default TTL.
+    blind = stale_cluster(lease=None, replicas=[silent], unreadable={"lease": "lock timeout"})
+    assert blind.replica_gone_after == pytest.approx(5.0 * 4 / 3)
 
 
 def test_replica_role_when_the_lease_is_unreadable() -> None:
