@@ -13,7 +13,7 @@ from typing import Any
 
 from pg_beat import urls
 from pg_beat.exceptions import ConfigurationError
-from pg_beat.schedules import MISFIRE_POLICIES
+from pg_beat.schedules import MAX_CATCH_UP_LIMIT, MISFIRE_POLICIES
 
 ON_HANG_CHOICES = ("exit", "release")
 POOL_MODES = ("auto", "session", "transaction")
@@ -23,6 +23,14 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 def default_replica_name() -> str:
     """``host:pid``, unique per process on a host and readable in ``pg_stat_activity``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_catch_up_limit(value: int) -> None:
+    if value > MAX_CATCH_UP_LIMIT:
+        raise ConfigurationError(
+            f"pg_beat_catch_up_limit must be at most {MAX_CATCH_UP_LIMIT} (the ticks of one "
+            f"catch_up are claimed in one transaction), got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Settings:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a whole number >= 1, got {value!r}"
                 )
+        _check_catch_up_limit(self.catch_up_limit)
         if self.schema is not None and not _IDENTIFIER.fullmatch(self.schema):
             raise ConfigurationError(
                 f"pg_beat_schema must be a plain identifier (letters, digits, _), "

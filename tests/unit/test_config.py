@@ -87,6 +87,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"misfire_policy": "all"}, "pg_beat_misfire_policy must be one of fire_once, skip, catch_up"),
     ({"catch_up_limit": 0}, "pg_beat_catch_up_limit must be a whole number >= 1, got 0"),
     ({"catch_up_limit": 2.5}, "pg_beat_catch_up_limit"),
+    ({"catch_up_limit": 1001}, "pg_beat_catch_up_limit must be at most 1000"),
+    ({"catch_up_limit": 10**6}, "got 1000000"),
     ({"batch_size": -1}, "pg_beat_batch_size must be a whole number >= 1"),
     ({"group": ""}, "pg_beat_group"),
     ({"replica_name": ""}, "pg_beat_replica_name"),

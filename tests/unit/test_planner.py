@@ -173,3 +173,13 @@ def test_orphans_go_through_expiry_and_misfire_policy(planner: Planner) -> None:
     assert [c.run_id for c in send] == [1, 2, 5, 6, 7]  # catch_up limit 3; fire_once: oldest
     assert all(c.epoch == 3 and c.late for c in send)  # the epoch that claimed it
     assert dict(statuses) == {3: "skipped", 4: "skipped", 8: "skipped", 9: "expired"}
+
+
+def test_a_catch_up_limit_over_the_bound_set_by_hand_is_failed_and_parked(
+    planner: Planner,
+) -> None:
+    plan = planner.claim([row(misfire_policy="catch_up", catch_up_limit=5000)], NOW, 1, 500)
+    (run,) = plan.runs
+    assert run.status == "failed" and run.error is not None
+    assert "catch_up_limit" in run.error and "at most 1000" in run.error and "5000" in run.error
+    assert [a.next_run_at for a in plan.advances] == [None]

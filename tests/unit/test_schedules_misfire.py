@@ -456,6 +456,9 @@ def test_rejects_unknown_policy_and_bad_numbers() -> None:
         resolve_misfire(MINUTELY, due, due, "skip", float("nan"), 3)
     with pytest.raises(ValueError, match="catch_up_limit=0"):
         resolve_misfire(MINUTELY, due, due, "catch_up", 0, 0)
+    with pytest.raises(ValueError, match="catch_up_limit=1001 must be between 1 and 1000"):
+        resolve_misfire(MINUTELY, due, due, "catch_up", 0, 1001)
+    assert len(resolve_misfire(MINUTELY, due, due + timedelta(days=1), "catch_up", 0, 1000).ticks)
 
 
 def test_every_policy_sends_or_records_the_claimed_tick_first() -> None:
