@@ -232,9 +232,10 @@ class Dispatcher:
         self.recorder.write(conn)
         claims = self._orphans(conn, epoch, now)
         unplanned = store.select_unplanned(conn, group, settings.batch_size)
-        plans, parked = self.planner.plan(unplanned, now)
+        plans, parked = self.planner.plan(unplanned, now)  # within its time budget
         store.set_planned(conn, plans)
         store.park_schedules(conn, parked)
+        left = len(unplanned) - len(plans) - len(parked)
         due = store.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
         plan = self.planner.claim(due, now, epoch, self._limit)
         new = store.claim_ticks(conn, group, epoch, settings.replica_name, plan.runs, plan.advances)
@@ -244,7 +245,7 @@ class Dispatcher:
         )
         # A full batch, rows left to plan, or a schedule still behind: more to do right now.
         self._full = len(due) >= self._limit or plan.behind
-        self._behind = self._full or len(unplanned) >= settings.batch_size
+        self._behind = self._full or left > 0 or len(unplanned) >= settings.batch_size
         if self._behind:
             return claims, 0.0
         wake = store.wake(conn, group, after=now)

@@ -7,16 +7,17 @@ and the claims to publish once that commits. Every row is validated as the API v
 parked with its error, never published and never in the way of the others (invariant 12).
 
 The work per transaction is bounded (invariant 11): misfire resolution costs O(1) per schedule
-(O(limit) for ``catch_up``), the ticks of one claim are capped at the batch size, and rows are
-taken only while a time budget lasts; what is left is released at commit and claimed by the
-next transaction, so a long backlog drains through many short transactions.
+(O(limit) for ``catch_up``, at most ``MAX_CATCH_UP_LIMIT``), the ticks of one claim are capped
+at the batch size, and rows are taken only while a time budget lasts, new rows and due rows
+each their own; what is left is released at commit and taken by the next transaction, so a
+long backlog, or a bulk import of expensive (solar) rows, goes through many short ones.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +30,12 @@ from pg_beat.ticks import Claim, task_id_for
 
 logger = logging.getLogger("pg_beat.dispatch")
 
-#: Seconds of planning per claim transaction; rows beyond it wait for the next transaction.
+#: Seconds a claim transaction spends deciding due rows; rows beyond it wait for the next one.
 PLAN_BUDGET = 0.03
+#: Seconds a claim transaction spends planning new or redefined rows (a solar row costs up to
+#: hundreds of searches); rows beyond it stay unplanned for the next one. Kept apart from
+#: PLAN_BUDGET, so a bulk import never takes the due ticks' turn.
+NEW_ROWS_BUDGET = 0.015
 #: Rows known valid, by (id, updated_at): every edit through SQL or the API bumps updated_at.
 _VALID_CACHE = 100_000
 
@@ -54,8 +59,10 @@ class Planner:
     """Turns due rows into runs and claims, with the group's settings; keeps a cache of the rows
     it has validated."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.perf_counter) -> None:
         self.settings = settings
+        #: Seconds, for the budgets: only differences are used.
+        self.clock = clock
         self._valid: set[tuple[int, datetime]] = set()
 
     # --- validation ----------------------------------------------------------------------
@@ -77,15 +84,21 @@ class Planner:
     # --- rows without a due time ---------------------------------------------------------
 
     def plan(
-        self, rows: Sequence[Row], now: datetime
+        self, rows: Sequence[Row], now: datetime, budget: float = NEW_ROWS_BUDGET
     ) -> tuple[list[tuple[int, datetime | None]], list[tuple[int, str]]]:
         """First due times of new or redefined rows, and the rows to park (id, error): those
         whose definition is invalid (they have no due time). A row whose definition is valid
         but whose task or payload is not is planned: at its due time it is recorded as a failed
-        run, and parked then."""
+        run, and parked then.
+
+        Rows are taken in order while ``budget`` seconds last (at least one): the rows after
+        are in neither list, left for the next transaction."""
         plans: list[tuple[int, datetime | None]] = []
         parked: list[tuple[int, str]] = []
-        for row in rows:
+        started = self.clock()
+        for index, row in enumerate(rows):
+            if index and self.clock() - started > budget:
+                break
             try:
                 spec = spec_from_row(row)
                 schedules.validate(spec)
@@ -102,11 +115,9 @@ class Planner:
         """Decide the due rows in order, within the time budget, until ``max_ticks`` are
         recorded (a row of ``catch_up`` may record several)."""
         plan = Plan()
-        started = time.perf_counter()
+        started = self.clock()
         for index, row in enumerate(rows):
-            if index and (
-                len(plan.runs) >= max_ticks or time.perf_counter() - started > PLAN_BUDGET
-            ):
+            if index and (len(plan.runs) >= max_ticks or self.clock() - started > PLAN_BUDGET):
                 plan.behind = True  # the rest is released at commit and claimed next time
                 break
             self._claim_row(plan, row, now, epoch)

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.env import require_module
 
 from pg_beat.config import Settings
 from pg_beat.planner import Planner, expiry
@@ -173,6 +174,63 @@ def test_orphans_go_through_expiry_and_misfire_policy(planner: Planner) -> None:
     assert [c.run_id for c in send] == [1, 2, 5, 6, 7]  # catch_up limit 3; fire_once: oldest
     assert all(c.epoch == 3 and c.late for c in send)  # the epoch that claimed it
     assert dict(statuses) == {3: "skipped", 4: "skipped", 8: "skipped", 9: "expired"}
+
+
+# --- bounded planning (invariant 11) --------------------------------------------------------
+
+
+class SlowClock:
+    """A clock that moves ``step`` seconds each time it is read: each row costs about that."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_planning_new_rows_stops_at_its_budget_and_the_rest_is_planned_later() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(0.004))
+    rows = [row(f"n{i}", id=i, next_run_at=None) for i in range(10)]
+    planned: list[list[int]] = []
+    left = rows
+    while left:
+        plans, parked = planner.plan(left, NOW)
+        assert parked == [] and plans
+        planned.append([i for i, _ in plans])
+        left = left[len(plans) :]
+    # 15 ms at 4 ms a row: the budget is passed after the 4th; each transaction takes 4.
+    assert planned == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_planning_takes_at_least_one_row_however_slow() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(10.0))
+    plans, _ = planner.plan([row("a", next_run_at=None), row("b", next_run_at=None)], NOW)
+    assert len(plans) == 1
+
+
+def test_expensive_solar_rows_are_planned_over_several_transactions() -> None:
+    require_module("ephem")
+    planner = Planner(Settings(database_url="postgresql://x/y"))
+    solar = {"kind": "solar", "solar_event": "sunrise", "next_run_at": None}
+    rows = [row(f"dawn{i}", id=i, latitude=50.0 + i / 100, longitude=10.0, **solar)
+            for i in range(1000)]  # fmt: skip
+    first, _ = planner.plan(rows, NOW)
+    assert 0 < len(first) < len(rows)  # about 0.1 ms a row: 100 ms for all
+    done = len(first)
+    while done < len(rows):
+        plans, _ = planner.plan(rows[done:], NOW)
+        done += len(plans)
+    assert done == len(rows)
+
+
+def test_deciding_due_rows_stops_at_its_budget() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(0.004))
+    rows = [row(f"d{i}", id=i) for i in range(20)]
+    plan = planner.claim(rows, NOW, 1, max_ticks=500)
+    # 30 ms at 4 ms a row (one read to start, one per row after the first)
+    assert len(plan.runs) == 8 and plan.behind
 
 
 def test_a_catch_up_limit_over_the_bound_set_by_hand_is_failed_and_parked(
