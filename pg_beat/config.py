@@ -48,7 +48,7 @@ class Settings:
     publish_margin: float = 1.0
     terminate_hung_leader: bool = True
     misfire_policy: str = "fire_once"
-    misfire_grace_time: float = 1.0
+    misfire_grace_time: float = 10.0
     catch_up_limit: int = 100
     batch_size: int = 500
     statement_timeout: float = 5.0

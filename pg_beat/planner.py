@@ -11,6 +11,10 @@ The work per transaction is bounded (invariant 11): misfire resolution costs O(1
 at the batch size, and rows are taken only while a time budget lasts, new rows and due rows
 each their own; what is left is released at commit and taken by the next transaction, so a
 long backlog, or a bulk import of expensive (solar) rows, goes through many short ones.
+
+Lateness is downtime only (invariant 19, :mod:`pg_beat.downtime`): the planner is given the
+current :class:`~pg_beat.downtime.Term`, and a tick due while this leader held the lease is
+never a misfire, however long the leader's own queue kept it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pg_beat import schedules
+from pg_beat import downtime, schedules
 from pg_beat.api import spec_from_row, validate_values
 from pg_beat.config import Settings
 from pg_beat.store import SCHEDULE_COLUMNS, Advance, RunRow
@@ -111,25 +115,37 @@ class Planner:
 
     # --- due rows ------------------------------------------------------------------------
 
-    def claim(self, rows: Sequence[Row], now: datetime, epoch: int, max_ticks: int) -> Plan:
+    def claim(
+        self,
+        rows: Sequence[Row],
+        now: datetime,
+        epoch: int,
+        max_ticks: int,
+        term: downtime.Term | None = None,
+    ) -> Plan:
         """Decide the due rows in order, within the time budget, until ``max_ticks`` are
-        recorded (a row of ``catch_up`` may record several)."""
+        recorded (a row of ``catch_up`` may record several). ``term``: the current term, whose
+        start bounds what counts as late (None: as if it began at ``now``, nothing watched
+        before it)."""
         plan = Plan()
+        term = term or downtime.Term(now)
         started = self.clock()
         for index, row in enumerate(rows):
             if index and (len(plan.runs) >= max_ticks or self.clock() - started > PLAN_BUDGET):
                 plan.behind = True  # the rest is released at commit and claimed next time
                 break
-            self._claim_row(plan, row, now, epoch)
+            self._claim_row(plan, row, now, epoch, term)
         return plan
 
-    def _claim_row(self, plan: Plan, row: Row, now: datetime, epoch: int) -> None:
+    def _claim_row(
+        self, plan: Plan, row: Row, now: datetime, epoch: int, term: downtime.Term
+    ) -> None:
         due: datetime = row["next_run_at"]
         error = self.check(row)
         decision = None
         if error is None:
             try:
-                decision = self._decide(row, due, now)
+                decision = self._decide(row, due, now, term)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
         if decision is None:
@@ -154,7 +170,7 @@ class Planner:
             plan.behind = True
 
     def _decide(
-        self, row: Row, due: datetime, now: datetime
+        self, row: Row, due: datetime, now: datetime, term: downtime.Term
     ) -> tuple[tuple[tuple[datetime, bool], ...], datetime | None, datetime | None]:
         """(ticks, next due time, last due time to record; None keeps the old one)."""
         resume: datetime | None = row.get("resume_at")
@@ -170,6 +186,7 @@ class Planner:
             row["misfire_policy"] or settings.misfire_policy,
             settings.misfire_grace_time,
             row["catch_up_limit"] or settings.catch_up_limit,
+            term,
         )
         return misfire.ticks, misfire.next_due, misfire.ticks[-1][0]
 
@@ -201,26 +218,29 @@ class Planner:
     # --- orphans -------------------------------------------------------------------------
 
     def orphans(
-        self, rows: Sequence[Row], now: datetime
+        self, rows: Sequence[Row], now: datetime, term: downtime.Term | None = None
     ) -> tuple[list[Claim], list[tuple[int, str]]]:
         """Claims of a dead epoch never marked sent, through each schedule's misfire policy and
         expiry: the ones to re-publish (same task ids), and (run id, status) for the others.
 
-        On time (within the grace time) they go out. Late: ``skip`` skips them all,
-        ``fire_once`` sends the oldest of a schedule and skips the rest, ``catch_up`` sends the
-        oldest up to its limit. Past its ``expires`` a tick is recorded expired.
+        Past its ``expires`` a tick is recorded expired. Otherwise it goes out under every
+        policy unless it is late: more than the grace time of downtime in its wait, measured
+        as for due rows by ``term`` (None: as if it began at ``now``), so a failover shorter
+        than the grace loses nothing, nor does waiting for the dead epoch's lease to expire.
+        Late: ``skip`` skips them all, ``fire_once`` sends the oldest of a schedule and skips
+        the rest, ``catch_up`` sends the oldest up to its limit.
         """
         send: list[Claim] = []
         statuses: list[tuple[int, str]] = []
         late_sent: dict[int, int] = {}
-        grace = self.settings.misfire_grace_time
+        cut = downtime.late_before(term or downtime.Term(now), self.settings.misfire_grace_time)
         for row in rows:
             due: datetime = row["due_at"]
             expires_at = expiry(row["options"], due)
             if expires_at is not None and expires_at <= now:
                 statuses.append((row["id"], "expired"))
                 continue
-            late = (now - due).total_seconds() > grace
+            late = cut is not None and due < cut
             if late and not self._late_allowed(row, late_sent.get(row["schedule_id"], 0)):
                 statuses.append((row["id"], "skipped"))
                 continue

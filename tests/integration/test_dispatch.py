@@ -543,22 +543,90 @@ def test_sixty_minutely_crontabs_a_week_behind_lead_drain_and_keep_the_lease(
         assert due > datetime.now(timezone.utc) - timedelta(minutes=1)  # back on the grid
 
 
-def test_orphans_go_through_their_expiry_and_misfire_policy(db_url: str) -> None:
-    """A dead epoch's unsent claims: past ``expires`` they are recorded expired; late ones
-    follow the policy (skip: none), never days late."""
+@pytest.mark.parametrize(
+    ("grace", "resent", "skipped"),
+    [(None, ["keeping", "skipping"], []), (0.5, ["keeping"], ["skipping"])],
+    ids=["failover-within-the-default-grace", "downtime-longer-than-the-grace"],
+)
+def test_orphans_go_through_their_expiry_and_misfire_policy(
+    db_url: str, grace: float | None, resent: list[str], skipped: list[str]
+) -> None:
+    """A dead epoch's unsent claims: past ``expires`` they are recorded expired. The rest go
+    out under every policy when the gap without a leader was within the grace (the default
+    covers an ordinary failover); after a longer one they follow the policy (skip: none)."""
     create_due_now(db_url, "expiring", "t.e", every=3600, options={"expires": 1})
     create_due_now(db_url, "skipping", "t.s", every=3600, misfire_policy="skip")
     create_due_now(db_url, "keeping", "t.k", every=3600, misfire_policy="catch_up")
     with replica(db_url, replica_name="first") as first:
         first.outbox.fail = True  # claimed, never sent
         first.run_until(lambda: len(runs(db_url, "keeping")) == 1, timeout=5)
-    time.sleep(1.5)  # past the expiry and the grace time
-    with replica(db_url, replica_name="second") as second:
+    time.sleep(1.5)  # past the expiry; no leader meanwhile
+    overrides = {} if grace is None else {"misfire_grace_time": grace}
+    with replica(db_url, replica_name="second", **overrides) as second:
         second.run_until(lambda: bool(second.outbox.sent), timeout=10)
         second.run_for(0.5)
-    assert second.outbox.names() == ["keeping"]
+    assert sorted(second.outbox.names()) == resent
     statuses = {name: [s for _, s, _ in runs(db_url, name)] for name in ("expiring", "skipping")}
-    assert statuses == {"expiring": ["expired"], "skipping": ["skipped"]}
+    assert statuses == {
+        "expiring": ["expired"],
+        "skipping": ["skipped"] if skipped else ["sent"],
+    }
+
+
+def insert_schedules(url: str, count: int, prefix: str, due: str, **columns: object) -> None:
+    """``count`` interval schedules named prefix-0000.., all due at the SQL expression ``due``
+    (evaluated once: the same instant for all), with these columns besides."""
+    names = ", ".join(columns)
+    values = ", ".join(["%s"] * len(columns))
+    sql(
+        url,
+        f"INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds, next_run_at"
+        f"{', ' + names if columns else ''}) "
+        f"SELECT %s || '-' || lpad(i::text, 4, '0'), 't.burst', 'interval', 3600, {due}"
+        f"{', ' + values if columns else ''} FROM generate_series(1, %s) i",
+        prefix,
+        *columns.values(),
+        count,
+    )
+
+
+def test_a_burst_claimed_over_longer_than_the_grace_is_all_sent(db_url: str) -> None:
+    """Invariant 19: 400 ``skip`` ticks due at one instant while this leader holds the lease,
+    claimed 20 at a time behind a slow broker, over more than the grace: none is skipped."""
+    with replica(db_url, misfire_grace_time=0.3, batch_size=20) as rep:
+        rep.run_for(0.2)  # the term has begun before anything is due
+        publisher = rep.dispatcher.publisher
+
+        def slow_broker(claim: Claim, epoch: int) -> None:
+            time.sleep(0.003)
+            rep.outbox(claim, epoch)
+
+        publisher.send = slow_broker
+        insert_schedules(db_url, 400, "burst", "now() + interval '0.3 s'", misfire_policy="skip")
+        rep.run_until(lambda: len(rep.outbox.sent) == 400, timeout=30)
+        rep.run_for(0.2)
+    assert sql(db_url, "SELECT status, count(*) FROM pg_beat_runs GROUP BY 1") == [("sent", 400)]
+    ((spread,),) = sql(
+        db_url, "SELECT extract(epoch FROM max(claimed_at) - min(due_at)) FROM pg_beat_runs"
+    )
+    assert float(str(spread)) > 2 * 0.3, spread  # the last were claimed well past the grace
+
+
+def test_downtime_longer_than_the_grace_makes_skip_skip(db_url: str) -> None:
+    """The counter-case: no leader for 3 s with a 2 s grace. A tick due as the leader stopped
+    waited 3 s of downtime: skipped; one due 2.5 s into the gap waited under 2 s: sent."""
+    with replica(db_url, replica_name="first") as first:
+        first.run_for(0.2)
+    # first released the lease as it stopped (a graceful stop): from here no leader runs.
+    insert_schedules(db_url, 1, "gone", "now()", misfire_policy="skip")
+    insert_schedules(db_url, 1, "kept", "now() + interval '2.5 s'", misfire_policy="skip")
+    time.sleep(3.0)
+    with replica(db_url, replica_name="second", misfire_grace_time=2.0) as second:
+        second.run_until(lambda: len(runs(db_url, "kept-0001")) == 1, timeout=10)
+        second.run_for(0.3)
+    assert [s for _, s, _ in runs(db_url, "gone-0001")] == ["skipped"]
+    assert [s for _, s, _ in runs(db_url, "kept-0001")] == ["sent"]
+    assert second.outbox.names() == ["kept-0001"]
 
 
 def test_planning_new_rows_is_bounded_per_transaction(

@@ -38,6 +38,9 @@ def test_defaults() -> None:
     assert (settings.lease_ttl, settings.heartbeat_interval) == (5.0, 1.0)
     assert settings.lease_ttl >= 3 * settings.heartbeat_interval
     assert settings.misfire_policy == "fire_once"
+    # An ordinary failover behind a transaction pool (a TTL, then a standby's check) is no
+    # misfire (invariant 19).
+    assert settings.misfire_grace_time >= settings.lease_ttl + 2 * settings.heartbeat_interval
     assert settings.on_hang == "exit"
     assert settings.sync_config is True and settings.metrics_port is None
 

@@ -9,6 +9,7 @@ import pytest
 from support.env import require_module
 
 from pg_beat.config import Settings
+from pg_beat.downtime import Term
 from pg_beat.planner import Planner, expiry
 from pg_beat.ticks import task_id_for
 
@@ -174,6 +175,88 @@ def test_orphans_go_through_expiry_and_misfire_policy(planner: Planner) -> None:
     assert [c.run_id for c in send] == [1, 2, 5, 6, 7]  # catch_up limit 3; fire_once: oldest
     assert all(c.epoch == 3 and c.late for c in send)  # the epoch that claimed it
     assert dict(statuses) == {3: "skipped", 4: "skipped", 8: "skipped", 9: "expired"}
+
+
+# --- lateness is downtime only (invariant 19) -----------------------------------------------
+
+TERM = Term(NOW - timedelta(minutes=5), NOW - timedelta(hours=1))  # began after an hour down
+
+
+def test_a_burst_in_this_term_is_all_claimed_however_long_it_queued() -> None:
+    """Several hundred ``skip`` ticks due at one instant, decided 30 s later (the leader was busy
+    with them): none is a misfire, every one is claimed."""
+    settings = Settings(database_url="postgresql://x/y", misfire_grace_time=1.0)
+    planner = Planner(settings, clock=lambda: 0.0)  # no time budget in the way here
+    due = NOW - timedelta(seconds=30)
+    rows = [row(f"b{i}", id=i, next_run_at=due, misfire_policy="skip") for i in range(300)]
+    plan = planner.claim(rows, NOW, 1, max_ticks=500, term=TERM)
+    assert [r.status for r in plan.runs] == ["claimed"] * 300
+    assert {a.next_run_at for a in plan.advances} == {due + timedelta(minutes=1)}
+
+
+def test_counter_case_a_tick_due_in_real_downtime_goes_through_its_policy() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=1.0))
+    down = TERM.started - timedelta(minutes=30)  # no leader then
+    plan = planner.claim([row(next_run_at=down, misfire_policy="skip")], NOW, 1, 500, TERM)
+    assert [r.status for r in plan.runs] == ["skipped"]
+
+
+def test_orphans_of_a_failover_shorter_than_the_grace_go_out_under_every_policy() -> None:
+    """The gap counts, not the time since the due time: a tick claimed late in a burst, then a
+    failover, then the wait for the dead epoch's lease to expire, is still not late."""
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=3.0))
+    term = Term(NOW - timedelta(seconds=5), NOW - timedelta(seconds=7))  # a 2 s gap
+    rows = [
+        orphan("skipping", 1, 1, misfire_policy="skip"),
+        orphan("once", 1, 2),
+        orphan("once", 0.5, 3),
+        orphan("catching", 1, 4, misfire_policy="catch_up"),
+    ]
+    send, statuses = planner.orphans(rows, NOW, term)
+    assert [c.run_id for c in send] == [1, 2, 3, 4] and statuses == []
+
+
+def test_counter_case_orphans_of_a_long_gap_go_through_their_policy() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=3.0))
+    term = Term(NOW - timedelta(seconds=5), NOW - timedelta(minutes=2))  # 115 s without leader
+    rows = [
+        orphan("skipping", 3, 1, misfire_policy="skip"),
+        orphan("once", 3, 2),
+        orphan("once", 2.5, 3),
+        orphan("catching", 3, 4, misfire_policy="catch_up"),
+    ]
+    send, statuses = planner.orphans(rows, NOW, term)
+    assert [c.run_id for c in send] == [2, 4]
+    assert dict(statuses) == {1: "skipped", 3: "skipped"}
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_the_default_grace_covers_an_ordinary_failover(pool_mode: str) -> None:
+    """With the default settings the holder renews, claims a ``skip`` tick and dies just before
+    its next renewal. In session mode a standby takes over at once, the lease unexpired; behind
+    a transaction pool the lease expires a TTL after the renewal and a standby, checking every
+    heartbeat, takes over within one more. Either way the claimed tick goes out, and so does
+    one due then that nobody claimed."""
+    settings = Settings(database_url="postgresql://x/y")
+    renewed = NOW - timedelta(seconds=36)
+    died = settings.heartbeat_interval
+    took = settings.lease_ttl + settings.heartbeat_interval if pool_mode == "transaction" else died
+    takeover = renewed + timedelta(seconds=took + 0.01)
+    term = Term.after(
+        takeover,
+        renewed + timedelta(seconds=settings.lease_ttl),
+        takeover + timedelta(microseconds=1),  # taken over: ended by this term's start
+        settings.lease_ttl,
+    )
+    assert term.predecessor_alive == renewed
+    planner = Planner(settings)
+    due = renewed + timedelta(milliseconds=1)
+    send, statuses = planner.orphans(
+        [orphan("s", 0, 1, misfire_policy="skip", due_at=due)], NOW, term
+    )
+    assert len(send) == 1 and statuses == []
+    plan = planner.claim([row(next_run_at=due, misfire_policy="skip")], NOW, 2, 500, term)
+    assert [r.status for r in plan.runs] == ["claimed"]
 
 
 # --- bounded planning (invariant 11) --------------------------------------------------------
