@@ -52,10 +52,11 @@ FENCE = text(
     """
 )
 
-# Due rows in two ranges of the due index: those due within the last :window seconds first
-# (on time), then the older ones newest first. A schedule that slipped a second behind (the
-# loop was busy) is served before one a week behind, and a backlog, which claims resolve row by
-# row and never refill, drains after them: it never starves the schedules that are on time.
+# Due rows in two ranges of the due index, each oldest first: those due within the last
+# :window seconds (on time), then the older ones (the backlog). A schedule that slipped a
+# second behind (the loop was busy) is served before one a week behind, so a backlog drains
+# after the schedules that are on time and never starves them; within each range the tick that
+# waited longest goes first, as the publisher sends each lane in claim order.
 SELECT_ON_TIME = text(
     f"""
     SELECT {ROW} FROM pg_beat_schedules
@@ -72,7 +73,7 @@ SELECT_BACKLOG = text(
     SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now - make_interval(secs => :window)
-    ORDER BY next_run_at DESC
+    ORDER BY next_run_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
     """
@@ -199,7 +200,7 @@ def select_due(
     conn: Connection, group: str, now: datetime, limit: int, window: float
 ) -> Sequence[RowMapping]:
     """Up to ``limit`` rows due at ``now``, locked (rows someone else holds are skipped): those
-    due within the last ``window`` seconds first, then the oldest of the others."""
+    due within the last ``window`` seconds first, then the others; each range oldest first."""
     params = {"group": group, "now": now, "limit": limit, "window": window}
     rows = list(conn.execute(SELECT_ON_TIME, params).mappings().all())
     if len(rows) < limit:

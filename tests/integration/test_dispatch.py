@@ -629,6 +629,22 @@ def test_downtime_longer_than_the_grace_makes_skip_skip(db_url: str) -> None:
     assert second.outbox.names() == ["kept-0001"]
 
 
+def test_a_backlog_drains_oldest_first_after_the_ticks_on_time(db_url: str) -> None:
+    """Thirty schedules an hour to a day and a half behind, claimed five at a time: the one
+    on time goes first, then the backlog, the longest waiting first."""
+    hours = [(7 * i) % 31 + 1 for i in range(30)]  # 1..31 hours (and a half) behind, shuffled
+    for i, behind in enumerate(hours):
+        insert_schedules(db_url, 1, f"behind-{i:02d}", f"now() - interval '{behind} h 30 min'")
+    insert_schedules(db_url, 1, "fresh", "now() - interval '1 s'")
+    with replica(db_url, batch_size=5) as rep:
+        rep.run_until(lambda: len(rep.outbox.sent) >= 31, timeout=20)
+        rep.run_for(0.2)
+    assert len(rep.outbox.sent) == 31  # hourly: each once
+    dues = [c.due_at for c, _ in rep.outbox.sent]
+    assert rep.outbox.names()[0] == "fresh-0001"  # on time: the first claim, the first sent
+    assert dues[1:] == sorted(dues[1:])
+
+
 def test_planning_new_rows_is_bounded_per_transaction(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
