@@ -202,6 +202,12 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
         raise InvalidSchedule(
             name, f"must be an integer >= 1, got {limit!r}", field="catch_up_limit"
         )
+    if limit is not None and limit > schedules.MAX_CATCH_UP_LIMIT:
+        message = (
+            f"must be at most {schedules.MAX_CATCH_UP_LIMIT} (a catch_up's ticks are claimed in "
+            f"one transaction), got {limit!r}"
+        )
+        raise InvalidSchedule(name, message, field="catch_up_limit")
 
 
 def _timezone_applies(name: str, values: Mapping[str, Any], given: Collection[str]) -> None:

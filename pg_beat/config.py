@@ -13,7 +13,7 @@ from typing import Any, get_args, get_type_hints
 
 from pg_beat import broker, urls
 from pg_beat.exceptions import ConfigurationError
-from pg_beat.schedules import MISFIRE_POLICIES
+from pg_beat.schedules import MAX_CATCH_UP_LIMIT, MISFIRE_POLICIES
 
 ON_HANG_CHOICES = ("exit", "release")
 POOL_MODES = ("auto", "session", "transaction")
@@ -32,6 +32,14 @@ def _seconds(value: object) -> bool:
     return math.isfinite(value) and value >= 0
 
 
+def _check_catch_up_limit(value: int) -> None:
+    if value > MAX_CATCH_UP_LIMIT:
+        raise ConfigurationError(
+            f"pg_beat_catch_up_limit must be at most {MAX_CATCH_UP_LIMIT} (the ticks of one "
+            f"catch_up are claimed in one transaction), got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every ``pg_beat_*`` setting; durations are seconds (floats). See the README's table."""
@@ -47,7 +55,7 @@ class Settings:
     publish_margin: float = 1.0
     terminate_hung_leader: bool = True
     misfire_policy: str = "fire_once"
-    misfire_grace_time: float = 1.0
+    misfire_grace_time: float = 10.0
     catch_up_limit: int = 100
     batch_size: int = 500
     statement_timeout: float = 5.0
@@ -90,6 +98,7 @@ class Settings:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be a whole number >= 1, got {value!r}"
                 )
+        _check_catch_up_limit(self.catch_up_limit)
         if self.schema is not None and not _IDENTIFIER.fullmatch(self.schema):
             raise ConfigurationError(
                 f"pg_beat_schema must be a plain identifier (letters, digits, _), "

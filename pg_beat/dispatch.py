@@ -23,7 +23,7 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import clock, store
+from pg_beat import clock, downtime, store
 from pg_beat.config import Settings
 from pg_beat.keeper import ConnectionKeeper
 from pg_beat.lease import LeaderState
@@ -74,6 +74,7 @@ class Dispatcher:
         self._limit = min(settings.batch_size, FIRST_CLAIM)
         self._orphan_check_at = 0.0
         self._orphan_epoch: int | None = None
+        self._term: tuple[int, downtime.Term] | None = None  # (epoch, what misfires need of it)
         self._prune_at = 0.0
         self._failing: str | None = None
         self._progress_at = clock.now()
@@ -229,14 +230,16 @@ class Dispatcher:
                 extra={"action": "fenced_out", "epoch": epoch, "replica": settings.replica_name},
             )
             return [], None
+        term = self._term_of(conn, epoch, now)
         self.recorder.write(conn)
-        claims = self._orphans(conn, epoch, now)
+        claims = self._orphans(conn, epoch, now, term)
         unplanned = store.select_unplanned(conn, group, settings.batch_size)
-        plans, parked = self.planner.plan(unplanned, now)
+        plans, parked = self.planner.plan(unplanned, now)  # within its time budget
         store.set_planned(conn, plans)
         store.park_schedules(conn, parked)
+        left = len(unplanned) - len(plans) - len(parked)
         due = store.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
-        plan = self.planner.claim(due, now, epoch, self._limit)
+        plan = self.planner.claim(due, now, epoch, self._limit, term)
         new = store.claim_ticks(conn, group, epoch, settings.replica_name, plan.runs, plan.advances)
         # A tick whose run row already existed was claimed before: never send it twice.
         claims.extend(
@@ -244,13 +247,31 @@ class Dispatcher:
         )
         # A full batch, rows left to plan, or a schedule still behind: more to do right now.
         self._full = len(due) >= self._limit or plan.behind
-        self._behind = self._full or len(unplanned) >= settings.batch_size
+        self._behind = self._full or left > 0 or len(unplanned) >= settings.batch_size
         if self._behind:
             return claims, 0.0
         wake = store.wake(conn, group, after=now)
         return claims, 0.0 if wake.unplanned else self._until(wake)
 
-    def _orphans(self, conn: Connection, epoch: int, now: datetime) -> list[Claim]:
+    def _term_of(self, conn: Connection, epoch: int, now: datetime) -> downtime.Term:
+        """The fenced term, read once per epoch: misfires count only the downtime before its
+        start (invariant 19)."""
+        if self._term is None or self._term[0] != epoch:
+            got = store.term_history(conn, self.settings.group, epoch)
+            term = downtime.Term(now)  # unknown (never, once fenced): as if it began now
+            if got is not None:
+                term = downtime.Term.after(
+                    got.started,
+                    got.previous_expires_at,
+                    got.previous_ended_at,
+                    self.settings.lease_ttl,
+                )
+            self._term = (epoch, term)
+        return self._term[1]
+
+    def _orphans(
+        self, conn: Connection, epoch: int, now: datetime, term: downtime.Term
+    ) -> list[Claim]:
         if clock.now() < self._orphan_check_at:
             return []
         group = self.settings.group
@@ -265,7 +286,7 @@ class Dispatcher:
         self._orphan_check_at = clock.now() + ORPHAN_RECHECK if left > 0 or rows else float("inf")
         if not rows:
             return []
-        send, statuses = self.planner.orphans(rows, now)
+        send, statuses = self.planner.orphans(rows, now, term)
         store.set_run_statuses(conn, statuses)
         logger.warning(
             "dispatch: %d tick(s) claimed by an earlier epoch were never marked sent: "

@@ -7,21 +7,26 @@ and the claims to publish once that commits. Every row is validated as the API v
 parked with its error, never published and never in the way of the others (invariant 12).
 
 The work per transaction is bounded (invariant 11): misfire resolution costs O(1) per schedule
-(O(limit) for ``catch_up``), the ticks of one claim are capped at the batch size, and rows are
-taken only while a time budget lasts; what is left is released at commit and claimed by the
-next transaction, so a long backlog drains through many short transactions.
+(O(limit) for ``catch_up``, at most ``MAX_CATCH_UP_LIMIT``), the ticks of one claim are capped
+at the batch size, and rows are taken only while a time budget lasts, new rows and due rows
+each their own; what is left is released at commit and taken by the next transaction, so a
+long backlog, or a bulk import of expensive (solar) rows, goes through many short ones.
+
+Lateness is downtime only (invariant 19, :mod:`pg_beat.downtime`): the planner is given the
+current :class:`~pg_beat.downtime.Term`, and a tick due while this leader held the lease is
+never a misfire, however long the leader's own queue kept it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pg_beat import schedules
+from pg_beat import downtime, schedules
 from pg_beat.api import spec_from_row, validate_values
 from pg_beat.config import Settings
 from pg_beat.store import SCHEDULE_COLUMNS, Advance, RunRow
@@ -29,8 +34,12 @@ from pg_beat.ticks import Claim, task_id_for
 
 logger = logging.getLogger("pg_beat.dispatch")
 
-#: Seconds of planning per claim transaction; rows beyond it wait for the next transaction.
+#: Seconds a claim transaction spends deciding due rows; rows beyond it wait for the next one.
 PLAN_BUDGET = 0.03
+#: Seconds a claim transaction spends planning new or redefined rows (a solar row costs up to
+#: hundreds of searches); rows beyond it stay unplanned for the next one. Kept apart from
+#: PLAN_BUDGET, so a bulk import never takes the due ticks' turn.
+NEW_ROWS_BUDGET = 0.015
 #: Rows known valid, by (id, updated_at): every edit through SQL or the API bumps updated_at.
 _VALID_CACHE = 100_000
 
@@ -54,8 +63,10 @@ class Planner:
     """Turns due rows into runs and claims, with the group's settings; keeps a cache of the rows
     it has validated."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.perf_counter) -> None:
         self.settings = settings
+        #: Seconds, for the budgets: only differences are used.
+        self.clock = clock
         self._valid: set[tuple[int, datetime]] = set()
 
     # --- validation ----------------------------------------------------------------------
@@ -77,15 +88,21 @@ class Planner:
     # --- rows without a due time ---------------------------------------------------------
 
     def plan(
-        self, rows: Sequence[Row], now: datetime
+        self, rows: Sequence[Row], now: datetime, budget: float = NEW_ROWS_BUDGET
     ) -> tuple[list[tuple[int, datetime | None]], list[tuple[int, str]]]:
         """First due times of new or redefined rows, and the rows to park (id, error): those
         whose definition is invalid (they have no due time). A row whose definition is valid
         but whose task or payload is not is planned: at its due time it is recorded as a failed
-        run, and parked then."""
+        run, and parked then.
+
+        Rows are taken in order while ``budget`` seconds last (at least one): the rows after
+        are in neither list, left for the next transaction."""
         plans: list[tuple[int, datetime | None]] = []
         parked: list[tuple[int, str]] = []
-        for row in rows:
+        started = self.clock()
+        for index, row in enumerate(rows):
+            if index and self.clock() - started > budget:
+                break
             try:
                 spec = spec_from_row(row)
                 schedules.validate(spec)
@@ -98,27 +115,37 @@ class Planner:
 
     # --- due rows ------------------------------------------------------------------------
 
-    def claim(self, rows: Sequence[Row], now: datetime, epoch: int, max_ticks: int) -> Plan:
+    def claim(
+        self,
+        rows: Sequence[Row],
+        now: datetime,
+        epoch: int,
+        max_ticks: int,
+        term: downtime.Term | None = None,
+    ) -> Plan:
         """Decide the due rows in order, within the time budget, until ``max_ticks`` are
-        recorded (a row of ``catch_up`` may record several)."""
+        recorded (a row of ``catch_up`` may record several). ``term``: the current term, whose
+        start bounds what counts as late (None: as if it began at ``now``, nothing watched
+        before it)."""
         plan = Plan()
-        started = time.perf_counter()
+        term = term or downtime.Term(now)
+        started = self.clock()
         for index, row in enumerate(rows):
-            if index and (
-                len(plan.runs) >= max_ticks or time.perf_counter() - started > PLAN_BUDGET
-            ):
+            if index and (len(plan.runs) >= max_ticks or self.clock() - started > PLAN_BUDGET):
                 plan.behind = True  # the rest is released at commit and claimed next time
                 break
-            self._claim_row(plan, row, now, epoch)
+            self._claim_row(plan, row, now, epoch, term)
         return plan
 
-    def _claim_row(self, plan: Plan, row: Row, now: datetime, epoch: int) -> None:
+    def _claim_row(
+        self, plan: Plan, row: Row, now: datetime, epoch: int, term: downtime.Term
+    ) -> None:
         due: datetime = row["next_run_at"]
         error = self.check(row)
         decision = None
         if error is None:
             try:
-                decision = self._decide(row, due, now)
+                decision = self._decide(row, due, now, term)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
         if decision is None:
@@ -143,7 +170,7 @@ class Planner:
             plan.behind = True
 
     def _decide(
-        self, row: Row, due: datetime, now: datetime
+        self, row: Row, due: datetime, now: datetime, term: downtime.Term
     ) -> tuple[tuple[tuple[datetime, bool], ...], datetime | None, datetime | None]:
         """(ticks, next due time, last due time to record; None keeps the old one)."""
         resume: datetime | None = row.get("resume_at")
@@ -159,6 +186,7 @@ class Planner:
             row["misfire_policy"] or settings.misfire_policy,
             settings.misfire_grace_time,
             row["catch_up_limit"] or settings.catch_up_limit,
+            term,
         )
         return misfire.ticks, misfire.next_due, misfire.ticks[-1][0]
 
@@ -190,26 +218,29 @@ class Planner:
     # --- orphans -------------------------------------------------------------------------
 
     def orphans(
-        self, rows: Sequence[Row], now: datetime
+        self, rows: Sequence[Row], now: datetime, term: downtime.Term | None = None
     ) -> tuple[list[Claim], list[tuple[int, str]]]:
         """Claims of a dead epoch never marked sent, through each schedule's misfire policy and
         expiry: the ones to re-publish (same task ids), and (run id, status) for the others.
 
-        On time (within the grace time) they go out. Late: ``skip`` skips them all,
-        ``fire_once`` sends the oldest of a schedule and skips the rest, ``catch_up`` sends the
-        oldest up to its limit. Past its ``expires`` a tick is recorded expired.
+        Past its ``expires`` a tick is recorded expired. Otherwise it goes out under every
+        policy unless it is late: more than the grace time of downtime in its wait, measured
+        as for due rows by ``term`` (None: as if it began at ``now``), so a failover shorter
+        than the grace loses nothing, nor does waiting for the dead epoch's lease to expire.
+        Late: ``skip`` skips them all, ``fire_once`` sends the oldest of a schedule and skips
+        the rest, ``catch_up`` sends the oldest up to its limit.
         """
         send: list[Claim] = []
         statuses: list[tuple[int, str]] = []
         late_sent: dict[int, int] = {}
-        grace = self.settings.misfire_grace_time
+        cut = downtime.late_before(term or downtime.Term(now), self.settings.misfire_grace_time)
         for row in rows:
             due: datetime = row["due_at"]
             expires_at = expiry(row["options"], due)
             if expires_at is not None and expires_at <= now:
                 statuses.append((row["id"], "expired"))
                 continue
-            late = (now - due).total_seconds() > grace
+            late = cut is not None and due < cut
             if late and not self._late_allowed(row, late_sent.get(row["schedule_id"], 0)):
                 statuses.append((row["id"], "skipped"))
                 continue

@@ -21,9 +21,11 @@ __all__ = [
     "SELECT_ON_TIME",
     "SELECT_UNPLANNED",
     "SET_PLANNED",
+    "TERM_HISTORY",
     "WAKE",
     "Advance",
     "RunRow",
+    "TermHistory",
     "Wake",
     "claim_ticks",
     "failing_schedules",
@@ -32,6 +34,7 @@ __all__ = [
     "select_due",
     "select_unplanned",
     "set_planned",
+    "term_history",
     "wake",
 ]
 
@@ -49,10 +52,11 @@ FENCE = text(
     """
 )
 
-# Due rows in two ranges of the due index: those due within the last :window seconds first
-# (on time), then the older ones newest first. A schedule that slipped a second behind (the
-# loop was busy) is served before one a week behind, and a backlog, which claims resolve row by
-# row and never refill, drains after them: it never starves the schedules that are on time.
+# Due rows in two ranges of the due index, each oldest first: those due within the last
+# :window seconds (on time), then the older ones (the backlog). A schedule that slipped a
+# second behind (the loop was busy) is served before one a week behind, so a backlog drains
+# after the schedules that are on time and never starves them; within each range the tick that
+# waited longest goes first, as the publisher sends each lane in claim order.
 SELECT_ON_TIME = text(
     f"""
     SELECT {ROW} FROM pg_beat_schedules
@@ -69,9 +73,25 @@ SELECT_BACKLOG = text(
     SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now - make_interval(secs => :window)
-    ORDER BY next_run_at DESC
+    ORDER BY next_run_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
+    """
+)
+
+# When the fenced term began (its takeover transaction's start; the lease's takeover time if
+# the term was never recorded) and what it took over: the lease's expiry at the takeover, and
+# when the term before it (the first existing one below, invariant 17) was recorded as ended.
+# Misfires count only the downtime between the two (invariant 19, pg_beat.downtime).
+TERM_HISTORY = text(
+    """
+    SELECT coalesce(t.acquired_at, l.acquired_at) AS started, t.previous_expires_at,
+           (SELECT p.ended_at FROM pg_beat_leader_terms p
+             WHERE p.group_name = l.group_name AND p.epoch < l.epoch
+             ORDER BY p.epoch DESC LIMIT 1) AS previous_ended_at
+    FROM pg_beat_leases l
+    LEFT JOIN pg_beat_leader_terms t ON t.group_name = l.group_name AND t.epoch = l.epoch
+    WHERE l.group_name = :group AND l.epoch = :epoch
     """
 )
 
@@ -180,13 +200,31 @@ def select_due(
     conn: Connection, group: str, now: datetime, limit: int, window: float
 ) -> Sequence[RowMapping]:
     """Up to ``limit`` rows due at ``now``, locked (rows someone else holds are skipped): those
-    due within the last ``window`` seconds first, then the oldest of the others."""
+    due within the last ``window`` seconds first, then the others; each range oldest first."""
     params = {"group": group, "now": now, "limit": limit, "window": window}
     rows = list(conn.execute(SELECT_ON_TIME, params).mappings().all())
     if len(rows) < limit:
         params["limit"] = limit - len(rows)
         rows.extend(conn.execute(SELECT_BACKLOG, params).mappings().all())
     return rows
+
+
+@dataclass(frozen=True)
+class TermHistory:
+    """See TERM_HISTORY; database times."""
+
+    started: datetime
+    previous_expires_at: datetime | None
+    previous_ended_at: datetime | None
+
+
+def term_history(conn: Connection, group: str, epoch: int) -> TermHistory | None:
+    """When term ``epoch`` began and what it took over; None when the lease is at another
+    epoch (it was taken over)."""
+    row = conn.execute(TERM_HISTORY, {"group": group, "epoch": epoch}).first()
+    if row is None or row.started is None:
+        return None
+    return TermHistory(row.started, row.previous_expires_at, row.previous_ended_at)
 
 
 def select_unplanned(conn: Connection, group: str, limit: int) -> Sequence[RowMapping]:

@@ -495,6 +495,13 @@ INVALID_CREATE: list[tuple[str, dict[str, Any], str, str, str]] = [
         "'retry'",
     ),
     ("catch-up-0", {"every": 5, "catch_up_limit": 0}, "catch_up_limit", "catch_up_limit", ">= 1"),
+    (
+        "catch-up-1001",
+        {"every": 5, "catch_up_limit": 1001},
+        "catch_up_limit",
+        "catch_up_limit",
+        "must be at most 1000 (a catch_up's ticks are claimed in one transaction), got 1001",
+    ),
     ("unknown-field", {"every": 5, "colour": "red"}, "colour", "", "unknown field(s): colour"),
     ("next-run-at", {"every": 5, "next_run_at": NOW}, "next_run_at", "", "unknown field"),
     ("source", {"every": 5, "source": "config"}, "source", "", "unknown field"),

@@ -130,6 +130,10 @@ def test_a_valid_crontab_with_names_prints_one_line_and_nothing_else(db_url: str
         (("--every", "1m", "--misfire", "later"), ["--misfire: ", "'later'", "fire_once"]),
         (("--every", "1m", "--catch-up-limit", "0"), ["--catch-up-limit: ", ">= 1"]),
         (
+            ("--every", "1m", "--catch-up-limit", "5000"),
+            ["--catch-up-limit: ", "most 1000", "5000"],
+        ),
+        (
             ("--every", "1m", "--start", "2030-01-01T00:00Z", "--end", "2029-01-01T00:00Z"),
             ["--end: ", "is not after the start time"],
         ),

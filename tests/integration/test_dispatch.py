@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from support.env import require_module
 from support.inproc import replica, settings_for
 from support.pg import libpq_url as libpq
 
@@ -552,24 +553,141 @@ def test_sixty_minutely_crontabs_a_week_behind_lead_drain_and_keep_the_lease(
         assert due > datetime.now(timezone.utc) - timedelta(minutes=1)  # back on the grid
 
 
-def test_orphans_go_through_their_expiry_and_misfire_policy(db_url: str) -> None:
-    """A dead epoch's unsent claims: past ``expires`` they are recorded expired; late ones
-    follow the policy (skip: none), never days late."""
+@pytest.mark.parametrize(
+    ("grace", "resent", "skipped"),
+    [(None, ["keeping", "skipping"], []), (0.5, ["keeping"], ["skipping"])],
+    ids=["failover-within-the-default-grace", "downtime-longer-than-the-grace"],
+)
+def test_orphans_go_through_their_expiry_and_misfire_policy(
+    db_url: str, grace: float | None, resent: list[str], skipped: list[str]
+) -> None:
+    """A dead epoch's unsent claims: past ``expires`` they are recorded expired. The rest go
+    out under every policy when the gap without a leader was within the grace (the default
+    covers an ordinary failover); after a longer one they follow the policy (skip: none)."""
     create_due_now(db_url, "expiring", "t.e", every=3600, options={"expires": 1})
     create_due_now(db_url, "skipping", "t.s", every=3600, misfire_policy="skip")
     create_due_now(db_url, "keeping", "t.k", every=3600, misfire_policy="catch_up")
     with replica(db_url, replica_name="first") as first:
         first.outbox.fail = True  # claimed, never sent
         first.run_until(lambda: len(runs(db_url, "keeping")) == 1, timeout=5)
-    # Past the expiry (1 s) and the grace time (1 s), by the database clock the next leader uses.
+    # Past the expiry (1 s), by the database clock the next leader uses; no leader meanwhile.
     past = "SELECT clock_timestamp() > max(due_at) + interval '1.1 s' FROM pg_beat_runs"
     wait_until(lambda: bool(sql(db_url, past)[0][0]), timeout=5)
-    with replica(db_url, replica_name="second") as second:
+    overrides = {} if grace is None else {"misfire_grace_time": grace}
+    with replica(db_url, replica_name="second", **overrides) as second:
         second.run_until(lambda: bool(second.outbox.sent), timeout=10)
         second.run_for(0.5)
-    assert second.outbox.names() == ["keeping"]
+    assert sorted(second.outbox.names()) == resent
     statuses = {name: [s for _, s, _ in runs(db_url, name)] for name in ("expiring", "skipping")}
-    assert statuses == {"expiring": ["expired"], "skipping": ["skipped"]}
+    assert statuses == {
+        "expiring": ["expired"],
+        "skipping": ["skipped"] if skipped else ["sent"],
+    }
+
+
+def insert_schedules(url: str, count: int, prefix: str, due: str, **columns: object) -> None:
+    """``count`` interval schedules named prefix-0000.., all due at the SQL expression ``due``
+    (evaluated once: the same instant for all), with these columns besides."""
+    names = ", ".join(columns)
+    values = ", ".join(["%s"] * len(columns))
+    sql(
+        url,
+        f"INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds, next_run_at"
+        f"{', ' + names if columns else ''}) "
+        f"SELECT %s || '-' || lpad(i::text, 4, '0'), 't.burst', 'interval', 3600, {due}"
+        f"{', ' + values if columns else ''} FROM generate_series(1, %s) i",
+        prefix,
+        *columns.values(),
+        count,
+    )
+
+
+def test_a_burst_claimed_over_longer_than_the_grace_is_all_sent(db_url: str) -> None:
+    """Invariant 19: 400 ``skip`` ticks due at one instant while this leader holds the lease,
+    claimed 20 at a time behind a slow broker, over more than the grace: none is skipped."""
+    with replica(db_url, misfire_grace_time=0.3, batch_size=20) as rep:
+        rep.run_for(0.2)  # the term has begun before anything is due
+        publisher = rep.dispatcher.publisher
+
+        def slow_broker(claim: Claim, epoch: int) -> None:
+            time.sleep(0.003)
+            rep.outbox(claim, epoch)
+
+        publisher.send = slow_broker
+        insert_schedules(db_url, 400, "burst", "now() + interval '0.3 s'", misfire_policy="skip")
+        rep.run_until(lambda: len(rep.outbox.sent) == 400, timeout=30)
+        rep.run_for(0.2)
+    assert sql(db_url, "SELECT status, count(*) FROM pg_beat_runs GROUP BY 1") == [("sent", 400)]
+    ((spread,),) = sql(
+        db_url, "SELECT extract(epoch FROM max(claimed_at) - min(due_at)) FROM pg_beat_runs"
+    )
+    assert float(str(spread)) > 2 * 0.3, spread  # the last were claimed well past the grace
+
+
+def test_downtime_longer_than_the_grace_makes_skip_skip(db_url: str) -> None:
+    """The counter-case: no leader for 3 s with a 2 s grace. A tick due as the leader stopped
+    waited 3 s of downtime: skipped; one due 2.5 s into the gap waited under 2 s: sent."""
+    with replica(db_url, replica_name="first") as first:
+        first.run_for(0.2)
+    # first released the lease as it stopped (a graceful stop): from here no leader runs.
+    insert_schedules(db_url, 1, "gone", "now()", misfire_policy="skip")
+    insert_schedules(db_url, 1, "kept", "now() + interval '2.5 s'", misfire_policy="skip")
+    time.sleep(3.0)
+    with replica(db_url, replica_name="second", misfire_grace_time=2.0) as second:
+        second.run_until(lambda: len(runs(db_url, "kept-0001")) == 1, timeout=10)
+        second.run_for(0.3)
+    assert [s for _, s, _ in runs(db_url, "gone-0001")] == ["skipped"]
+    assert [s for _, s, _ in runs(db_url, "kept-0001")] == ["sent"]
+    assert second.outbox.names() == ["kept-0001"]
+
+
+def test_a_backlog_drains_oldest_first_after_the_ticks_on_time(db_url: str) -> None:
+    """Thirty schedules an hour to a day and a half behind, claimed five at a time: the one
+    on time goes first, then the backlog, the longest waiting first."""
+    hours = [(7 * i) % 31 + 1 for i in range(30)]  # 1..31 hours (and a half) behind, shuffled
+    for i, behind in enumerate(hours):
+        insert_schedules(db_url, 1, f"behind-{i:02d}", f"now() - interval '{behind} h 30 min'")
+    insert_schedules(db_url, 1, "fresh", "now() - interval '1 s'")
+    with replica(db_url, batch_size=5) as rep:
+        rep.run_until(lambda: len(rep.outbox.sent) >= 31, timeout=20)
+        rep.run_for(0.2)
+    assert len(rep.outbox.sent) == 31  # hourly: each once
+    dues = [c.due_at for c, _ in rep.outbox.sent]
+    assert rep.outbox.names()[0] == "fresh-0001"  # on time: the first claim, the first sent
+    assert dues[1:] == sorted(dues[1:])
+
+
+def test_planning_new_rows_is_bounded_per_transaction(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand solar rows imported at once (about 0.1 ms of search each) are planned over
+    several claim transactions, each within the planning budget, not in one."""
+    require_module("ephem")
+    sql(
+        db_url,
+        "INSERT INTO pg_beat_schedules (name, task, kind, solar_event, latitude, longitude) "
+        "SELECT 'dawn-' || i, 't.dawn', 'solar', 'sunrise', 50 + i / 100.0, 10 "
+        "FROM generate_series(1, 1000) i",
+    )
+    with replica(db_url) as rep:
+        planned: list[int] = []
+        plan = rep.dispatcher.planner.plan
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            result = plan(*args, **kwargs)
+            planned.append(len(result[0]))
+            return result
+
+        monkeypatch.setattr(rep.dispatcher.planner, "plan", counted)
+        rep.run_until(
+            lambda: (
+                sql(db_url, "SELECT count(*) FROM pg_beat_schedules WHERE next_run_at IS NULL")
+                == [(0,)]
+            ),
+            timeout=20,
+        )
+    assert sum(planned) == 1000
+    assert max(planned) < 1000 and len([n for n in planned if n]) >= 3, planned
 
 
 def test_a_column_added_by_a_later_migration_does_not_break_running_replicas(

@@ -550,6 +550,7 @@ def test_close_of_a_lazy_instance(db_url: str, make_app: AppFactory) -> None:
         ({"pg_beat_misfire_policy": "never"}, "pg_beat_misfire_policy"),
         ({"pg_beat_batch_size": 0}, "pg_beat_batch_size"),
         ({"pg_beat_catch_up_limit": 1.5}, "pg_beat_catch_up_limit"),
+        ({"pg_beat_catch_up_limit": 1001}, "pg_beat_catch_up_limit must be at most 1000"),
         ({"pg_beat_database_url": "mysql://u@h/db"}, "postgresql://"),
     ],
     ids=[
@@ -562,6 +563,7 @@ def test_close_of_a_lazy_instance(db_url: str, make_app: AppFactory) -> None:
         "misfire",
         "batch-size",
         "catch-up-float",
+        "catch-up-over-the-bound",
         "url-scheme",
     ],
 )

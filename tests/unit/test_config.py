@@ -31,6 +31,9 @@ def test_defaults() -> None:
     assert (settings.lease_ttl, settings.heartbeat_interval) == (5.0, 1.0)
     assert settings.lease_ttl >= 3 * settings.heartbeat_interval
     assert settings.misfire_policy == "fire_once"
+    # An ordinary failover behind a transaction pool (a TTL, then a standby's check) is no
+    # misfire (invariant 19).
+    assert settings.misfire_grace_time >= settings.lease_ttl + 2 * settings.heartbeat_interval
     assert settings.on_hang == "exit"
     assert settings.sync_config is True and settings.metrics_port is None
 
@@ -81,6 +84,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"misfire_policy": "all"}, "pg_beat_misfire_policy must be one of fire_once, skip, catch_up"),
     ({"catch_up_limit": 0}, "pg_beat_catch_up_limit must be a whole number >= 1, got 0"),
     ({"catch_up_limit": 2.5}, "pg_beat_catch_up_limit"),
+    ({"catch_up_limit": 1001}, "pg_beat_catch_up_limit must be at most 1000"),
+    ({"catch_up_limit": 10**6}, "got 1000000"),
     ({"batch_size": -1}, "pg_beat_batch_size must be a whole number >= 1"),
     ({"group": ""}, "pg_beat_group"),
     ({"replica_name": ""}, "pg_beat_replica_name"),

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.env import require_module
 
 from pg_beat.config import Settings
+from pg_beat.downtime import Term
 from pg_beat.planner import Planner, expiry
 from pg_beat.ticks import task_id_for
 
@@ -173,3 +175,152 @@ def test_orphans_go_through_expiry_and_misfire_policy(planner: Planner) -> None:
     assert [c.run_id for c in send] == [1, 2, 5, 6, 7]  # catch_up limit 3; fire_once: oldest
     assert all(c.epoch == 3 and c.late for c in send)  # the epoch that claimed it
     assert dict(statuses) == {3: "skipped", 4: "skipped", 8: "skipped", 9: "expired"}
+
+
+# --- lateness is downtime only (invariant 19) -----------------------------------------------
+
+TERM = Term(NOW - timedelta(minutes=5), NOW - timedelta(hours=1))  # began after an hour down
+
+
+def test_a_burst_in_this_term_is_all_claimed_however_long_it_queued() -> None:
+    """Several hundred ``skip`` ticks due at one instant, decided 30 s later (the leader was busy
+    with them): none is a misfire, every one is claimed."""
+    settings = Settings(database_url="postgresql://x/y", misfire_grace_time=1.0)
+    planner = Planner(settings, clock=lambda: 0.0)  # no time budget in the way here
+    due = NOW - timedelta(seconds=30)
+    rows = [row(f"b{i}", id=i, next_run_at=due, misfire_policy="skip") for i in range(300)]
+    plan = planner.claim(rows, NOW, 1, max_ticks=500, term=TERM)
+    assert [r.status for r in plan.runs] == ["claimed"] * 300
+    assert {a.next_run_at for a in plan.advances} == {due + timedelta(minutes=1)}
+
+
+def test_counter_case_a_tick_due_in_real_downtime_goes_through_its_policy() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=1.0))
+    down = TERM.started - timedelta(minutes=30)  # no leader then
+    plan = planner.claim([row(next_run_at=down, misfire_policy="skip")], NOW, 1, 500, TERM)
+    assert [r.status for r in plan.runs] == ["skipped"]
+
+
+def test_orphans_of_a_failover_shorter_than_the_grace_go_out_under_every_policy() -> None:
+    """The gap counts, not the time since the due time: a tick claimed late in a burst, then a
+    failover, then the wait for the dead epoch's lease to expire, is still not late."""
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=3.0))
+    term = Term(NOW - timedelta(seconds=5), NOW - timedelta(seconds=7))  # a 2 s gap
+    rows = [
+        orphan("skipping", 1, 1, misfire_policy="skip"),
+        orphan("once", 1, 2),
+        orphan("once", 0.5, 3),
+        orphan("catching", 1, 4, misfire_policy="catch_up"),
+    ]
+    send, statuses = planner.orphans(rows, NOW, term)
+    assert [c.run_id for c in send] == [1, 2, 3, 4] and statuses == []
+
+
+def test_counter_case_orphans_of_a_long_gap_go_through_their_policy() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", misfire_grace_time=3.0))
+    term = Term(NOW - timedelta(seconds=5), NOW - timedelta(minutes=2))  # 115 s without leader
+    rows = [
+        orphan("skipping", 3, 1, misfire_policy="skip"),
+        orphan("once", 3, 2),
+        orphan("once", 2.5, 3),
+        orphan("catching", 3, 4, misfire_policy="catch_up"),
+    ]
+    send, statuses = planner.orphans(rows, NOW, term)
+    assert [c.run_id for c in send] == [2, 4]
+    assert dict(statuses) == {1: "skipped", 3: "skipped"}
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_the_default_grace_covers_an_ordinary_failover(pool_mode: str) -> None:
+    """With the default settings the holder renews, claims a ``skip`` tick and dies just before
+    its next renewal. In session mode a standby takes over at once, the lease unexpired; behind
+    a transaction pool the lease expires a TTL after the renewal and a standby, checking every
+    heartbeat, takes over within one more. Either way the claimed tick goes out, and so does
+    one due then that nobody claimed."""
+    settings = Settings(database_url="postgresql://x/y")
+    renewed = NOW - timedelta(seconds=36)
+    died = settings.heartbeat_interval
+    took = settings.lease_ttl + settings.heartbeat_interval if pool_mode == "transaction" else died
+    takeover = renewed + timedelta(seconds=took + 0.01)
+    term = Term.after(
+        takeover,
+        renewed + timedelta(seconds=settings.lease_ttl),
+        takeover + timedelta(microseconds=1),  # taken over: ended by this term's start
+        settings.lease_ttl,
+    )
+    assert term.predecessor_alive == renewed
+    planner = Planner(settings)
+    due = renewed + timedelta(milliseconds=1)
+    send, statuses = planner.orphans(
+        [orphan("s", 0, 1, misfire_policy="skip", due_at=due)], NOW, term
+    )
+    assert len(send) == 1 and statuses == []
+    plan = planner.claim([row(next_run_at=due, misfire_policy="skip")], NOW, 2, 500, term)
+    assert [r.status for r in plan.runs] == ["claimed"]
+
+
+# --- bounded planning (invariant 11) --------------------------------------------------------
+
+
+class SlowClock:
+    """A clock that moves ``step`` seconds each time it is read: each row costs about that."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_planning_new_rows_stops_at_its_budget_and_the_rest_is_planned_later() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(0.004))
+    rows = [row(f"n{i}", id=i, next_run_at=None) for i in range(10)]
+    planned: list[list[int]] = []
+    left = rows
+    while left:
+        plans, parked = planner.plan(left, NOW)
+        assert parked == [] and plans
+        planned.append([i for i, _ in plans])
+        left = left[len(plans) :]
+    # 15 ms at 4 ms a row: the budget is passed after the 4th; each transaction takes 4.
+    assert planned == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_planning_takes_at_least_one_row_however_slow() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(10.0))
+    plans, _ = planner.plan([row("a", next_run_at=None), row("b", next_run_at=None)], NOW)
+    assert len(plans) == 1
+
+
+def test_expensive_solar_rows_are_planned_over_several_transactions() -> None:
+    require_module("ephem")
+    planner = Planner(Settings(database_url="postgresql://x/y"))
+    solar = {"kind": "solar", "solar_event": "sunrise", "next_run_at": None}
+    rows = [row(f"dawn{i}", id=i, latitude=50.0 + i / 100, longitude=10.0, **solar)
+            for i in range(1000)]  # fmt: skip
+    first, _ = planner.plan(rows, NOW)
+    assert 0 < len(first) < len(rows)  # about 0.1 ms a row: 100 ms for all
+    done = len(first)
+    while done < len(rows):
+        plans, _ = planner.plan(rows[done:], NOW)
+        done += len(plans)
+    assert done == len(rows)
+
+
+def test_deciding_due_rows_stops_at_its_budget() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y"), clock=SlowClock(0.004))
+    rows = [row(f"d{i}", id=i) for i in range(20)]
+    plan = planner.claim(rows, NOW, 1, max_ticks=500)
+    # 30 ms at 4 ms a row (one read to start, one per row after the first)
+    assert len(plan.runs) == 8 and plan.behind
+
+
+def test_a_catch_up_limit_over_the_bound_set_by_hand_is_failed_and_parked(
+    planner: Planner,
+) -> None:
+    plan = planner.claim([row(misfire_policy="catch_up", catch_up_limit=5000)], NOW, 1, 500)
+    (run,) = plan.runs
+    assert run.status == "failed" and run.error is not None
+    assert "catch_up_limit" in run.error and "at most 1000" in run.error and "5000" in run.error
+    assert [a.next_run_at for a in plan.advances] == [None]

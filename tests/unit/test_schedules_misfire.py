@@ -15,6 +15,7 @@ from support.env import require_module
 from support.specs import cron, every, z
 
 import pg_beat.schedules as schedules
+from pg_beat.downtime import Term, late_before
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import Misfire, ScheduleSpec, next_after, resolve_misfire
 
@@ -443,6 +444,112 @@ def test_sixty_crontabs_a_week_behind_cost_sixty_searches(
         assert days() - before_days <= 2 * 60 * per_row
 
 
+# --------------------------------------------------------------------------- downtime only
+
+# A term that began at 12:00:00; grace 10 s. "alive": the predecessor's last proof of life
+# (None: no predecessor, all time before 12:00 was downtime). Every due time is a minutely
+# grid point or the claimed tick of a ``skip`` schedule: sent (True) or skipped (False).
+TERM_START = "2025-01-01 12:00"
+
+
+@pytest.mark.parametrize(
+    ("case", "alive", "due", "now", "sent"),
+    [
+        # Due in this term: never late, however long the leader's own queue kept it.
+        ("burst claimed 35 s after its due time", None, "12:00:05", "12:00:40", True),
+        ("an hour of broker outage in this term", None, "12:00:01", "13:00:01", True),
+        ("due the instant the term began", None, "12:00", "12:30", True),
+        # Due before the term: only the downtime in its wait counts.
+        ("counter-case: an hour of real downtime", None, "11:00", "12:00:01", False),
+        ("10 s of downtime in its wait: not late", None, "11:59:50", "12:05", True),
+        ("10.000001 s of downtime in its wait", None, "11:59:49.999999", "12:05", False),
+        ("due after the gap began, 5 s of it", "11:00", "11:59:55", "12:05", True),
+        # A tick a live predecessor never got to: its busy time is not downtime...
+        ("predecessor busy, then a 6 s failover", "11:59:54", "11:30", "12:01", True),
+        ("predecessor busy, gap exactly the grace", "11:59:50", "11:30", "12:01", True),
+        # ...but real downtime after it is (counter-case): due while a live leader held the
+        # lease, then no leader for an hour.
+        ("counter-case: predecessor busy, then an hour down", "11:00", "10:30", "12:01", False),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else None,
+)
+def test_only_downtime_makes_a_tick_late(
+    case: str, alive: str | None, due: str, now: str, sent: bool
+) -> None:
+    day = "2025-01-01 "
+    term = Term(z(TERM_START), None if alive is None else z(day + alive))
+    result = resolve_misfire(MINUTELY, z(day + due), z(day + now), "skip", 10, 3, term)
+    assert result.ticks == ((z(day + due), sent),), case
+    if sent:  # nothing was a misfire: nothing dropped, the grid goes on from the due time
+        assert (result.passed_over, result.next_due) == (0, z(day + due) + timedelta(minutes=1))
+
+
+def test_a_backlog_of_this_term_drops_nothing_under_any_policy() -> None:
+    term = Term(z("2025-01-01 12:00"), z("2025-01-01 11:00"))
+    due, now = z("2025-01-01 12:00:30"), z("2025-01-01 13:00")  # 59 ticks behind, all ours
+    for policy in schedules.MISFIRE_POLICIES:
+        for spec in (MINUTELY, cron("* * * * *")):
+            result = resolve_misfire(spec, due, now, policy, 10, 3, term)
+            assert result.passed_over == 0, (policy, spec.kind)
+            assert result.next_due == next_after(spec, result.ticks[-1][0])
+            assert all(send for _, send in result.ticks)
+
+
+def test_a_week_down_fire_once_resumes_the_grace_before_the_term_began() -> None:
+    """Due times in the last ``grace`` before the term are kept: they fire on their own."""
+    term = Term(z("2025-01-08 12:00"), z("2025-01-01 12:00"))
+    due = z("2025-01-01 12:00:30")
+    result = resolve_misfire(MINUTELY, due, z("2025-01-08 12:00:05"), "fire_once", 90, 3, term)
+    assert result.ticks == ((due, True),)
+    # The cut is 11:58:30 (the term's start less the grace), dropped as any due time at a cut.
+    assert result.next_due == z("2025-01-08 11:59:30")
+    assert result.passed_over == 7 * 24 * 60 - 2
+
+
+@pytest.mark.parametrize(
+    ("alive", "grace", "cut"),
+    [
+        (None, 10, "11:59:50"),  # nothing watched before: late = more than 10 s before
+        ("11:00", 10, "11:59:50"),
+        ("11:59:50.000001", 10, None),  # a gap shorter than the grace: nothing is late
+        ("11:59:50", 10, None),  # exactly the grace
+        ("11:59:49.999999", 10, "11:59:50"),
+        ("11:59:59", 0, "12:00"),  # no grace: any gap counts
+        ("12:00", 0, None),  # no gap at all
+    ],
+)
+def test_late_before(alive: str | None, grace: float, cut: str | None) -> None:
+    day = "2025-01-01 "
+    term = Term(z(day + "12:00"), None if alive is None else z(day + alive))
+    assert late_before(term, grace) == (None if cut is None else z(day + cut))
+
+
+@pytest.mark.parametrize(
+    ("case", "expires", "ended", "alive"),
+    [
+        ("first term: nothing before it", None, None, None),
+        # Released (a graceful stop): it ended before this term began, alive until then.
+        ("released", "11:59:58", "11:59:58", "11:59:58"),
+        # Taken over (its term ends when this one begins): alive until its last renewal.
+        ("expired: a crash behind a transaction pool", "11:59:59", "12:00:00.01", "11:59:54"),
+        ("taken while unexpired: session mode", "12:00:03", "12:00:00.01", "11:59:58"),
+        ("never after this term began", "12:00:09", "12:00:00.01", "12:00"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else None,
+)
+def test_a_term_knows_when_its_predecessor_was_last_alive(
+    case: str, expires: str | None, ended: str | None, alive: str | None
+) -> None:
+    day = "2025-01-01 "
+    term = Term.after(
+        z(day + "12:00"),
+        None if expires is None else z(day + expires),
+        None if ended is None else z(day + ended),
+        lease_ttl=5.0,
+    )
+    assert term == Term(z(day + "12:00"), None if alive is None else z(day + alive)), case
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -456,6 +563,9 @@ def test_rejects_unknown_policy_and_bad_numbers() -> None:
         resolve_misfire(MINUTELY, due, due, "skip", float("nan"), 3)
     with pytest.raises(ValueError, match="catch_up_limit=0"):
         resolve_misfire(MINUTELY, due, due, "catch_up", 0, 0)
+    with pytest.raises(ValueError, match="catch_up_limit=1001 must be between 1 and 1000"):
+        resolve_misfire(MINUTELY, due, due, "catch_up", 0, 1001)
+    assert len(resolve_misfire(MINUTELY, due, due + timedelta(days=1), "catch_up", 0, 1000).ticks)
 
 
 def test_every_policy_sends_or_records_the_claimed_tick_first() -> None:
