@@ -23,6 +23,12 @@ class SchemaMismatch(PgBeatError):
     (all through :func:`pg_beat.migrate.require_head`)."""
 
 
+class MigrationFailed(PgBeatError):
+    """Raised by a migration step that could not be completed online before its deadline (an
+    index still not valid); the revision is then not recorded, and running the migration again
+    resumes it."""
+
+
 class SessionPoolingDetected(PgBeatError):
     """Raised when the URL goes through a transaction-pooling proxy that breaks session locks.
 
