@@ -12,6 +12,10 @@ An index is built ``CONCURRENTLY`` by :func:`create_index`, which returns only o
 is valid (or raises :class:`~pg_beat.exceptions.MigrationFailed`): a ``CREATE INDEX
 CONCURRENTLY`` that fails after its catalog entry was made leaves an INVALID index, which
 ``IF NOT EXISTS`` would then take for done.
+
+From revision 0003 on, each revision records the oldest pg_beat code revision that may run
+against it (:func:`record_compat`), so that a replica of an earlier release can tell whether
+it may run against a schema it does not know (see :mod:`pg_beat.compat`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from pg_beat.exceptions import MigrationFailed
+from pg_beat.store import revisions
 from pg_beat.store.connections import first_line, sqlstate
 
 logger = logging.getLogger("pg_beat.migrate")
@@ -137,6 +142,22 @@ def create_index(name: str, definition: str) -> None:
 def drop_index(name: str) -> None:
     """``DROP INDEX CONCURRENTLY IF EXISTS name``: the table stays writable meanwhile."""
     execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+
+
+def record_compat(revision: str, oldest_code_revision: str) -> None:
+    """Record that pg_beat code at ``oldest_code_revision`` or later may run against the schema
+    at ``revision``; every revision from 0003 on calls this in its upgrade.
+
+    Runs in the migration's transaction, the one that also moves the version table to
+    ``revision``: a replica never sees the new revision without its record.
+    """
+    op.execute(revisions.RECORD_COMPAT.bindparams(revision=revision, oldest=oldest_code_revision))
+
+
+def forget_compat(revision: str) -> None:
+    """Remove what :func:`record_compat` recorded for ``revision``; every revision from 0003
+    on calls this in its downgrade."""
+    op.execute(revisions.FORGET_COMPAT.bindparams(revision=revision))
 
 
 def _set_lock_timeout(seconds: float) -> None:

@@ -1,10 +1,21 @@
-"""The schema's own bookkeeping, read at run time: the indexes of pg_beat's tables that are not
-valid."""
+"""The schema's own bookkeeping: what a revision declares about the code that may run against
+it (``pg_beat_schema_compat``, written by the migrations through :mod:`pg_beat.ddl`), and the
+indexes of pg_beat's tables that are not valid."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+
+COMPAT_TABLE = "pg_beat_schema_compat"
+
+# Run in the migration's transaction, through the search path it set. Can run again.
+RECORD_COMPAT = text(
+    f"INSERT INTO {COMPAT_TABLE} (revision, oldest_code_revision) VALUES (:revision, :oldest) "
+    "ON CONFLICT (revision) DO UPDATE "
+    "SET oldest_code_revision = EXCLUDED.oldest_code_revision, applied_at = now()"
+)
+FORGET_COMPAT = text(f"DELETE FROM {COMPAT_TABLE} WHERE revision = :revision")
 
 # An index left by a CREATE (or REINDEX) INDEX ... CONCURRENTLY that failed: not used by any
 # query, yet maintained by every write.

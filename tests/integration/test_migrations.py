@@ -34,9 +34,10 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-HEAD = "0002_failures_owners_release"
+HEAD = "0003_schema_compat_broker_health"
 
 TABLES = {
+    "pg_beat_schema_compat",
     "pg_beat_schedules",
     "pg_beat_runs",
     "pg_beat_leases",
