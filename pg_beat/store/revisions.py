@@ -1,6 +1,6 @@
 """The schema's own bookkeeping: what a revision declares about the code that may run against
-it (``pg_beat_schema_compat``, written by the migrations through :mod:`pg_beat.ddl`), and the
-indexes of pg_beat's tables that are not valid."""
+it (``pg_beat_schema_compat``: written by the migrations through :mod:`pg_beat.ddl`, read at
+start), and the indexes of pg_beat's tables that are not valid."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ RECORD_COMPAT = text(
 )
 FORGET_COMPAT = text(f"DELETE FROM {COMPAT_TABLE} WHERE revision = :revision")
 
+# False when the table does not exist (a schema before 0003): nothing is declared then.
+COMPAT_EXISTS = text("SELECT to_regclass(:table) IS NOT NULL")
+
 # An index left by a CREATE (or REINDEX) INDEX ... CONCURRENTLY that failed: not used by any
 # query, yet maintained by every write.
 INVALID_INDEXES = text(
@@ -31,6 +34,21 @@ INVALID_INDEXES = text(
     ORDER BY c.relname
     """
 )
+
+
+def oldest_code_revision(conn: Connection, revision: str, schema: str | None) -> str | None:
+    """The oldest code revision that the schema at ``revision`` declares may run against it;
+    None when it declares none (no row, or no table)."""
+    table = COMPAT_TABLE
+    if schema:
+        table = f"{conn.dialect.identifier_preparer.quote_schema(schema)}.{COMPAT_TABLE}"
+    if not conn.execute(COMPAT_EXISTS, {"table": table}).scalar():
+        return None
+    found = conn.execute(
+        text(f"SELECT oldest_code_revision FROM {table} WHERE revision = :revision"),
+        {"revision": revision},
+    ).scalar()
+    return None if found is None else str(found)
 
 
 def invalid_indexes(conn: Connection, schema: str | None) -> list[str]:

@@ -157,6 +157,7 @@ def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
         "current": None,
         "head": "0003_schema_compat_broker_health",
         "up_to_date": False,
+        "compatible": False,
     }
     result = cli(empty_db_url, "db", "check")
     assert result.exit_code == 1
