@@ -328,11 +328,11 @@ class ScheduleManager:
             ) from exc
 
     def _check_schema(self, conn: Connection) -> None:
-        """Raise :class:`~pg_beat.exceptions.SchemaMismatch` unless the schema is at the
-        revision pg_beat needs, rather than a driver error naming a missing table."""
+        """Raise :class:`~pg_beat.exceptions.SchemaMismatch` unless this pg_beat may run
+        against the schema, rather than a driver error naming a missing table."""
         from pg_beat import migrate  # Alembic: imported on first use, not with the API
 
-        migrate.require_head(conn, self.settings.schema)
+        migrate.require_compatible(conn, self.settings.schema)
         self._schema_checked = True
 
     # --- reads -----------------------------------------------------------------------------

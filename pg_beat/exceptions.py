@@ -18,9 +18,17 @@ class DatabaseUnavailable(PgBeatError):
 
 
 class SchemaMismatch(PgBeatError):
-    """Raised when the database schema is not at the revision this pg_beat needs: at the
-    scheduler's start, by the CLI, and by :class:`~pg_beat.api.ScheduleManager` on first use
-    (all through :func:`pg_beat.migrate.require_head`)."""
+    """Raised when this pg_beat cannot run against the database's schema (behind this code, or
+    ahead of it and not declared compatible with it): at the scheduler's start, by the CLI, and
+    by :class:`~pg_beat.api.ScheduleManager` on first use (all through
+    :func:`pg_beat.migrate.require_compatible`). The message says which side is behind and
+    the command that fixes it."""
+
+
+class MigrationFailed(PgBeatError):
+    """Raised by a migration step that could not be completed online before its deadline (an
+    index still not valid); the revision is then not recorded, and running the migration again
+    resumes it."""
 
 
 class SessionPoolingDetected(PgBeatError):

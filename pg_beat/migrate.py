@@ -1,4 +1,5 @@
-"""Alembic, driven from Python: upgrade, downgrade, current and check, for the CLI and tests."""
+"""Alembic, driven from Python: upgrade, downgrade, current and check, for the CLI and tests;
+and whether this pg_beat may run against a database's schema."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from pg_beat import urls
+from pg_beat import compat, urls
 
 VERSION_TABLE = "pg_beat_alembic_version"
 
@@ -106,22 +107,33 @@ def current(url: str, schema: str | None = None) -> str | None:
         engine.dispose()
 
 
-def mismatch(current: str | None) -> str | None:
-    """Why a database at revision ``current`` will not do, with the command that fixes it;
-    None at :func:`head_revision`."""
-    head = head_revision()
-    if current == head:
-        return None
-    return (
-        f"database schema is at revision {current or 'none (not migrated)'}, pg_beat "
-        f"needs {head}: run 'pg-beat db upgrade'"
-    )
+def code_revisions() -> tuple[str, ...]:
+    """This pg_beat's revisions, oldest first, ending at :func:`head_revision`."""
+    script = ScriptDirectory(str(migrations_dir()))
+    return tuple(reversed([step.revision for step in script.walk_revisions()]))
 
 
-def require_head(connection: Connection, schema: str | None = None) -> None:
-    """Raise :class:`SchemaMismatch` unless the connected database is at :func:`head_revision`."""
+def schema_state(connection: Connection, schema: str | None = None) -> compat.SchemaState:
+    """Whether this pg_beat may run against the connected database, and why (see
+    :mod:`pg_beat.compat`). A revision this code does not know is looked up in the database's
+    compatibility records, which the migration that applied it wrote."""
+    from pg_beat.store import revisions
+
+    current = current_revision(connection, schema)
+    chain = code_revisions()
+    oldest = None
+    if current is not None and current not in chain:
+        oldest = revisions.oldest_code_revision(connection, current, schema)
+    return compat.judge(current, chain, oldest)
+
+
+def require_compatible(connection: Connection, schema: str | None = None) -> compat.SchemaState:
+    """The schema's state; raise :class:`SchemaMismatch` (saying which side is behind and what
+    to run) unless this pg_beat may run against the connected database."""
     from pg_beat.exceptions import SchemaMismatch
 
-    reason = mismatch(current_revision(connection, schema))
-    if reason is not None:
-        raise SchemaMismatch(reason)
+    state = schema_state(connection, schema)
+    problem = state.problem()
+    if problem is not None:
+        raise SchemaMismatch(problem)
+    return state

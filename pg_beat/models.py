@@ -219,3 +219,24 @@ class Replica(Base):
     backend_pid: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     last_seen_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    #: Since when this replica's broker connection fails; NULL: it works, or is not known.
+    broker_failing_since: Mapped[datetime | None] = mapped_column(TZ)
+    #: The broker's last error, cut short.
+    broker_error: Mapped[str | None] = mapped_column(Text)
+    #: When this replica last found out how its broker is.
+    broker_checked_at: Mapped[datetime | None] = mapped_column(TZ)
+    #: Ticks waiting to be published, as this replica last reported them; NULL: not reported.
+    ticks_waiting: Mapped[int | None] = mapped_column(Integer)
+
+
+class SchemaCompat(Base):
+    """Per applied revision (from 0003 on), the oldest pg_beat code revision that may run
+    against it: written by the migrations only, read by a replica that finds the database at
+    a revision it does not know (:mod:`pg_beat.compat`). Its two first columns are read by
+    every release from 0003 on: never rename or drop them."""
+
+    __tablename__ = "pg_beat_schema_compat"
+
+    revision: Mapped[str] = mapped_column(Text, primary_key=True)
+    oldest_code_revision: Mapped[str] = mapped_column(Text)
+    applied_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

@@ -2,7 +2,8 @@
 
 Start-up waits while the database is unreachable or read-only (one log line per state change),
 and ends the process on what waiting cannot cure: a database or role that does not exist, a
-failed password, a schema at another revision, an invalid ``beat_schedule`` entry.
+failed password, a schema this pg_beat cannot run against (behind it, or ahead of it and not
+declared compatible), an invalid ``beat_schedule`` entry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from celery import schedules as celery_schedules
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import migrate, store
+from pg_beat import compat, migrate, store
 from pg_beat.api import ScheduleManager, split_crontab
 from pg_beat.config import Settings
 from pg_beat.exceptions import InvalidSchedule, PgBeatError, SchemaMismatch
@@ -82,22 +83,24 @@ def _cron_field(value: Any) -> str:
 
 
 def schema_status(connector: store.Connector, schema: str | None) -> str:
-    """The schema's state for beat's banner: at head, a mismatch, or unknown."""
+    """The schema's state for beat's banner: at head, ahead and compatible, a mismatch, or
+    unknown."""
     try:
-        check_schema(connector, schema)
+        state = check_schema(connector, schema)
     except SchemaMismatch as exc:
         return f"MISMATCH: {exc}"
     except DBAPIError as exc:
         return f"unknown (database unreachable: {store.first_line(exc)})"
-    return f"at {migrate.head_revision()} (ok)"
+    return state.describe()
 
 
-def check_schema(connector: store.Connector, schema: str | None) -> None:
-    """Raise :class:`SchemaMismatch` unless the database is at the revision pg_beat needs."""
+def check_schema(connector: store.Connector, schema: str | None) -> compat.SchemaState:
+    """The schema's state; raise :class:`SchemaMismatch` unless this pg_beat may run against
+    it (at its head, or at a later revision that declares it compatible)."""
     engine = connector.engine("check")
     try:
         with engine.connect() as conn:
-            migrate.require_head(conn, schema)
+            return migrate.require_compatible(conn, schema)
     finally:
         engine.dispose()
 
@@ -108,11 +111,21 @@ def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
     cannot cure."""
     if settings.sync_config:
         _warn_default_owner(app, settings)
-    delay, failing = 0.5, ""
+    delay, failing, announced = 0.5, "", False
     where = describe(settings.database_url)
     while True:
         try:
-            check_schema(connector, settings.schema)
+            state = check_schema(connector, settings.schema)
+            if state.verdict is compat.Verdict.AHEAD and not announced:
+                announced = True
+                logger.info(
+                    "pg_beat: database schema is at %s, ahead of this pg_beat (%s), and "
+                    "declares code from %s on compatible: starting",
+                    state.database,
+                    state.code,
+                    state.oldest_code,
+                    extra={"action": "schema_ahead", "replica": settings.replica_name},
+                )
             if settings.sync_config:
                 sync_config(app, settings, connector)
         except (PgBeatError, DBAPIError) as exc:

@@ -11,10 +11,11 @@
 
 Online, under running replicas: columns are added without a default (no table rewrite), the
 check constraint is added ``NOT VALID`` and validated with a SHARE UPDATE EXCLUSIVE lock only,
-the index is built ``CONCURRENTLY``. Every statement runs in a transaction of its own and waits
-at most 0.5 s for its lock before trying again, so a replica is never queued behind the
-migration for longer, and no lock is held beyond one statement. Every statement can run again:
-an interrupted migration is finished by running it again.
+the index is built ``CONCURRENTLY`` until it is valid. Every statement runs in a transaction of
+its own and waits at most 0.5 s for its lock before trying again, so a replica is never queued
+behind the migration for longer, and no lock is held beyond one statement (the steps are
+:mod:`pg_beat.ddl`'s). Every statement can run again: an interrupted migration is finished by
+running it again.
 
 Revision ID: 0002_failures_owners_release
 Revises: 0001_initial
@@ -23,11 +24,9 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
-import sqlalchemy.exc
-from alembic import op
+
+from pg_beat import ddl
 
 revision = "0002_failures_owners_release"
 down_revision = "0001_initial"
@@ -90,60 +89,40 @@ def _status_check(statuses: tuple[str, ...]) -> str:
     return "status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")"
 
 
-def _online(statement: str) -> None:
-    """Run one DDL statement in a transaction of its own, waiting at most 0.5 s for its lock
-    and trying again (up to a minute): running replicas queue behind a lock request, so none
-    may be waited for long, and no lock is held past its statement."""
-    for attempt in range(120):
-        try:
-            with op.get_context().autocommit_block():
-                op.execute("SET lock_timeout = '500ms'")
-                op.execute(statement)
-            return
-        except sa.exc.OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "55P03" or attempt == 119:
-                raise
-            time.sleep(0.5)
-
-
 def upgrade() -> None:
     # Tables in the order a claim transaction locks them (lease, schedules, runs), each
     # statement on its own and safe to run again if the migration is interrupted.
-    _online("ALTER TABLE pg_beat_leases ADD COLUMN IF NOT EXISTS released_at timestamptz")
-    _online("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS config_owner text")
-    _online("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS resume_at timestamptz")
-    _online(_trigger_function(resume=True))
+    ddl.execute("ALTER TABLE pg_beat_leases ADD COLUMN IF NOT EXISTS released_at timestamptz")
+    ddl.execute("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS config_owner text")
+    ddl.execute("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS resume_at timestamptz")
+    ddl.execute(_trigger_function(resume=True))
     # A check constraint on the run log is added NOT VALID (no scan under the lock), then
     # validated, which takes only a SHARE UPDATE EXCLUSIVE lock: inserts go on meanwhile.
     # 0001 named it ck_pg_beat_runs_ck_pg_beat_runs_status (Alembic applied the models' naming
     # convention to the name once more); the new one has the name the models give it.
-    _online(
+    ddl.execute(
         f"ALTER TABLE pg_beat_runs DROP CONSTRAINT IF EXISTS {OLD_CHECK}, "
         "DROP CONSTRAINT IF EXISTS ck_pg_beat_runs_status, "
         "ADD CONSTRAINT ck_pg_beat_runs_status "
         f"CHECK ({_status_check((*STATUSES, 'expired'))}) NOT VALID"
     )
-    _online("ALTER TABLE pg_beat_runs VALIDATE CONSTRAINT ck_pg_beat_runs_status")
-    # An index left invalid by an interrupted run is dropped and built again.
-    _online(
-        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.relname = 'ix_pg_beat_schedules_failing' AND NOT i.indisvalid) THEN "
-        "DROP INDEX ix_pg_beat_schedules_failing; END IF; END $$"
-    )
-    _online(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_pg_beat_schedules_failing "
-        "ON pg_beat_schedules (group_name) WHERE last_error IS NOT NULL"
+    ddl.execute("ALTER TABLE pg_beat_runs VALIDATE CONSTRAINT ck_pg_beat_runs_status")
+    # Built until valid: an invalid index, left by an interrupted run or by a build that timed
+    # out waiting for older transactions, is dropped and built again.
+    ddl.create_index(
+        "ix_pg_beat_schedules_failing",
+        "ON pg_beat_schedules (group_name) WHERE last_error IS NOT NULL",
     )
 
 
 def downgrade() -> None:
-    _online("DROP INDEX CONCURRENTLY IF EXISTS ix_pg_beat_schedules_failing")
-    _online("UPDATE pg_beat_runs SET status = 'skipped' WHERE status = 'expired'")
-    _online(
+    ddl.drop_index("ix_pg_beat_schedules_failing")
+    ddl.execute("UPDATE pg_beat_runs SET status = 'skipped' WHERE status = 'expired'")
+    ddl.execute(
         "ALTER TABLE pg_beat_runs DROP CONSTRAINT IF EXISTS ck_pg_beat_runs_status, "
         f"ADD CONSTRAINT {OLD_CHECK} CHECK ({_status_check(STATUSES)})"
     )
-    _online(_trigger_function(resume=False))
-    _online("ALTER TABLE pg_beat_leases DROP COLUMN IF EXISTS released_at")
-    _online("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS resume_at")
-    _online("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS config_owner")
+    ddl.execute(_trigger_function(resume=False))
+    ddl.execute("ALTER TABLE pg_beat_leases DROP COLUMN IF EXISTS released_at")
+    ddl.execute("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS resume_at")
+    ddl.execute("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS config_owner")

@@ -3,9 +3,11 @@
 Exit codes, for scripts:
 
 == =====================================================================================
-0  success (``check``: healthy; ``db check``: schema at head, no drift)
+0  success (``check``: healthy; ``db check``: schema at head with no drift, or ahead and
+   declared compatible; no invalid index)
 1  bad input or state: unknown schedule, invalid definition, schema not migrated, a
-   database error; ``check``: unhealthy; ``db check``: behind head or drift
+   database error; ``check``: unhealthy; ``db check``: behind head, ahead and incompatible,
+   drift, an invalid index
 2  usage: unknown option, missing argument, no database URL
 3  the database is unreachable (refused, unknown host, authentication, no such database,
    connection lost)
@@ -41,7 +43,8 @@ are ``pg-beat: warning: ...`` lines on stderr and do not change the exit code.
   ``no leader``, ``leader stale``, ``blocked``; lease.status one of ``free``, ``released``,
   ``held``, ``holder_gone``, ``stale``.
 - ``check``: healthy, state, message, lease (as in ``status``).
-- ``db current``: current, head, up_to_date. ``db check``: ok, current, head, reason.
+- ``db current``: current, head, up_to_date, compatible. ``db check``: ok, current, head,
+  reason.
 """
 
 from __future__ import annotations

@@ -103,10 +103,11 @@ class Env:
 
 
 def require_schema(conn: Connection, schema: str | None) -> None:
-    """Raise :class:`SchemaMismatch` unless the database's schema is at pg_beat's head."""
+    """Raise :class:`SchemaMismatch` unless this pg_beat may run against the database's schema
+    (at its head, or ahead of it and declared compatible)."""
     from pg_beat import migrate
 
-    migrate.require_head(conn, schema)
+    migrate.require_compatible(conn, schema)
 
 
 def unknown_group_warning(conn: Connection, group: str) -> str | None:

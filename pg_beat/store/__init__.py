@@ -9,7 +9,9 @@ that what runs is what a DBA reads in ``pg_stat_activity``. One module per conce
 - :mod:`.claims`: the fence, due rows, planning and claiming ticks;
 - :mod:`.runs`: the run log (sent, failed, orphaned claims, pruning);
 - :mod:`.schedules`: schedule management and the ``beat_schedule`` sync;
-- :mod:`.diagnostics`: sessions, locks and blockers, replicas, status and metrics figures.
+- :mod:`.diagnostics`: sessions, locks and blockers, replicas, status and metrics figures;
+- :mod:`.revisions`: the schema's compatibility records and invalid indexes (imported as
+  ``from pg_beat.store import revisions``, not re-exported here).
 """
 
 from __future__ import annotations

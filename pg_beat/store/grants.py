@@ -1,16 +1,19 @@
 """The least privileges a replica needs, granted to a role (``pg-beat db grant``).
 
 A replica reads and writes pg_beat's tables (DML only: no DDL, no ownership), reads the
-schema revision, and takes advisory locks, LISTENs, NOTIFYs and reads ``pg_locks`` and
-``pg_stat_activity``, which every role may. Terminating a hung leader's session needs the same
-role as that leader or ``pg_signal_backend``; reading other roles' query text in
-``pg-beat status`` needs ``pg_read_all_stats``.
+schema revision and its compatibility records, and takes advisory locks, LISTENs, NOTIFYs and
+reads ``pg_locks`` and ``pg_stat_activity``, which every role may. Terminating a hung
+leader's session needs the same role as that leader or ``pg_signal_backend``; reading other
+roles' query text in ``pg-beat status`` needs ``pg_read_all_stats``.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+
+# Read at start when the database is at a revision the replica's release does not know.
+from pg_beat.store.revisions import COMPAT_TABLE
 
 TABLES = (
     "pg_beat_schedules",
@@ -38,7 +41,7 @@ def grant_replica(
     prefix = f"{quote(schema)}." if schema else ""
     statements = [
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(prefix + t for t in TABLES)} TO {who}",
-        f"GRANT SELECT ON {prefix}{VERSION_TABLE} TO {who}",
+        f"GRANT SELECT ON {prefix}{VERSION_TABLE}, {prefix}{COMPAT_TABLE} TO {who}",
         f"GRANT USAGE, SELECT ON SEQUENCE {', '.join(prefix + s for s in SEQUENCES)} TO {who}",
     ]
     if schema:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from support import pg
@@ -154,8 +155,9 @@ def blocked_session(
 def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
     assert ok_json(empty_db_url, "db", "current") == {
         "current": None,
-        "head": "0002_failures_owners_release",
+        "head": "0003_schema_compat_broker_health",
         "up_to_date": False,
+        "compatible": False,
     }
     result = cli(empty_db_url, "db", "check")
     assert result.exit_code == 1
@@ -163,21 +165,47 @@ def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
 
     result = cli(empty_db_url, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "0002_failures_owners_release" in result.stdout
+    assert "0003_schema_compat_broker_health" in result.stdout
     assert ok_json(empty_db_url, "db", "current")["up_to_date"] is True
     result = cli(empty_db_url, "db", "check")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "ok: at 0002_failures_owners_release (head), no drift"
+    assert result.stdout.strip() == "ok: at 0003_schema_compat_broker_health (head), no drift"
     assert ok_json(empty_db_url, "db", "check") == {
         "ok": True,
-        "current": "0002_failures_owners_release",
-        "head": "0002_failures_owners_release",
+        "current": "0003_schema_compat_broker_health",
+        "head": "0003_schema_compat_broker_health",
         "reason": None,
     }
 
     result = cli(empty_db_url, "db", "downgrade", "base")
     assert result.exit_code == 0, result.output
     assert ok_json(empty_db_url, "db", "current")["current"] is None
+
+
+def test_db_check_reports_an_invalid_index(db_url: str) -> None:
+    # An index as a CREATE INDEX CONCURRENTLY leaves it when it times out waiting for an older
+    # transaction: in the catalog, but not valid.
+    with connect(db_url, "old snapshot") as old, connect(db_url) as conn:
+        old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT 1")
+        conn.execute("DROP INDEX ix_pg_beat_schedules_failing")
+        conn.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute(
+                "CREATE INDEX CONCURRENTLY ix_pg_beat_schedules_failing "
+                "ON pg_beat_schedules (group_name) WHERE last_error IS NOT NULL"
+            )
+    result = cli(db_url, "db", "check")
+    assert result.exit_code == 1
+    fix = "REINDEX INDEX CONCURRENTLY ix_pg_beat_schedules_failing"
+    assert result.stdout.strip() == (
+        f"invalid index ix_pg_beat_schedules_failing (a concurrent build that failed): run '{fix}'"
+    )
+    assert json.loads(cli(db_url, "db", "check", "--json").stdout)["ok"] is False
+    with connect(db_url) as conn:
+        conn.execute(fix)
+    result = cli(db_url, "db", "check")
+    assert result.exit_code == 0, result.output
 
 
 def test_unknown_revision_is_one_line(empty_db_url: str) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from support.inproc import replica
 from support.pg import libpq_url
 
+from pg_beat import migrate
 from pg_beat.api import ScheduleManager
 from pg_beat.cli import main
 
@@ -68,6 +69,20 @@ def test_a_dml_role_runs_a_replica_and_the_api(dml_role: RoleFactory, db_url: st
         conn.rollback()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DROP TABLE pg_beat_runs")
+
+
+def test_a_dml_role_reads_a_later_revisions_compatibility_record(
+    dml_role: RoleFactory, db_url: str
+) -> None:
+    url = dml_role()
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as owner:
+        owner.execute("UPDATE pg_beat_alembic_version SET version_num = '0004_future'")
+        owner.execute(
+            "INSERT INTO pg_beat_schema_compat VALUES ('0004_future', %s)",
+            (migrate.head_revision(),),
+        )
+    with ScheduleManager(url) as api:  # the start-up check reads the record
+        assert api.list() == []
 
 
 def test_a_hung_leader_of_the_same_role_is_terminated_without_pg_signal_backend(

@@ -370,6 +370,45 @@ def test_schema_mismatch_stops_start(
     assert "none (not migrated)" in line and migrate.head_revision() in line
 
 
+def test_a_schema_ahead_and_declared_compatible_starts_with_one_info_line(
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = migrate.head_revision()
+    # As a later release's migration leaves it: a revision this code does not know, whose
+    # record declares this code's head compatible.
+    sql(db_url, "UPDATE pg_beat_alembic_version SET version_num = '0004_future'")
+    sql(db_url, "INSERT INTO pg_beat_schema_compat VALUES ('0004_future', %s)", head)
+    app = make_app(db_url, beat_schedule=BEAT_SCHEDULE)
+    with running(app, lazy=True) as lazy:
+        assert f"schema -> at 0004_future, ahead of this pg_beat ({head})" in lazy.info
+    with caplog.at_level(logging.INFO, logger="pg_beat"), running(app) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+    lines = [r.getMessage() for r in caplog.records if "ahead of this pg_beat" in r.getMessage()]
+    assert lines == [
+        f"pg_beat: database schema is at 0004_future, ahead of this pg_beat ({head}), and "
+        f"declares code from {head} on compatible: starting"
+    ]
+    assert counts(db_url)["pg_beat_schedules"] == 5
+
+
+def test_a_schema_ahead_and_incompatible_stops_start(
+    db_url: str, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = migrate.head_revision()
+    sql(db_url, "UPDATE pg_beat_alembic_version SET version_num = '0005_future'")
+    sql(db_url, "INSERT INTO pg_beat_schema_compat VALUES ('0005_future', '0004_future')")
+    with caplog.at_level(logging.CRITICAL, logger="pg_beat"), pytest.raises(SystemExit) as caught:
+        Scheduler(make_app(db_url, beat_schedule=BEAT_SCHEDULE))
+    assert caught.value.code == 78
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert line.endswith(
+        "database schema is at 0005_future, which needs pg_beat code at revision 0004_future "
+        f"or later; this pg_beat is at {head}: upgrade pg_beat (or roll back with 'pg-beat db "
+        f"downgrade {head}' run by the pg_beat that migrated it)"
+    )
+    assert counts(db_url) == NOTHING
+
+
 def test_schema_setting(empty_db_url: str, make_app: AppFactory) -> None:
     migrate.upgrade(empty_db_url, schema="beat")
     app = make_app(empty_db_url, pg_beat_schema="beat", beat_schedule=BEAT_SCHEDULE)
