@@ -12,7 +12,7 @@ from typing import Any
 from pg_beat import schedules
 from pg_beat.api import spec_from_row
 from pg_beat.lease import LeaseView, lease_state
-from pg_beat.status.judge import progress_age, replica_role
+from pg_beat.status.judge import broker_state, progress_age, replica_role
 from pg_beat.status.locks import Blocker, describe_blocker, key_rows, lock_target
 from pg_beat.status.report import ClusterStatus, Health
 from pg_beat.status.rows import Row, seconds
@@ -126,6 +126,13 @@ def replica_dict(
         "reported_role": row.get("role"),
         "last_seen_at": jsonable(row.get("last_seen_at")),
         "last_seen_age": seconds(row.get("last_seen_age")),
+        "broker": {
+            "state": broker_state(row),
+            "failing_since": jsonable(row.get("broker_failing_since")),
+            "error": row.get("broker_error"),
+            "checked_age": seconds(row.get("broker_checked_age")),
+            "ticks_waiting": row.get("ticks_waiting"),
+        },
     }
 
 

@@ -137,6 +137,7 @@ def gather(
             lock_waiters=waiters,
             max_stall=max_stall,
             lease_unreadable=lease.unreadable,
+            replicas=replicas or (),
         ),
         lease=lease.row,
         locks=locks,
@@ -181,11 +182,17 @@ def check(
     budget: float = GATHER_BUDGET,
 ) -> Health:
     """Judge the leader alone, with the sections it needs (locks, lease, the leader's
-    backends) bounded as in :func:`gather`. Unhealthy also when the lease cannot be read;
-    an unhealthy line names what blocks pg_beat, when something does."""
+    backends, the replica rows for its broker) bounded as in :func:`gather`. Unhealthy also
+    when the lease cannot be read; an unhealthy line names what blocks pg_beat, when
+    something does."""
     reader = SectionReader(conn, timeout=timeout, budget=budget)
     now, raw_locks = read_clock_and_locks(reader, group)
     lease, backends = _read_lease(reader, group, now, max_stall)
+    # Whether the leader's broker works (a replica table that cannot be read leaves it
+    # unknown); only worth a read when there is a leader to judge.
+    replicas = None
+    if "lease" not in reader.unreadable and lease.view is not None and lease.view.holder:
+        replicas = reader.read_table("replicas", lambda c: store.list_replicas(c, group))
     unreadable = explain_unreadable(reader.unreadable, raw_locks or ())
     locks = cut_queries(raw_locks, False) or []
     leader = leader_verdict(
@@ -195,6 +202,7 @@ def check(
         leader_backends=cut_queries(backends, False) or (),
         max_stall=max_stall,
         lease_unreadable=unreadable.get("lease"),
+        replicas=replicas or (),
     )
     message = leader.message if leader.healthy else f"unhealthy: {leader.message}"
     if not leader.healthy and leader.state != UNKNOWN:

@@ -17,10 +17,11 @@ from pg_beat.status.locks import (
     who,
 )
 from pg_beat.status.rows import Row, seconds
-from pg_beat.status.text import duration, shorten
+from pg_beat.status.text import duration, shorten, utc
 
 __all__ = [
     "BLOCKED",
+    "BROKER_DOWN",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_MAX_STALL",
     "GONE",
@@ -30,6 +31,7 @@ __all__ = [
     "NO_LEADER",
     "UNKNOWN",
     "Verdict",
+    "broker_state",
     "describe_backend",
     "leader_verdict",
     "lease_ttl",
@@ -47,6 +49,7 @@ NO_LEADER = "no leader"
 LEADER_STALE = "leader stale"
 BLOCKED = "blocked"
 UNKNOWN = "unknown"  # the lease itself could not be read
+BROKER_DOWN = "broker unreachable"  # the leader leads, but cannot publish
 
 #: Seconds without dispatch-loop progress after which a leader counts as stalled.
 DEFAULT_MAX_STALL = 10.0
@@ -61,8 +64,8 @@ GONE = "gone"
 
 @dataclass(frozen=True)
 class Verdict:
-    """``state`` is one of HEALTHY, NO_LEADER, LEADER_STALE, BLOCKED, UNKNOWN; ``message`` is
-    one line."""
+    """``state`` is one of HEALTHY, NO_LEADER, LEADER_STALE, BLOCKED, BROKER_DOWN, UNKNOWN;
+    ``message`` is one line."""
 
     state: str
     message: str
@@ -87,9 +90,11 @@ def leader_verdict(
     leader_backends: Sequence[Row] = (),
     max_stall: float = DEFAULT_MAX_STALL,
     lease_unreadable: str | None = None,
+    replicas: Sequence[Row] = (),
 ) -> Verdict:
     """Judge the leader alone (``pg-beat check``) from a ``store.read_lease`` row at database
-    time ``now``; ``lease_unreadable`` is why the lease could not be read, if it could not."""
+    time ``now``; ``lease_unreadable`` is why the lease could not be read, if it could not.
+    ``replicas`` (``store.list_replicas`` rows) tell whether the leader's broker works."""
     if lease_unreadable is not None:
         return Verdict(UNKNOWN, f"could not read the lease: {lease_unreadable}")
     view = lease_state(lease, now)
@@ -105,6 +110,17 @@ def leader_verdict(
     stall = progress_age(lease, now)
     if view.status is LeaseStatus.HUNG or (stall is not None and stall > max_stall):
         return Verdict(LEADER_STALE, _stale_message(view, stall, leader_backends))
+    leader = next((r for r in replicas if r.get("name") == view.holder), None)
+    if leader is not None and leader.get("broker_failing_since") is not None:
+        waiting = leader.get("ticks_waiting")
+        return Verdict(
+            BROKER_DOWN,
+            f"{BROKER_DOWN}: leader {view.holder!r} (epoch {view.epoch}) cannot publish since "
+            f"{utc(leader['broker_failing_since'])} "
+            f"({duration(seconds(leader.get('broker_failing_age')))} ago), "
+            f"{'?' if waiting is None else waiting} tick(s) waiting; it keeps the lease and "
+            f"retries: {shorten(leader.get('broker_error') or 'no error recorded', 120)}",
+        )
     return Verdict(
         HEALTHY,
         f"{HEALTHY}: leader {view.holder!r} (epoch {view.epoch}), heartbeat "
@@ -122,6 +138,7 @@ def verdict(
     lock_waiters: Iterable[int] = (),
     max_stall: float = DEFAULT_MAX_STALL,
     lease_unreadable: str | None = None,
+    replicas: Sequence[Row] = (),
 ) -> Verdict:
     """The headline of ``pg-beat status``: who blocks pg_beat, if anybody does, then the
     leader's judgement (:func:`leader_verdict`).
@@ -138,6 +155,7 @@ def verdict(
         leader_backends=leader_backends,
         max_stall=max_stall,
         lease_unreadable=lease_unreadable,
+        replicas=replicas,
     )
     view = None if lease_unreadable is not None else lease_state(lease, now)
     if leader.state == NO_LEADER and outside_key_holder(locks, view) is not None:
@@ -238,6 +256,16 @@ def describe_backend(row: Row, *, hint_idle: bool = False) -> str:
             for b in blockers
         )
     return text
+
+
+def broker_state(row: Row) -> str:
+    """A replica's own broker, as its row says: ``ok``, ``failing 31s``, or ``-`` (unknown:
+    never tried, or a replica of a release that does not report it)."""
+    if row.get("broker_failing_since") is not None:
+        return f"failing {duration(seconds(row.get('broker_failing_age')))}"
+    if row.get("broker_checked_age") is None:
+        return "-"
+    return "ok"
 
 
 def lease_ttl(lease: Row | None) -> float | None:

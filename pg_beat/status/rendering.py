@@ -10,7 +10,7 @@ from typing import Any
 
 from pg_beat import schedules
 from pg_beat.api import spec_from_row
-from pg_beat.status.judge import progress_age, replica_role
+from pg_beat.status.judge import broker_state, progress_age, replica_role
 from pg_beat.status.locks import key_rows, lock_target, row_age
 from pg_beat.status.report import ClusterStatus
 from pg_beat.status.rows import Row, seconds
@@ -120,6 +120,7 @@ def _replica_rows(status: ClusterStatus) -> list[list[Any]] | None:
                 r["version"],
                 r.get("backend_pid"),
                 ago(seconds(r["last_seen_age"])),
+                broker_state(r),
             ]
         )
     return rows
@@ -221,7 +222,7 @@ def _session_sections(status: ClusterStatus) -> list[str]:
     out.append(
         _section(
             "Replicas",
-            ("NAME", "ROLE", "HOST", "PID", "VERSION", "BACKEND", "LAST SEEN"),
+            ("NAME", "ROLE", "HOST", "PID", "VERSION", "BACKEND", "LAST SEEN", "BROKER"),
             _replica_rows(status),
             "none registered",
             status.unreadable.get("replicas"),

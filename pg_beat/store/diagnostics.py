@@ -218,6 +218,10 @@ LIST_REPLICAS = text(
     """
     SELECT r.group_name, r.name, r.host, r.pid, r.role, r.version, r.backend_pid,
            r.started_at, r.last_seen_at, clock_timestamp() - r.last_seen_at AS last_seen_age,
+           r.broker_failing_since, clock_timestamp() - r.broker_failing_since
+               AS broker_failing_age,
+           r.broker_error, clock_timestamp() - r.broker_checked_at AS broker_checked_age,
+           r.ticks_waiting,
            CASE WHEN r.backend_pid IS NOT NULL THEN EXISTS (
                SELECT 1 FROM pg_stat_activity a
                WHERE a.pid = r.backend_pid
@@ -232,7 +236,10 @@ LIST_REPLICAS = text(
 
 def list_replicas(conn: Connection, group: str) -> Sequence[RowMapping]:
     """Replica rows with ``last_seen_age`` (an interval) and ``backend_alive`` (None when the
-    replica runs in transaction-pooling mode and records no session)."""
+    replica runs in transaction-pooling mode and records no session), and its own broker's
+    state: ``broker_failing_since``/``broker_failing_age`` (NULL while it works or before it
+    is known), ``broker_error``, ``broker_checked_age`` (NULL: never tried) and, on the leader,
+    ``ticks_waiting``."""
     return conn.execute(LIST_REPLICAS, {"group": group}).mappings().all()
 
 

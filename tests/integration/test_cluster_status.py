@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import pytest
 from support.procs import ProcessGroup
 from support.waiting import connect, wait_for
 
-from pg_beat import store
+from pg_beat import clock, store
+from pg_beat.brokerhealth import Health
 from pg_beat.config import Settings
 from pg_beat.lease import LeaderState
 from pg_beat.watchdog import Watchdog
@@ -93,16 +95,21 @@ def add_schedule(url: str, name: str, due_in: str = "1 hour") -> None:
 
 
 @contextmanager
-def replica(url: str, name: str, **settings: Any) -> Iterator[tuple[Watchdog, LeaderState]]:
-    """A real Watchdog thread for replica ``name`` (leader if it wins, else standby)."""
+def replica(
+    url: str, name: str, *, broker_health: Callable[[], Health] | None = None, **settings: Any
+) -> Iterator[tuple[Watchdog, LeaderState]]:
+    """A real Watchdog thread for replica ``name`` (leader if it wins, else standby), writing
+    ``broker_health`` into its row when given."""
     options: dict[str, Any] = {"lease_ttl": 3.0, "heartbeat_interval": 0.3, "hang_timeout": 30.0}
     options.update(settings)
     state = LeaderState()
+    extra: dict[str, Any] = {} if broker_health is None else {"broker_health": broker_health}
     watchdog = Watchdog(
         Settings(database_url=url, replica_name=name, **options),
         state,
         time.monotonic,
         exit_process=lambda code: None,
+        **extra,
     )
     watchdog.start()
     try:
@@ -591,3 +598,43 @@ def test_status_of_a_group_nobody_uses_warns_on_stderr(db_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert "pg-beat: warning: group 'typo' has no schedules" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_leader_whose_broker_fails_is_reported_and_check_says_so(db_url: str) -> None:
+    """Each replica's row carries its own broker's state: status shows the leader's outage in
+    its verdict (since when, the error, the ticks waiting) and each replica's broker; check
+    (readiness) reports it; both turn healthy again once the broker works."""
+    failing: dict[str, Health] = {
+        "alpha": Health(clock.now() - 31.0, "ConnectionError: Connection refused", 0.0, 7)
+    }
+
+    def health(name: str) -> Health:
+        return failing.get(name, Health(None, None, clock.now(), 0))
+
+    # Handing over is off: this is about what status says while the leader keeps the lease.
+    with replica(
+        db_url, "alpha", broker_health=lambda: health("alpha"), broker_handover_after=0
+    ) as (_, leader):
+        wait_for(lambda: leader.epoch is not None)
+        with replica(db_url, "beta", broker_health=lambda: health("beta")):
+            wait_for(lambda: "beta" in timed(db_url, "status"), what="the standby's row")
+            text = timed(db_url, "status")
+            headline = verdict_line(text)
+            assert headline.startswith(
+                "broker unreachable: leader 'alpha' (epoch 1) cannot publish since "
+            ), headline
+            assert re.search(r"\(3\ds ago\), 7 tick\(s\) waiting; it keeps the lease", headline)
+            assert "ConnectionError: Connection refused" in headline
+            rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+            assert re.search(r"failing 3\ds$", rows["alpha"].rstrip()), rows
+            assert rows["beta"].rstrip().endswith("ok"), rows
+            found = json.loads(timed(db_url, "status", "--json"))
+            assert found["verdict"]["state"] == "broker unreachable"
+            brokers = {r["name"]: r["broker"] for r in found["replicas"]}
+            assert brokers["alpha"]["state"].startswith("failing 3")
+            assert brokers["alpha"]["ticks_waiting"] == 7
+            assert brokers["beta"]["state"] == "ok" and brokers["beta"]["error"] is None
+            line = timed(db_url, "check", code=1).strip()
+            assert line.startswith("unhealthy: broker unreachable: leader 'alpha'"), line
+            failing.clear()
+            wait_for(lambda: run(db_url, "check")[0].returncode == 0, what="check healthy again")

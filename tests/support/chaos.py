@@ -54,7 +54,8 @@ class ChaosResult:
 
 def _sql(url: str, statement: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(pg.libpq_url(url), autocommit=True) as conn:
-        return conn.execute(statement).fetchall()
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description else []
 
 
 def _count(url: str, statement: str) -> int:

@@ -53,10 +53,7 @@ class Replica:
     outbox: Outbox
 
     def broker_health(self) -> brokerhealth.Health:
-        """As ``Scheduler.broker_health``, with no standby probe (the outbox is no broker)."""
-        leading = self.state.epoch is not None
-        publisher = self.dispatcher.publisher if leading else None
-        return brokerhealth.current(brokerhealth.UNKNOWN, publisher)
+        return _broker_health(self.state, self.dispatcher)
 
     def wait_leader(self, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout
@@ -98,6 +95,12 @@ class Replica:
             self.dispatcher.drain(timeout)
 
 
+def _broker_health(state: LeaderState, dispatcher: Dispatcher) -> brokerhealth.Health:
+    """As ``Scheduler.broker_health``, with no standby probe (the outbox is no broker)."""
+    publisher = dispatcher.publisher if state.epoch is not None else None
+    return brokerhealth.current(brokerhealth.UNKNOWN, publisher)
+
+
 @contextmanager
 def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replica]:
     settings = settings_for(url, **overrides)
@@ -111,6 +114,7 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
         dispatch_thread=lambda: dispatcher.thread_id,
         dispatch_backend=lambda: dispatcher.backend_pid,
         exit_process=lambda code: None,
+        broker_health=lambda: _broker_health(state, dispatcher),
     )
     watchdog.start()
     rep = Replica(settings, state, dispatcher, watchdog, outbox)

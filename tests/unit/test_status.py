@@ -389,6 +389,36 @@ def test_leader_verdict_ignores_blockers_but_not_an_outside_key_holder() -> None
     assert "never taken" in status.leader_verdict(None, NOW, locks=[standby]).message
 
 
+def test_a_leader_whose_broker_fails_is_judged_by_its_replica_row() -> None:
+    failing = {
+        "name": "alpha",
+        "broker_failing_since": ago(31),
+        "broker_failing_age": timedelta(seconds=31),
+        "broker_error": "ConnectionError: refused",
+        "broker_checked_age": timedelta(seconds=0.2),
+        "ticks_waiting": 7,
+    }
+    working = {**failing, "broker_failing_since": None, "broker_failing_age": None}
+    found = status.leader_verdict(lease(), NOW, replicas=[failing])
+    assert found.state == status.BROKER_DOWN and not found.healthy
+    assert found.message == (
+        "broker unreachable: leader 'alpha' (epoch 4) cannot publish since "
+        "2026-12-01 08:59:29Z (31s ago), 7 tick(s) waiting; it keeps the lease and retries: "
+        "ConnectionError: refused"
+    )
+    assert status.leader_verdict(lease(), NOW, replicas=[working]).healthy
+    # A standby's broker failing says nothing about the leader's.
+    assert status.leader_verdict(lease(), NOW, replicas=[{**failing, "name": "beta"}]).healthy
+    # A stale leader is judged stale first: its broker is the lesser news.
+    stale = lease(progress_at=ago(60))
+    assert status.leader_verdict(stale, NOW, replicas=[failing]).state == status.LEADER_STALE
+    assert [status.broker_state(r) for r in (failing, working, {"name": "old"})] == [
+        "failing 31s",
+        "ok",
+        "-",
+    ]
+
+
 def test_find_blockers_ranks_table_locks_first_and_lists_whom_they_block() -> None:
     view = lease_state(lease(), NOW)
     locks = [
