@@ -9,14 +9,16 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from pg_beat import broker, urls
 from pg_beat.exceptions import ConfigurationError
 from pg_beat.schedules import MAX_CATCH_UP_LIMIT, MISFIRE_POLICIES
 
-ON_HANG_CHOICES = ("exit", "release")
-POOL_MODES = ("auto", "session", "transaction")
+OnHang = Literal["exit", "release"]
+PoolMode = Literal["auto", "session", "transaction"]
+ON_HANG_CHOICES: tuple[str, ...] = get_args(OnHang)
+POOL_MODES: tuple[str, ...] = get_args(PoolMode)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -51,7 +53,7 @@ class Settings:
     lease_ttl: float = 5.0
     heartbeat_interval: float = 1.0
     hang_timeout: float = 5.0
-    on_hang: str = "exit"
+    on_hang: OnHang = "exit"
     publish_margin: float = 1.0
     terminate_hung_leader: bool = True
     misfire_policy: str = "fire_once"
@@ -69,7 +71,7 @@ class Settings:
     config_prune: bool = False
     metrics_port: int | None = None
     metrics_address: str = "0.0.0.0"
-    pool_mode: str = "auto"
+    pool_mode: PoolMode = "auto"
     listen_url: str | None = None
     poll_interval: float = 1.0
     max_message_bytes: int = 1024 * 1024
@@ -213,6 +215,9 @@ def setting_types() -> dict[str, type]:
     types: dict[str, type] = {}
     for item in fields(Settings):
         hint = hints[item.name]
+        if get_origin(hint) is Literal:  # a choice of names: parsed as text, checked later
+            types[item.name] = str
+            continue
         kinds = [k for k in get_args(hint) if k is not type(None)] or [hint]
         if len(kinds) != 1 or kinds[0] not in (str, float, int, bool):
             raise TypeError(f"setting {item.name}: no environment parser for {hint!r}")

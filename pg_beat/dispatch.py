@@ -12,6 +12,7 @@ the batch to go out and records it at once.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -48,6 +49,13 @@ FIRST_CLAIM = 100
 PRUNE_EVERY = 60.0
 
 
+class DbTrouble(enum.Enum):
+    """What a database error of the loop means: retry at once, or wait for the server."""
+
+    CONTENDED = "contended"  # a deadlock, lock or statement timeout: the server answered
+    DOWN = "down"  # unreachable, or read-only after a failover of PostgreSQL
+
+
 class Dispatcher:
     """Runs in the beat process's main thread, driven by ``Scheduler.tick``; sends through a
     :class:`~pg_beat.publisher.Publisher` thread of its own."""
@@ -76,7 +84,8 @@ class Dispatcher:
         self._orphan_epoch: int | None = None
         self._term: tuple[int, downtime.Term] | None = None  # (epoch, what misfires need of it)
         self._prune_at = 0.0
-        self._failing: str | None = None
+        #: The database error of the current streak: (kind, sqlstate); None while it works.
+        self._failing: tuple[DbTrouble, str | None] | None = None
         self._progress_at = clock.now()
         self._thread_id: int | None = None
 
@@ -137,7 +146,7 @@ class Dispatcher:
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
             return self._failed(exc, epoch)
-        if self._failing and not self._failing.startswith("contended:"):
+        if self._failing is not None and self._failing[0] is DbTrouble.DOWN:
             logger.info(
                 "dispatch: database reachable again (epoch %s)",
                 epoch,
@@ -319,7 +328,8 @@ class Dispatcher:
         sqlstate = store.sqlstate(exc)
         if sqlstate in store.TRANSIENT_SQLSTATES:
             # A deadlock or lock/statement timeout: the transaction rolled back; try again.
-            self._say_failing(f"contended:{sqlstate}", logging.WARNING, "retrying", exc, epoch)
+            contended = (DbTrouble.CONTENDED, sqlstate)
+            self._say_failing(contended, logging.WARNING, "retrying", exc, epoch)
             return CONTENTION_RETRY
         lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
         if lost and self.keeper.reused and self._failing is None:
@@ -340,13 +350,19 @@ class Dispatcher:
             self.keeper.drop()
             return 0.0
         # Unreachable, or read-only after a failover of PostgreSQL (25006): a new session.
-        self._say_failing("down", logging.ERROR, "not dispatching until it recovers", exc, epoch)
+        down = (DbTrouble.DOWN, None)
+        self._say_failing(down, logging.ERROR, "not dispatching until it recovers", exc, epoch)
         self.keeper.drop()
         self.keeper.close_listen()
         return min(self.settings.heartbeat_interval, 1.0)
 
     def _say_failing(
-        self, state: str, level: int, what: str, exc: BaseException, epoch: int | None
+        self,
+        state: tuple[DbTrouble, str | None],
+        level: int,
+        what: str,
+        exc: BaseException,
+        epoch: int | None,
     ) -> None:
         if self._failing != state:
             logger.log(
@@ -368,7 +384,7 @@ class Dispatcher:
         if timeout <= 0:
             return
         try:
-            if self.state.epoch is None or self._failing:
+            if self.state.epoch is None or self._failing is not None:
                 self.state.changed.wait(timeout)
                 self.state.changed.clear()
                 return

@@ -31,12 +31,6 @@ class MigrationFailed(PgBeatError):
     resumes it."""
 
 
-class SessionPoolingDetected(PgBeatError):
-    """Raised when the URL goes through a transaction-pooling proxy that breaks session locks.
-
-    Not raised by the scheduler, which instead logs :data:`POOLING_MESSAGE` and stands by."""
-
-
 POOLING_MESSAGE = (
     "pg_beat_pool_mode is 'session' but the database URL goes through a transaction-pooling "
     "proxy (the advisory lock is held by another server session than this one's): set "

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 WRITE_EVERY = 1.0  # seconds between two writes of the file
-DEFAULT_MAX_AGE = 30.0  # seconds: an older file means the loop is stuck or the process gone
 
 
 class LivenessFile:
