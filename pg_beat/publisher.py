@@ -33,15 +33,13 @@ from pg_beat import clock
 from pg_beat.lanes import Lanes, Queued
 from pg_beat.lease import LeaderState
 from pg_beat.ledger import Ledger
-from pg_beat.sending import NotTried, OpenBatch, Result, Send, Sender, is_permanent
+from pg_beat.sending import OpenBatch, Send, Sender
 from pg_beat.sendlog import SendLog
+from pg_beat.settling import RETRY_MAX, Settler
 from pg_beat.ticks import Claim, Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 
-RETRY_FIRST = 0.1  # seconds before retrying a publish that failed; doubles up to RETRY_MAX
-RETRY_MAX = 1.0
-SUSPECT_AFTER = 3  # transient failures in a row of one tick before the next one is tried
 DEADLINE_POLL = 0.02  # seconds between looks at a passed deadline that a renewal may move
 BATCH_MAX = 32  # messages per batch, where the transport batches
 
@@ -72,9 +70,7 @@ class Publisher:
         self._waiting_below: list[int] = []  # thresholds of the current wait_below() calls
         self._queue = Lanes()
         self._sending: list[Queued] = []  # taken from the queue, outcome not yet settled
-        #: A tick that failed SUSPECT_AFTER times in a row, held aside while the next one is
-        #: tried: if that goes out, this one is poison; if not, the broker is down.
-        self._suspect: Queued | None = None
+        self.settler = Settler(self._queue, self.ledger, self._backlog)
         self._stopping = False
         self._thread: threading.Thread | None = None
         #: The last time the thread showed life (a call returned, a wait ended).
@@ -152,7 +148,7 @@ class Publisher:
             return self._backlog()
 
     def _backlog(self) -> int:
-        held = len(self._sending) + (self._suspect is not None)
+        held = len(self._sending) + (self.settler.suspect is not None)
         return len(self._queue) + held
 
     def in_flight(self) -> set[int]:
@@ -161,8 +157,8 @@ class Publisher:
             ids = {item.claim.run_id for item in self._queue}
             ids.update(self.ledger.run_ids())
             ids.update(item.claim.run_id for item in self._sending)
-            if self._suspect is not None:
-                ids.add(self._suspect.claim.run_id)
+            if self.settler.suspect is not None:
+                ids.add(self.settler.suspect.claim.run_id)
             return ids
 
     def take_outcomes(self) -> Outcomes:
@@ -205,7 +201,7 @@ class Publisher:
         with self._lock:
             self._stopping = True
             self._queue.clear()
-            self._suspect = None
+            self.settler.suspect = None
             self._work.notify_all()
             self._drained.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -215,10 +211,10 @@ class Publisher:
 
     def _run(self) -> None:
         self.thread_id = threading.get_ident()
-        delay = RETRY_FIRST
         while True:
             try:
-                settled = self._iterate(delay)
+                if not self._iterate():
+                    return
             except Exception:
                 # Never let the thread die over a bug: what it held goes back to the queue, in
                 # order, and the next iteration tries again (one traceback per streak).
@@ -234,18 +230,13 @@ class Publisher:
                             extra={"action": "publisher_error", "replica": self.replica},
                         )
                     self._back_off(RETRY_MAX)
-                continue
-            if settled is None:
-                return
-            delay = settled
 
-    def _iterate(self, delay: float) -> float | None:
-        """Send what is next and settle its outcome; return the next retry delay, or None when
-        stopping."""
+    def _iterate(self) -> bool:
+        """Send what is next and settle its outcome; False when stopping."""
         with self._lock:
             items = self._take()
             if not items:
-                return None
+                return False
             self._sending = items
         results = self.sender.publish(items, self.send)
         for item, result in zip(items, results, strict=True):
@@ -257,13 +248,11 @@ class Publisher:
             # Every call that returned is progress, an error too: only a call that never
             # returns is a hang (invariant 15).
             self._progress_at = clock.now()
-            first = results[0]
-            if len(items) == 1 and not isinstance(first, NotTried):
-                delay = self._settle(items[0], first, delay)
-            else:
-                delay = self._settle_batch(items, results, delay)
+            wait = self.settler.settle(items, results)
             self._notify_drained()
-            return delay
+            if wait:
+                self._back_off(wait)
+            return True
 
     def _next(self) -> Queued | None:
         """The next tick to send, waiting for one; None when stopping. Lock held."""
@@ -272,9 +261,7 @@ class Publisher:
                 self._work.wait()
             if self._stopping:
                 return None
-            if self._suspect is not None and not self._queue:
-                self._queue.requeue(self._suspect)  # nothing left to compare it with
-                self._suspect = None
+            self.settler.release_suspect()  # when nothing is left to compare it with
             item = self._queue.head()
             assert item is not None  # the backlog is not empty
             if self.state.may_publish(item.epoch):
@@ -295,7 +282,7 @@ class Publisher:
         if first is None:
             return []
         items = [first]
-        if not self.sender.batches or first.failures or self._suspect is not None:
+        if not self.sender.batches or first.failures or self.settler.suspect is not None:
             return items
         while len(items) < self.batch_max:
             head = self._queue.head()
@@ -313,82 +300,6 @@ class Publisher:
             except Exception:
                 logger.exception("dispatch: on_sent hook failed for %r", item.claim.schedule)
 
-    def _settle_batch(self, items: list[Queued], results: list[Result], delay: float) -> float:
-        """Record a batch's outcomes; return the next retry delay. What did not go out is put
-        back in order; a transient failure counts once, against the first tick. Lock held."""
-        back = []
-        failed: tuple[Queued, BaseException] | None = None
-        for item, result in zip(items, results, strict=True):
-            if result is None:
-                self.ledger.sent(item, waiting=self._backlog() + len(items))
-            elif isinstance(result, NotTried):
-                back.append(item)
-            elif is_permanent(result):  # refused before it was handed over: its own
-                self.ledger.failed(item, f"{type(result).__name__}: {result}")
-            else:
-                if failed is None:
-                    failed = item, result
-                    item.failures += 1
-                    item.error = f"{type(result).__name__}: {result}"
-                back.append(item)
-        for item in reversed(back):
-            self._queue.requeue(item)
-        if failed is None:
-            return delay if back else RETRY_FIRST
-        self.ledger.down(*failed, waiting=self._backlog())
-        self._back_off(delay)
-        return min(delay * 2, RETRY_MAX)
-
-    def _settle(self, item: Queued, error: BaseException | None, delay: float) -> float:
-        """Record a send's outcome; return the next retry delay. Lock held.
-
-        The poison rule (invariant 16), with its counter-cases: a tick that failed
-        SUSPECT_AFTER times in a row is held aside as a suspect and the next tick is tried.
-        - The next one fails too: the broker is down, not the suspect; both go back, in order.
-        - The next one goes out: the broker works. The suspect is tried again at once; if it
-          goes out, it was the broker that had been down (an outage that ended between the
-          tries), and nothing failed.
-        - The suspect fails again right after that success: held aside once more, and the next
-          tick tried. Only if that one goes out too (the broker took the ticks right before and
-          right after it) is the suspect poison, recorded failed. A broker that flaps between
-          the tries makes it a suspect again, never poison.
-        """
-        if error is None:
-            self.ledger.sent(item, waiting=self._backlog())
-            if self._suspect is not None:
-                suspect, self._suspect = self._suspect, None
-                if suspect.after_success:
-                    self.ledger.failed(
-                        suspect,
-                        f"failed {suspect.failures} times in a row while the broker took the "
-                        f"ticks tried right before and after it; last error: {suspect.error}",
-                    )
-                else:
-                    suspect.after_success = True
-                    self._queue.requeue(suspect)  # tried next: now the broker works
-            return RETRY_FIRST
-        if is_permanent(error):
-            self.ledger.failed(item, f"{type(error).__name__}: {error}")
-            return delay
-        item.failures += 1
-        item.error = f"{type(error).__name__}: {error}"
-        if self._suspect is not None:
-            # The next tick failed as well: the broker is down, not the suspect. Both go back,
-            # the suspect first, and it gets SUSPECT_AFTER more tries before the next probe.
-            suspect, self._suspect = self._suspect, None
-            self._queue.requeue(item)
-            suspect.failures = 0
-            suspect.after_success = False
-            self._queue.requeue(suspect)
-        elif (item.after_success or item.failures >= SUSPECT_AFTER) and self._queue:
-            self._suspect = item
-            return delay  # no back-off: the next tick tells at once
-        else:
-            self._queue.requeue(item)
-        self.ledger.down(item, error, waiting=self._backlog())
-        self._back_off(delay)
-        return min(delay * 2, RETRY_MAX)
-
     def _back_off(self, delay: float) -> None:
         """Wait ``delay`` s before the retry; only stop() ends the wait early. Lock held."""
         until = time.monotonic() + delay
@@ -400,8 +311,7 @@ class Publisher:
         """Deposed: leave this epoch's ticks to the next leader, which re-publishes them (same
         task ids) once the epoch's lease has expired. Lock held."""
         before = self._backlog()
-        if self._suspect is not None and self._suspect.epoch == epoch:
-            self._suspect = None
+        self.settler.drop(epoch)
         self._queue.drop(epoch)
         if self._deadline_logged != epoch:
             self._deadline_logged = epoch
