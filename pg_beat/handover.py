@@ -9,6 +9,7 @@ ticks wait, in order, since no successor could publish them either.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from sqlalchemy.engine import Connection
@@ -16,6 +17,8 @@ from sqlalchemy.engine import Connection
 from pg_beat import brokerhealth, clock, store
 from pg_beat.brokerhealth import Health
 from pg_beat.config import Settings
+
+logger = logging.getLogger("pg_beat.watchdog")
 
 
 class Handover:
@@ -46,3 +49,26 @@ class Handover:
                 seen_within=3 * settings.heartbeat_interval,
                 checked_within=2 * brokerhealth.PROBE_EVERY + settings.heartbeat_interval,
             )
+
+    def should_hand_over(self, conn: Connection, epoch: int | None) -> bool:
+        """A leader's question, each heartbeat: True (logged once, as it is acted on) when its
+        broker has failed for long while another replica's works."""
+        peer = self.working_peer(conn)
+        if peer is None:
+            return False
+        logger.warning(
+            "watchdog: the broker has failed here for %.0fs while replica %s reports a working "
+            "one; handing the lease over (replica %s, epoch %s)",
+            self.failing_for() or 0.0,
+            peer,
+            self.settings.replica_name,
+            epoch,
+            extra={"action": "hand_over", "epoch": epoch, "peer": peer},
+        )
+        return True
+
+    def stands_aside(self, conn: Connection) -> str | None:
+        """A standby's question: the replica whose broker works while this one's fails, which
+        it must not take the lease from (this is what keeps a replica that handed over from
+        winning it straight back); None when it may stand as usual."""
+        return self.working_peer(conn)

@@ -14,29 +14,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
-import time
-import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import __version__, brokerhealth, clock, store
+from pg_beat import brokerhealth, clock, hang, store
 from pg_beat.brokerhealth import Health
 from pg_beat.candidate import Candidate
 from pg_beat.config import Settings
 from pg_beat.handover import Handover
 from pg_beat.lease import LeaderState
+from pg_beat.registry import Registry
 
 logger = logging.getLogger("pg_beat.watchdog")
 
 HANG_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts us
-REPLICA_PRUNE_EVERY = 30.0  # seconds between prunes of replica rows not seen for long
 
 
 class Watchdog(threading.Thread):
@@ -67,7 +63,6 @@ class Watchdog(threading.Thread):
         self.connector = connector or store.Connector(settings)
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.started_at = time.time()
         self.engine: Engine = self.connector.engine("standby")
         self.conn: Connection | None = None
         self.backend_pid: int | None = None  # our lease session's, in session mode
@@ -76,10 +71,10 @@ class Watchdog(threading.Thread):
         self.failovers = 0
         self.renewal_failures = 0
         self._said: dict[str, str] = {}
-        self._replica_seen_at = 0.0
         self._hung = False
         self._gap = 0.0
         self.candidate = Candidate(settings, self.connector, self._say, self.host, self.pid)
+        self.registry = Registry(settings, self.host, self.pid, broker_health)
 
     # --- logging once per state change ---------------------------------------------------
 
@@ -140,7 +135,9 @@ class Watchdog(threading.Thread):
         else:
             self._stand_by(conn)
         if self.conn is not None:  # a step-down closes the connection
-            self._heartbeat_replica(self.conn)
+            self.registry.heartbeat(
+                self.conn, leader=self.epoch is not None, session=self.session_mode
+            )
 
     @property
     def session_mode(self) -> bool:
@@ -243,39 +240,18 @@ class Watchdog(threading.Thread):
             self._step_down("the lease expired or was taken over by another replica")
             return
         self.state.extend(self.epoch, started, settings.lease_ttl - settings.publish_margin)
-        self._maybe_hand_over(conn)
-
-    # --- a broker this replica cannot reach (invariant 15) -------------------------------------
-
-    def _maybe_hand_over(self, conn: Connection) -> None:
-        """The broker has failed here for long while a standby's works: let that one lead. A
-        full outage (every replica failing) keeps the lease where it is."""
-        peer = self.handover.working_peer(conn)
-        if peer is None:
-            return
-        logger.warning(
-            "watchdog: the broker has failed here for %.0fs while replica %s reports a working "
-            "one; handing the lease over (replica %s, epoch %s)",
-            self.handover.failing_for() or 0.0,
-            peer,
-            self.settings.replica_name,
-            self.epoch,
-            extra={"action": "hand_over", "epoch": self.epoch, "peer": peer},
-        )
-        self.release(conn)
+        if self.handover.should_hand_over(conn, self.epoch):  # invariant 15
+            self.release(conn)
 
     def _hang_detected(self, conn: Connection, stuck_for: float) -> None:
         """The dispatch loop made no progress for too long: say why, and let go of the lease."""
         self._hung = True
-        thread_id = self.dispatch_thread()
-        frame = sys._current_frames().get(thread_id) if thread_id is not None else None
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+        stack = hang.stack_of(self.dispatch_thread())
         backend = self.dispatch_backend()
         waits = "(dispatch backend unknown)"
         if backend is not None:
             with conn.begin():
-                rows = store.backend_diagnostics(conn, [backend])
-            waits = "; ".join(_describe_backend(row) for row in rows) or "(backend idle or gone)"
+                waits = hang.describe_backends(store.backend_diagnostics(conn, [backend]))
         logger.critical(
             "watchdog: dispatch loop stuck for %.1fs (replica %s, epoch %s); releasing the lease."
             "\nDatabase: %s\nStack of the stuck thread:\n%s",
@@ -334,10 +310,8 @@ class Watchdog(threading.Thread):
             if clock.now() - self.progress() > self.settings.hang_timeout:
                 return  # our own loop is still stuck: never lead with it
             self._hung = False
-        peer = self.handover.working_peer(conn)
+        peer = self.handover.stands_aside(conn)
         if peer is not None:
-            # Our broker fails and another's works: never take the lease from it (this is what
-            # keeps a replica that handed over from winning it straight back).
             self._say(
                 "aside",
                 "aside",
@@ -376,31 +350,6 @@ class Watchdog(threading.Thread):
 
     # --- replica registry ----------------------------------------------------------------
 
-    def _heartbeat_replica(self, conn: Connection) -> None:
-        settings = self.settings
-        health, now = self.broker_health(), clock.now()
-        with conn.begin():
-            store.heartbeat_replica(
-                conn,
-                settings.group,
-                {
-                    "name": settings.replica_name,
-                    "host": self.host,
-                    "pid": self.pid,
-                    "role": "leader" if self.epoch is not None else "standby",
-                    "version": __version__,
-                    "started_at": datetime.fromtimestamp(self.started_at, tz=timezone.utc),
-                    "session": self.session_mode,
-                    "broker_failing_for": _age(health.failing_since, now),
-                    "broker_error": health.error,
-                    "broker_checked_ago": _age(health.checked_at, now),
-                    "ticks_waiting": health.waiting,
-                },
-            )
-            if clock.now() - self._replica_seen_at > REPLICA_PRUNE_EVERY:
-                self._replica_seen_at = clock.now()
-                store.prune_replicas(conn, settings.group, settings.replica_stale_after)
-
     # --- shutdown ------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -410,21 +359,3 @@ class Watchdog(threading.Thread):
         """After :meth:`stop` and a join: close the session (dropping any lock) and the engine."""
         self._drop_connection()
         self.engine.dispose()
-
-
-def _age(at: float | None, now: float) -> float | None:
-    """Seconds from ``at`` to ``now`` (both :func:`clock.now`), or None."""
-    return None if at is None else max(0.0, now - at)
-
-
-def _describe_backend(row: Any) -> str:
-    text = (
-        f"backend {row['pid']} ({row['application_name']}) state={row['state']} "
-        f"wait={row['wait_event_type']}/{row['wait_event']} query={row['query']!r}"
-    )
-    for blocker in row["blocked_by"] or []:
-        text += (
-            f"; blocked by pid {blocker['pid']} ({blocker['application_name']}, "
-            f"{blocker['state']}, {blocker['age']:.1f}s): {blocker['query']!r}"
-        )
-    return text
