@@ -12,7 +12,6 @@ the batch to go out and records it at once.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pg_beat import clock, downtime, store
 from pg_beat.config import Settings
+from pg_beat.dberrors import DbErrors
 from pg_beat.keeper import ConnectionKeeper
 from pg_beat.lease import LeaderState
 from pg_beat.planner import Planner
@@ -39,7 +39,6 @@ logger = logging.getLogger("pg_beat.dispatch")
 ORPHAN_RECHECK = 0.5
 BUSY = 0.05  # seconds: a wait shorter than this means the loop is saturated
 BACKLOG_WAIT = 0.5  # seconds: longest wait for the publisher's backlog to shrink, per step
-CONTENTION_RETRY = 0.05
 #: Seconds a claim transaction should take at most; the rows per claim adapt to it.
 CLAIM_TARGET = 0.045
 MIN_CLAIM = 20  # rows per claim, however slow the machine
@@ -47,13 +46,6 @@ MIN_CLAIM = 20  # rows per claim, however slow the machine
 #: into a backlog should not begin with the longest transaction of the drain.
 FIRST_CLAIM = 100
 PRUNE_EVERY = 60.0
-
-
-class DbTrouble(enum.Enum):
-    """What a database error of the loop means: retry at once, or wait for the server."""
-
-    CONTENDED = "contended"  # a deadlock, lock or statement timeout: the server answered
-    DOWN = "down"  # unreachable, or read-only after a failover of PostgreSQL
 
 
 class Dispatcher:
@@ -84,8 +76,7 @@ class Dispatcher:
         self._orphan_epoch: int | None = None
         self._term: tuple[int, downtime.Term] | None = None  # (epoch, what misfires need of it)
         self._prune_at = 0.0
-        #: The database error of the current streak: (kind, sqlstate); None while it works.
-        self._failing: tuple[DbTrouble, str | None] | None = None
+        self.db = DbErrors(settings.replica_name, self.keeper)
         self._progress_at = clock.now()
         self._thread_id: int | None = None
 
@@ -145,14 +136,8 @@ class Dispatcher:
                 return self.settings.heartbeat_interval
             delay = self._lead(epoch)
         except (DBAPIError, psycopg.Error) as exc:
-            return self._failed(exc, epoch)
-        if self._failing is not None and self._failing[0] is DbTrouble.DOWN:
-            logger.info(
-                "dispatch: database reachable again (epoch %s)",
-                epoch,
-                extra={"action": "db_recovered", "epoch": epoch},
-            )
-        self._failing = None
+            return self.db.failed(exc, epoch, min(self.settings.heartbeat_interval, 1.0))
+        self.db.worked(epoch)
         return delay
 
     def _lead(self, epoch: int) -> float:
@@ -321,62 +306,6 @@ class Dispatcher:
         with self.keeper.transaction() as conn:
             store.prune_runs(conn, self.settings.run_retention)
 
-    # --- database errors -------------------------------------------------------------------
-
-    def _failed(self, exc: BaseException, epoch: int | None) -> float:
-        """Log a database error once per kind, and how long to wait before the next step."""
-        sqlstate = store.sqlstate(exc)
-        if sqlstate in store.TRANSIENT_SQLSTATES:
-            # A deadlock or lock/statement timeout: the transaction rolled back; try again.
-            contended = (DbTrouble.CONTENDED, sqlstate)
-            self._say_failing(contended, logging.WARNING, "retrying", exc, epoch)
-            return CONTENTION_RETRY
-        lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
-        if lost and self.keeper.reused and self._failing is None:
-            # The kept session was found closed (terminated while we stood by): a new one at
-            # once rather than a back-off; if the server is really gone, that one fails too.
-            logger.info(
-                "dispatch: the kept-open database connection was closed (%s); reconnecting "
-                "(replica %s, epoch %s)",
-                store.first_line(exc),
-                self.settings.replica_name,
-                epoch,
-                extra={
-                    "action": "reconnect",
-                    "epoch": epoch,
-                    "replica": self.settings.replica_name,
-                },
-            )
-            self.keeper.drop()
-            return 0.0
-        # Unreachable, or read-only after a failover of PostgreSQL (25006): a new session.
-        down = (DbTrouble.DOWN, None)
-        self._say_failing(down, logging.ERROR, "not dispatching until it recovers", exc, epoch)
-        self.keeper.drop()
-        self.keeper.close_listen()
-        return min(self.settings.heartbeat_interval, 1.0)
-
-    def _say_failing(
-        self,
-        state: tuple[DbTrouble, str | None],
-        level: int,
-        what: str,
-        exc: BaseException,
-        epoch: int | None,
-    ) -> None:
-        if self._failing != state:
-            logger.log(
-                level,
-                "dispatch: database error (sqlstate %s), %s (replica %s, epoch %s): %s",
-                store.sqlstate(exc),
-                what,
-                self.settings.replica_name,
-                epoch,
-                store.first_line(exc),
-                extra={"action": "db_error", "epoch": epoch, "replica": self.settings.replica_name},
-            )
-        self._failing = state
-
     # --- waiting -------------------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
@@ -384,13 +313,13 @@ class Dispatcher:
         if timeout <= 0:
             return
         try:
-            if self.state.epoch is None or self._failing is not None:
+            if self.state.epoch is None or self.db.failing:
                 self.state.changed.wait(timeout)
                 self.state.changed.clear()
                 return
             self.keeper.wait(timeout, self.state.changed)
         except psycopg.Error as exc:
-            if self._failing is None:
+            if not self.db.failing:
                 logger.warning(
                     "dispatch: LISTEN connection lost: %s",
                     store.first_line(exc),
