@@ -284,11 +284,15 @@ class Cluster:
             self.replicas[name].paused = sig == signal.SIGSTOP
 
     def terminate_backends(self, name: str) -> int:
-        """``pg_terminate_backend`` on every connection of the replica."""
+        """``pg_terminate_backend`` on every connection of the replica (in this cluster's
+        database)."""
         with self._db() as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+                "WHERE application_name LIKE %s AND pid <> pg_backend_pid() "
+                # Only this cluster's database: another cluster on the same server may have
+                # replicas of the same names.
+                "AND datname = current_database()",
                 (f"pg_beat:{name}:%",),
             ).fetchall()
         return len(rows)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from examples.cluster import Cluster, utcnow
 pytestmark = [pytest.mark.ha, pytest.mark.timeout(240)]
 
 OUTAGE = 30.0  # seconds: a managed Redis failover takes 30-60 s
+PG_BEAT = str(Path(sys.executable).with_name("pg-beat"))
 LINES_PER_REPLICA = 5
 FIRST_PUBLISH_BOUND = 10.0  # seconds after the broker answers again; generous, see the module
 
@@ -125,11 +128,24 @@ def ride_out(
     outage: float = OUTAGE,
 ) -> None:
     """Run the cluster through one outage and assert everything the module promises."""
+    liveness = {name: cluster.workdir / f"{name}.alive.json" for name in cluster.replicas}
+    for name, path in liveness.items():
+        cluster.replicas[name].env["PG_BEAT_LIVENESS_FILE"] = str(path)
     leader, epoch = settle(cluster)
     start = utcnow()
     before = {name: cluster.log_lines(name) for name in cluster.replicas}
     stop_broker()
-    time.sleep(outage)  # the fault's length is the point: nothing to wait for
+    time.sleep(max(0.0, outage - 3))  # the fault's length is the point: nothing to wait for
+    # Deep in the outage, every replica's liveness probe is green: nothing restarts them.
+    for name, path in liveness.items():
+        probe = subprocess.run(
+            [PG_BEAT, "check", "--self", "--file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert probe.returncode == 0, (name, probe.stdout, probe.stderr)
+    time.sleep(min(outage, 3))
     resume_broker()
     back = time.time()
     waited = first_sent_at_or_after(cluster, back)
