@@ -32,7 +32,8 @@ from support.waiting import wait_for
 from pg_beat import migrate, startup, store
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings, env_name
-from pg_beat.scheduler import UNKNOWN_TASK_SCHEDULES, Scheduler
+from pg_beat.outbound import UNKNOWN_TASK_SCHEDULES
+from pg_beat.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(90)
 
