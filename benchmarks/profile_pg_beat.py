@@ -309,7 +309,7 @@ def scenario_burst(adapter: PgBeat, layout: Layout, args: argparse.Namespace) ->
     in_steps = sum(d for d, _, _ in trace.steps)
     in_sql = sum(sum(v) for v in log.times.values())
     print(
-        f"  per message: publisher thread (Scheduler._send, kombu) "
+        f"  per message: publisher thread (Outbound.send, kombu) "
         f"{trace.send_seconds / burst * 1e3:.3f} ms; loop thread: step {in_steps / burst * 1e3:.3f}"
         f" ms, of which SQL {in_sql / burst * 1e3:.3f} ms"
     )
