@@ -19,11 +19,12 @@ from celery import schedules as celery_schedules
 from sqlalchemy.exc import DBAPIError
 
 from pg_beat import compat, migrate, store
-from pg_beat.api import ScheduleManager, split_crontab
+from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings
 from pg_beat.exceptions import InvalidSchedule, PgBeatError, SchemaMismatch
 from pg_beat.schedules import MESSAGE_OPTIONS
 from pg_beat.urls import describe
+from pg_beat.validation import split_crontab
 
 logger = logging.getLogger("pg_beat.scheduler")
 

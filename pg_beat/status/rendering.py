@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from pg_beat import schedules
-from pg_beat.api import spec_from_row
 from pg_beat.status.judge import broker_state, progress_age, replica_role
 from pg_beat.status.locks import key_rows, lock_target, row_age
 from pg_beat.status.report import ClusterStatus
 from pg_beat.status.rows import Row, seconds
 from pg_beat.status.text import ago, duration, relative, render_table, shorten, utc
+from pg_beat.validation import spec_from_row
 
 __all__ = ["render"]
 
