@@ -1,7 +1,11 @@
 """What the publisher did, kept until the dispatch loop records it in its next transaction,
 and the log lines it owes: one per failing streak of a schedule, one when it publishes again,
-one when publishing starts failing (with the error) and one when it works again (with how long
-it failed and how many ticks waited). Not thread-safe: the publisher holds its lock."""
+one when an outage is confirmed (with the error) and one when publishing works again (with
+how long it failed and how many ticks waited). Not thread-safe: the publisher holds its lock.
+
+A streak of failures is an outage once two different ticks have failed in a row, or once it
+has lasted OUTAGE_AFTER seconds; until then it may be one tick the broker refuses (a poison
+message, settled in well under that), which costs no outage lines and no broker-down state."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pg_beat.ticks import Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 
+OUTAGE_AFTER = 1.0  # seconds of failing, one tick alone, after which it is an outage
+
 
 class Ledger:
     def __init__(self, replica: str) -> None:
@@ -22,9 +28,21 @@ class Ledger:
         self._outcomes = Outcomes()
         self._failing: set[int] = set()  # schedules whose last tick failed for good
         #: When publishing began to fail (clock.now), and the last error; None while it works.
-        self.down_since: float | None = None
         self.down_error: str | None = None
+        self._streak_since: float | None = None  # the first failure of the current streak
+        self._streak_ticks: set[int] = set()  # the run ids that failed in it
+        self._streak_first: Queued | None = None
+        self._outage = False  # the streak is confirmed as an outage (and was logged)
         self._waited = 0  # most ticks waiting at once during the current outage
+
+    @property
+    def down_since(self) -> float | None:
+        """When publishing began to fail, once that is an outage (see the module); else None."""
+        return self._streak_since if self._outage else None
+
+    def failing(self, schedule_id: int) -> bool:
+        """The schedule's last tick failed for good (until one of its ticks goes out)."""
+        return schedule_id in self._failing
 
     def take(self) -> Outcomes:
         """What was sent or failed since the last call."""
@@ -56,11 +74,15 @@ class Ledger:
                 self.replica,
                 extra={"action": "publish_recovered", "schedule": claim.schedule},
             )
-        if self.down_since is not None:
-            failed_for = clock.now() - self.down_since
-            waited = max(self._waited, waiting + 1)
-            self.down_since = self.down_error = None
-            self._waited = 0
+        if self._streak_since is None:
+            return
+        failed_for = clock.now() - self._streak_since
+        waited = max(self._waited, waiting + 1)
+        outage, self._outage = self._outage, False
+        self._streak_since, self._streak_first, self.down_error = None, None, None
+        self._waited = 0
+        self._streak_ticks.clear()
+        if outage:
             logger.warning(
                 "dispatch: publishing works again after failing for %.1fs; %d tick(s) were "
                 "waiting and go out now, in order (replica %s, epoch %s)",
@@ -95,20 +117,27 @@ class Ledger:
             )
 
     def down(self, item: Queued, error: BaseException, waiting: int = 0) -> None:
-        """A transient failure (``waiting``: the ticks queued now): logged when the first of a
-        streak. The lease is kept; every tick waits, in order, and is retried."""
+        """A transient failure (``waiting``: the ticks queued now): logged once the streak is
+        an outage. The lease is kept; every tick waits, in order, and is retried."""
+        now = clock.now()
         self.down_error = f"{type(error).__name__}: {error}"
         self._waited = max(self._waited, waiting)
-        if self.down_since is not None:
+        if self._streak_since is None:
+            self._streak_since, self._streak_first = now, item
+        self._streak_ticks.add(item.claim.run_id)
+        if self._outage:
             return
-        self.down_since = clock.now()
+        if len(self._streak_ticks) < 2 and now - self._streak_since < OUTAGE_AFTER:
+            return  # maybe one tick the broker refuses: the poison rule tells soon
+        self._outage = True
+        first = self._streak_first or item
         logger.error(
             "dispatch: publishing failed; keeping the lease and retrying in order while ticks "
             "wait (replica %s, epoch %s, first failed: %r due %s): %s",
             self.replica,
             item.epoch,
-            item.claim.schedule,
-            item.claim.due_at.isoformat(),
+            first.claim.schedule,
+            first.claim.due_at.isoformat(),
             self.down_error,
-            extra={"action": "publish_down", "schedule": item.claim.schedule, "epoch": item.epoch},
+            extra={"action": "publish_down", "schedule": first.claim.schedule, "epoch": item.epoch},
         )

@@ -301,9 +301,12 @@ class Publisher:
                 logger.exception("dispatch: on_sent hook failed for %r", item.claim.schedule)
 
     def _back_off(self, delay: float) -> None:
-        """Wait ``delay`` s before the retry; only stop() ends the wait early. Lock held."""
+        """Wait ``delay`` s before the retry. stop() ends the wait early, and so does a tick
+        submitted while a suspect waits for one to be tried after it. Lock held."""
         until = time.monotonic() + delay
         while not self._stopping and (left := until - time.monotonic()) > 0:
+            if self.settler.suspect is not None and self._queue:
+                break
             self._work.wait(left)
         self._progress_at = clock.now()
 

@@ -114,13 +114,26 @@ class Settler:
             suspect.failures = 0
             suspect.after_success = False
             self.queue.requeue(suspect)
-        elif (item.after_success or item.failures >= SUSPECT_AFTER) and self.queue:
+        elif self._suspicious(item):
             self.suspect = item
-            return 0.0  # no back-off: the next tick tells at once
+            if self.queue:
+                return 0.0  # no back-off: the next tick tells at once
+            # Nothing to try after it yet: wait, until the back-off ends or a tick comes.
         else:
             self.queue.requeue(item)
         self.ledger.down(item, error, waiting=self.backlog())
         return self._back_off()
+
+    def _suspicious(self, item: Queued) -> bool:
+        """Set aside to try the next tick: after SUSPECT_AFTER failures in a row, at once when
+        the broker has just taken the tick before it, or when its schedule's last tick was
+        poison (the same refusal, most likely: an exchange that does not exist). It is poison
+        only by the rule of :meth:`_one`, whatever made it a suspect."""
+        return (
+            item.after_success
+            or item.failures >= SUSPECT_AFTER
+            or self.ledger.failing(item.claim.schedule_id)
+        )
 
     def drop(self, epoch: int) -> None:
         """Forget a suspect of ``epoch`` (deposed: the next leader re-publishes it)."""

@@ -4,7 +4,8 @@
 A real ``celery beat -S pg_beat:Scheduler`` publishes to the local RabbitMQ (publisher
 confirms, so the broker's refusal of one message is reported for that message). Three poison
 rows: options made invalid with plain SQL (parked at claim), args over
-``pg_beat_max_message_bytes``, and an exchange the broker does not have (404, a channel error).
+``pg_beat_max_message_bytes``, and an exchange the broker does not have (404, a channel error,
+parked by the poison rule: it fails between ticks the broker takes).
 """
 
 from __future__ import annotations
@@ -130,9 +131,14 @@ def test_poison_ticks_are_failed_and_the_healthy_ones_go_out_once(
         recorded = statuses(name)
         assert len(recorded) >= 5 and set(recorded) == {"sent"}, (name, recorded)
     assert statuses("bad-options") == ["failed"]  # parked until edited: one tick, one failure
-    for name in ("too-big", "no-such-exchange"):
-        recorded = statuses(name)
-        assert len(recorded) >= 3 and set(recorded) == {"failed"}, (name, recorded)
+    recorded = statuses("too-big")
+    assert len(recorded) >= 3 and set(recorded) == {"failed"}, recorded
+    # A 404 is the broker's word, not the message's: each such tick is parked once the broker
+    # took the ticks tried right before and after it, so the last one may still be waiting
+    # for a tick after it when beat stops (claimed: the next leader settles it).
+    recorded = statuses("no-such-exchange")
+    assert len(recorded) >= 3 and set(recorded[:-1]) == {"failed"}, recorded
+    assert recorded[-1] in ("failed", "claimed"), recorded
     errors = dict(sql(db_url, "SELECT name, last_error FROM pg_beat_schedules"))
     assert "task_id" in errors["bad-options"]
     assert "pg_beat_max_message_bytes" in errors["too-big"]

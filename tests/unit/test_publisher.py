@@ -532,3 +532,45 @@ def test_each_tick_sent_is_logged_and_a_burst_is_folded(
     counted = sum(int(m.split()[1]) for m in folded)
     assert len(one_by_one) + counted == 2000  # every tick accounted for
     pub.stop(5.0)
+
+
+def test_a_poison_tick_costs_no_outage_lines_and_no_broker_down_state(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tick the broker refuses while it takes the others (an AMQP 404 for one schedule's
+    exchange) is settled by the poison rule in well under a second: one line for its failure,
+    none saying the broker is down or back, and the broker never reported failing."""
+    pub = Publisher(leader(), broker, "r")
+    seen_failing: list[float] = []
+    real = broker.__call__
+
+    def watching(c: Claim, epoch: int) -> None:
+        if pub.ledger.down_since is not None:
+            seen_failing.append(pub.ledger.down_since)
+        real(c, epoch)
+
+    pub.send = watching
+    broker.poison = {2: ConnectionError("NOT_FOUND - no exchange 'x' (test)")}
+    with caplog.at_level(logging.INFO, logger="pg_beat.dispatch"):
+        pub.submit([claim(1), claim(2, schedule=9), claim(3), claim(4)], 1)
+        assert pub.wait_below(1, 10.0)
+    assert broker.sent == [1, 3, 4] and seen_failing == []
+    lines = [r.getMessage() for r in caplog.records if not r.getMessage().startswith("sent ")]
+    assert len(lines) == 1 and "cannot be published" in lines[0], lines
+    pub.stop(5.0)
+
+
+def test_the_next_ticks_of_a_poisoned_schedule_are_suspects_at_once(broker: Broker) -> None:
+    """Its last tick was poison: the next one that fails is set aside at once (no three
+    back-offs first), and parked only between two ticks the broker took."""
+    pub = Publisher(leader(), broker, "r")
+    refused = ConnectionError("NOT_FOUND - no exchange 'x' (test)")
+    broker.poison = {2: refused, 5: refused}
+    pub.submit([claim(1), claim(2, schedule=9), claim(3), claim(4)], 1)
+    assert pub.wait_below(1, 10.0)
+    before = broker.attempts
+    pub.submit([claim(5, schedule=9), claim(6), claim(7)], 1)
+    assert pub.wait_below(1, 10.0)
+    assert broker.attempts - before == 4  # 5 fails, 6 goes out, 5 fails again, 7 goes out
+    assert [run for run, _, _ in pub.take_outcomes().failed] == [2, 5]
+    pub.stop(5.0)
