@@ -101,12 +101,29 @@ READ_LEASE = text(
 
 # Takes the lease if it may be taken: it was released or expired, or (session mode, :locked)
 # its holder's session lost the advisory lock this session now holds. A lease taken in
-# transaction mode records no backend and is only ever taken once it expired. The epoch goes
-# up from the highest this replica has seen, so it never goes back even where a failover of
-# PostgreSQL lost the last commits.
+# transaction mode records no backend and is only ever taken once it expired.
+#
+# The new epoch is above every epoch seen (invariant 17): the lease row's, this replica's
+# (:seen_epoch), every term's, and every unsent claim's (on its partial index). A failover of
+# PostgreSQL that lost the last commits, or a lease row restored by hand, may have taken the
+# row back below them; the epoch never goes back with it, and no claim is ever made under an
+# epoch used before. (A sent run's epoch is covered by its term: a takeover commits its term
+# before any claim under it, and a lost suffix of the log loses the claims first.)
+#
+# The new term records until when its predecessor may still publish: the lease's expiry. When
+# the row is below an epoch seen, its expiry belongs to an earlier term, not to the latest
+# leader, who may still be publishing until its deadline (at most a TTL from its last
+# renewal, which came before now): then a TTL from now at least (invariant 3). Every term not
+# ended yet ends now (after such a roll-back, those above the row's epoch too).
 TAKE_OVER = text(
     """
-    WITH old AS (
+    WITH seen AS (
+        SELECT greatest(
+            CAST(:seen_epoch AS bigint),
+            (SELECT max(epoch) FROM pg_beat_leader_terms WHERE group_name = :group),
+            (SELECT max(epoch) FROM pg_beat_runs
+             WHERE group_name = :group AND status = 'claimed')) AS epoch
+    ), old AS (
         SELECT group_name, epoch, holder, expires_at FROM pg_beat_leases
         WHERE group_name = :group
           AND (expires_at IS NULL OR expires_at <= clock_timestamp() OR released_at IS NOT NULL
@@ -114,17 +131,21 @@ TAKE_OVER = text(
         FOR UPDATE
     ), new AS (
         UPDATE pg_beat_leases l SET
-            epoch = greatest(old.epoch, :seen_epoch) + 1, holder = :holder, host = :host,
+            epoch = greatest(old.epoch, seen.epoch) + 1, holder = :holder, host = :host,
             pid = :pid, backend_pid = CASE WHEN :locked THEN pg_backend_pid() END,
             acquired_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
             progress_at = clock_timestamp(), released_at = NULL,
             expires_at = clock_timestamp() + make_interval(secs => :ttl)
-        FROM old WHERE l.group_name = old.group_name
+        FROM old, seen WHERE l.group_name = old.group_name
         RETURNING l.epoch, old.holder AS previous_holder,
-                  old.expires_at AS previous_expires_at, l.expires_at
+                  CASE WHEN old.epoch >= seen.epoch THEN old.expires_at
+                       ELSE greatest(old.expires_at,
+                                     clock_timestamp() + make_interval(secs => :ttl))
+                  END AS previous_expires_at,
+                  l.expires_at
     ), ended AS (
-        UPDATE pg_beat_leader_terms t SET ended_at = coalesce(t.ended_at, clock_timestamp())
-        FROM old WHERE t.group_name = old.group_name AND t.epoch = old.epoch
+        UPDATE pg_beat_leader_terms t SET ended_at = clock_timestamp()
+        FROM old WHERE t.group_name = old.group_name AND t.ended_at IS NULL
     )
     INSERT INTO pg_beat_leader_terms
         (group_name, epoch, holder, host, pid, reason, previous_holder, previous_expires_at)
@@ -175,12 +196,15 @@ EXPIRE_LEASE = text(
 )
 
 # ...so its unsent claims may be re-published by the next term now rather than once the
-# epoch's lease would have expired.
+# epoch's lease would have expired. The next term is the first one above ours, whatever its
+# number: epochs skip (invariant 17).
 DISOWN_TERM = text(
     """
-    UPDATE pg_beat_leader_terms SET previous_expires_at = clock_timestamp()
-    WHERE group_name = :group AND epoch = :epoch + 1 AND previous_holder = :holder
-      AND previous_expires_at > clock_timestamp()
+    UPDATE pg_beat_leader_terms t SET previous_expires_at = clock_timestamp()
+    WHERE t.group_name = :group
+      AND t.epoch = (SELECT min(n.epoch) FROM pg_beat_leader_terms n
+                     WHERE n.group_name = :group AND n.epoch > :epoch)
+      AND t.previous_holder = :holder AND t.previous_expires_at > clock_timestamp()
     """
 )
 
