@@ -284,12 +284,15 @@ class Cluster:
             self.replicas[name].paused = sig == signal.SIGSTOP
 
     def terminate_backends(self, name: str) -> int:
-        """``pg_terminate_backend`` on every connection of the replica."""
+        """``pg_terminate_backend`` on every connection of the replica, found by the name of
+        its sessions: ``pg_beat:<token>:<replica>:<role>`` (the replica names here are short,
+        never cut)."""
         with self._db() as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
-                (f"pg_beat:{name}:%",),
+                "WHERE application_name ~ '^pg_beat:[0-9a-f]{8}:' "
+                "AND starts_with(substr(application_name, 18), %s) AND pid <> pg_backend_pid()",
+                (f"{name}:",),
             ).fetchall()
         return len(rows)
 

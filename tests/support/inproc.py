@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pg_beat import store
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
 from pg_beat.lease import LeaderState
@@ -96,7 +97,9 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
     settings = settings_for(url, **overrides)
     state = LeaderState()
     outbox = Outbox()
-    dispatcher = Dispatcher(settings, state, outbox)
+    # One Connector, as in a beat process: its sessions share one token in their names.
+    connector = store.Connector(settings)
+    dispatcher = Dispatcher(settings, state, outbox, connector)
     watchdog = Watchdog(
         settings,
         state,
@@ -104,6 +107,7 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
         dispatch_thread=lambda: dispatcher.thread_id,
         dispatch_backend=lambda: dispatcher.backend_pid,
         exit_process=lambda code: None,
+        connector=connector,
     )
     watchdog.start()
     rep = Replica(settings, state, dispatcher, watchdog, outbox)
