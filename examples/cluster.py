@@ -284,16 +284,17 @@ class Cluster:
             self.replicas[name].paused = sig == signal.SIGSTOP
 
     def terminate_backends(self, name: str) -> int:
-        """``pg_terminate_backend`` on every connection of the replica (in this cluster's
-        database)."""
+        """``pg_terminate_backend`` on every connection of the replica, found by the name of
+        its sessions: ``pg_beat:<token>:<replica>:<role>`` (the replica names here are short,
+        never cut), in this cluster's database only (another cluster on the same server may
+        have replicas of the same names)."""
         with self._db() as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE %s AND pid <> pg_backend_pid() "
-                # Only this cluster's database: another cluster on the same server may have
-                # replicas of the same names.
+                "WHERE application_name ~ '^pg_beat:[0-9a-f]{8}:' "
+                "AND starts_with(substr(application_name, 18), %s) AND pid <> pg_backend_pid() "
                 "AND datname = current_database()",
-                (f"pg_beat:{name}:%",),
+                (f"{name}:",),
             ).fetchall()
         return len(rows)
 

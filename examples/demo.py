@@ -230,8 +230,10 @@ def stale_claims(cluster: Cluster, epoch: int) -> int:
     """Ticks claimed under ``epoch`` after the next epoch began: what fencing must prevent."""
     with psycopg.connect(libpq_url(cluster.database_url), connect_timeout=3) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_beat_runs r JOIN pg_beat_leader_terms t "
-            "ON t.epoch = r.epoch + 1 WHERE r.epoch = %s AND r.claimed_at > t.acquired_at",
+            # The next epoch is the next term above, whatever its number: epochs may skip.
+            "SELECT count(*) FROM pg_beat_runs r JOIN pg_beat_leader_terms t ON t.epoch = "
+            "(SELECT min(n.epoch) FROM pg_beat_leader_terms n WHERE n.epoch > r.epoch) "
+            "WHERE r.epoch = %s AND r.claimed_at > t.acquired_at",
             (epoch,),
         ).fetchone()
     return int(row[0]) if row else 0

@@ -112,7 +112,7 @@ class Candidate:
             return
         try:
             with conn.begin():
-                others = store.terminate_lock_holder(conn, self.settings.group, pid, holder)
+                others = store.terminate_lock_holder(conn, self.settings.group, pid)
         except DBAPIError as exc:
             if store.sqlstate(exc) != "42501":  # insufficient_privilege
                 raise

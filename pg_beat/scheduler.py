@@ -227,8 +227,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 store.release(conn, settings.group, epoch, settings.replica_name)
                 if lock_backend is not None:
                     # Ends our lease session, and with it the advisory lock, without touching the
-                    # connection object the watchdog thread may be using right now.
-                    store.terminate_own_session(conn, lock_backend)
+                    # connection object the watchdog thread may be using right now; only while
+                    # it is ours and holds the lock (invariant 13): after a restart of the
+                    # server the pid may be any client's.
+                    store.terminate_own_session(
+                        conn, settings.group, lock_backend, self.connector.token
+                    )
             logger.info(
                 "pg_beat: released the lease on shutdown (epoch %s)",
                 epoch,

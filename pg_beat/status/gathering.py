@@ -167,7 +167,7 @@ def gather_leader_backends(
     )
     if not hung or view.holder is None:
         return []
-    pids = set(store.replica_backend_pids(conn, view.holder))
+    pids = set(store.replica_backend_pids(conn, view.holder, view.backend_pid))
     if view.backend_pid is not None:
         pids.add(view.backend_pid)
     return store.backend_diagnostics(conn, sorted(pids))

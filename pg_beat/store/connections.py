@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool, QueuePool
 
 from pg_beat import urls
+from pg_beat.store import appnames
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -114,6 +115,9 @@ class Connector:
         urls.parse(settings.database_url)  # a bad URL fails here, before any connection
         self._mode: str | None = None if settings.pool_mode == "auto" else settings.pool_mode
         self._lock = threading.Lock()
+        #: In the application name of every session this process opens (see
+        #: :mod:`pg_beat.store.appnames`): how its sessions are told from any other's.
+        self.token = appnames.new_token()
         #: Bumped when the mode changes under running connections: holders of kept-open
         #: connections compare it and reconnect.
         self.generation = 0
@@ -176,7 +180,8 @@ class Connector:
     # --- connections -----------------------------------------------------------------------
 
     def application_name(self, role: str) -> str:
-        return f"pg_beat:{self.settings.replica_name}:{role}"[:63]
+        """``pg_beat:<token>:<replica>:<role>``, the replica name shortened to fit 63."""
+        return appnames.format_name(self.token, self.settings.replica_name, role)
 
     def connect(
         self, role: str, *, dispatch: bool = False, autocommit: bool = False, url: str | None = None

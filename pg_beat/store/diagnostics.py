@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
+from pg_beat.store import appnames
 from pg_beat.store.lease import LOCK_CLASS_ID
 from pg_beat.store.schedules import ROW
 
@@ -213,9 +214,10 @@ def prune_replicas(conn: Connection, group: str, older_than: float) -> int:
 
 # backend_alive (session mode only, else NULL): the session the replica heartbeats on is still
 # connected: its pid, under the replica's application_name (a bare pid may be anybody's after
-# a restart of the server).
+# a restart of the server). Named as pg_beat.store.appnames makes names, or as replicas of
+# versions before the token did (``pg_beat:<replica>:<role>``), while a deploy rolls.
 LIST_REPLICAS = text(
-    """
+    f"""
     SELECT r.group_name, r.name, r.host, r.pid, r.role, r.version, r.backend_pid,
            r.started_at, r.last_seen_at, clock_timestamp() - r.last_seen_at AS last_seen_age,
            r.broker_failing_since, clock_timestamp() - r.broker_failing_since
@@ -225,7 +227,8 @@ LIST_REPLICAS = text(
            CASE WHEN r.backend_pid IS NOT NULL THEN EXISTS (
                SELECT 1 FROM pg_stat_activity a
                WHERE a.pid = r.backend_pid
-                 AND starts_with(a.application_name, left('pg_beat:' || r.name || ':', 63)))
+                 AND ({appnames.sql_is_replica("a.application_name", "r.name")}
+                      OR starts_with(a.application_name, left('pg_beat:' || r.name || ':', 63))))
            END AS backend_alive
     FROM pg_beat_replicas r
     WHERE r.group_name = :group
@@ -252,12 +255,23 @@ DUE_SCHEDULES = text(
     """
 )
 
-# A prefix match that treats '_' and '%' in replica names literally (LIKE would not).
+# The sessions of the process whose session is :backend_pid (the lease holder's), by the token
+# in their names; without that session (transaction pooling, or it is gone), of any process
+# whose sessions are named for :replica, which a replica name cut to fit may confuse with
+# another's: for showing, never for terminating.
 REPLICA_BACKENDS = text(
-    """
-    SELECT pid FROM pg_stat_activity
-    WHERE left(application_name, length(:prefix)) = :prefix AND pid <> pg_backend_pid()
-    ORDER BY backend_start
+    f"""
+    WITH anchor AS (
+        SELECT left(application_name, {appnames.HEAD_CHARS}) AS head FROM pg_stat_activity
+        WHERE pid = :backend_pid AND application_name ~ {appnames.SQL_HAS_TOKEN}
+    )
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.pid <> pg_backend_pid()
+      AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND CASE WHEN EXISTS (SELECT 1 FROM anchor)
+               THEN starts_with(a.application_name, (SELECT head FROM anchor))
+               ELSE {appnames.sql_is_replica("a.application_name", ":replica")} END
+    ORDER BY a.backend_start
     """
 )
 
@@ -309,10 +323,13 @@ def due_schedules(conn: Connection, group: str, limit: int = 5) -> Sequence[RowM
     return conn.execute(DUE_SCHEDULES, {"group": group, "limit": limit}).mappings().all()
 
 
-def replica_backend_pids(conn: Connection, replica: str) -> list[int]:
-    """Backends whose application_name says they belong to ``replica`` (any role)."""
-    prefix = f"pg_beat:{replica}:"[:63]
-    return [int(row[0]) for row in conn.execute(REPLICA_BACKENDS, {"prefix": prefix})]
+def replica_backend_pids(
+    conn: Connection, replica: str, backend_pid: int | None = None
+) -> list[int]:
+    """Backends of the process whose session ``backend_pid`` is, else whose application_name
+    says they belong to ``replica`` (any role)."""
+    params = {"replica": replica, "backend_pid": backend_pid}
+    return [int(row[0]) for row in conn.execute(REPLICA_BACKENDS, params)]
 
 
 def metrics_snapshot(conn: Connection, group: str) -> RowMapping:

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import OperationalError
 
+from pg_beat.store import appnames
 from pg_beat.store.connections import sqlstate
 
 __all__ = [
@@ -29,8 +30,8 @@ __all__ = [
     "RELEASE",
     "RENEW",
     "TAKE_OVER",
-    "TERMINATE_LEASE_LOCKERS",
     "TERMINATE_LOCK_HOLDER",
+    "TERMINATE_OWN_SESSION",
     "disown",
     "ensure_lease",
     "lock_holders",
@@ -101,12 +102,29 @@ READ_LEASE = text(
 
 # Takes the lease if it may be taken: it was released or expired, or (session mode, :locked)
 # its holder's session lost the advisory lock this session now holds. A lease taken in
-# transaction mode records no backend and is only ever taken once it expired. The epoch goes
-# up from the highest this replica has seen, so it never goes back even where a failover of
-# PostgreSQL lost the last commits.
+# transaction mode records no backend and is only ever taken once it expired.
+#
+# The new epoch is above every epoch seen (invariant 17): the lease row's, this replica's
+# (:seen_epoch), every term's, and every unsent claim's (on its partial index). A failover of
+# PostgreSQL that lost the last commits, or a lease row restored by hand, may have taken the
+# row back below them; the epoch never goes back with it, and no claim is ever made under an
+# epoch used before. (A sent run's epoch is covered by its term: a takeover commits its term
+# before any claim under it, and a lost suffix of the log loses the claims first.)
+#
+# The new term records until when its predecessor may still publish: the lease's expiry. When
+# the row is below an epoch seen, its expiry belongs to an earlier term, not to the latest
+# leader, who may still be publishing until its deadline (at most a TTL from its last
+# renewal, which came before now): then a TTL from now at least (invariant 3). Every term not
+# ended yet ends now (after such a roll-back, those above the row's epoch too).
 TAKE_OVER = text(
     """
-    WITH old AS (
+    WITH seen AS (
+        SELECT greatest(
+            CAST(:seen_epoch AS bigint),
+            (SELECT max(epoch) FROM pg_beat_leader_terms WHERE group_name = :group),
+            (SELECT max(epoch) FROM pg_beat_runs
+             WHERE group_name = :group AND status = 'claimed')) AS epoch
+    ), old AS (
         SELECT group_name, epoch, holder, expires_at FROM pg_beat_leases
         WHERE group_name = :group
           AND (expires_at IS NULL OR expires_at <= clock_timestamp() OR released_at IS NOT NULL
@@ -114,17 +132,21 @@ TAKE_OVER = text(
         FOR UPDATE
     ), new AS (
         UPDATE pg_beat_leases l SET
-            epoch = greatest(old.epoch, :seen_epoch) + 1, holder = :holder, host = :host,
+            epoch = greatest(old.epoch, seen.epoch) + 1, holder = :holder, host = :host,
             pid = :pid, backend_pid = CASE WHEN :locked THEN pg_backend_pid() END,
             acquired_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
             progress_at = clock_timestamp(), released_at = NULL,
             expires_at = clock_timestamp() + make_interval(secs => :ttl)
-        FROM old WHERE l.group_name = old.group_name
+        FROM old, seen WHERE l.group_name = old.group_name
         RETURNING l.epoch, old.holder AS previous_holder,
-                  old.expires_at AS previous_expires_at, l.expires_at
+                  CASE WHEN old.epoch >= seen.epoch THEN old.expires_at
+                       ELSE greatest(old.expires_at,
+                                     clock_timestamp() + make_interval(secs => :ttl))
+                  END AS previous_expires_at,
+                  l.expires_at
     ), ended AS (
-        UPDATE pg_beat_leader_terms t SET ended_at = coalesce(t.ended_at, clock_timestamp())
-        FROM old WHERE t.group_name = old.group_name AND t.epoch = old.epoch
+        UPDATE pg_beat_leader_terms t SET ended_at = clock_timestamp()
+        FROM old WHERE t.group_name = old.group_name AND t.ended_at IS NULL
     )
     INSERT INTO pg_beat_leader_terms
         (group_name, epoch, holder, host, pid, reason, previous_holder, previous_expires_at)
@@ -175,12 +197,15 @@ EXPIRE_LEASE = text(
 )
 
 # ...so its unsent claims may be re-published by the next term now rather than once the
-# epoch's lease would have expired.
+# epoch's lease would have expired. The next term is the first one above ours, whatever its
+# number: epochs skip (invariant 17).
 DISOWN_TERM = text(
     """
-    UPDATE pg_beat_leader_terms SET previous_expires_at = clock_timestamp()
-    WHERE group_name = :group AND epoch = :epoch + 1 AND previous_holder = :holder
-      AND previous_expires_at > clock_timestamp()
+    UPDATE pg_beat_leader_terms t SET previous_expires_at = clock_timestamp()
+    WHERE t.group_name = :group
+      AND t.epoch = (SELECT min(n.epoch) FROM pg_beat_leader_terms n
+                     WHERE n.group_name = :group AND n.epoch > :epoch)
+      AND t.previous_holder = :holder AND t.previous_expires_at > clock_timestamp()
     """
 )
 
@@ -196,27 +221,44 @@ LOCK_HOLDERS = text(
     """
 )
 
-# Only a session that pg_locks shows holding the group's advisory lock is terminated: a pid
-# read from the lease row is a hint, and after a restart it may be somebody else's.
+# Only a session that pg_locks shows holding the group's advisory lock is terminated (a pid
+# read from the lease row is a hint, and after a restart it may be somebody else's), and with
+# it the sessions of the same process (the token in its application name: see
+# pg_beat.store.appnames; a cut replica name may be another replica's) that hold a lock on
+# the lease table: an open dispatch transaction of the hung process (its fence) would stall
+# the takeover until the server's idle_in_transaction_session_timeout. One statement: what
+# pg_locks shows is what is terminated.
 TERMINATE_LOCK_HOLDER = text(
     f"""
-    SELECT pg_terminate_backend(l.pid) FROM pg_locks l
-    WHERE l.pid = :pid AND l.granted AND {_LOCK_MATCH}
+    WITH holder AS MATERIALIZED (
+        SELECT l.pid, a.application_name FROM pg_locks l
+        LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.pid = :pid AND l.granted AND {_LOCK_MATCH}
+    ), targets AS MATERIALIZED (
+        SELECT h.pid, true AS holder FROM holder h
+        UNION ALL
+        SELECT a.pid, false FROM holder h
+        JOIN pg_stat_activity a
+          ON a.pid <> h.pid AND a.pid <> pg_backend_pid()
+         AND h.application_name ~ {appnames.SQL_HAS_TOKEN}
+         AND starts_with(a.application_name, left(h.application_name, {appnames.HEAD_CHARS}))
+        WHERE EXISTS (SELECT 1 FROM pg_locks l
+                      WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                        AND l.relation = to_regclass('pg_beat_leases'))
+    )
+    SELECT t.pid, t.holder FROM targets t WHERE pg_terminate_backend(t.pid)
     """
 )
 
-# The same replica's other sessions that hold a lock on the lease table: an open dispatch
-# transaction of the hung process (its fence) would stall the takeover until the server's
-# idle_in_transaction_session_timeout.
-TERMINATE_LEASE_LOCKERS = text(
-    """
-    SELECT a.pid FROM pg_stat_activity a
-    WHERE a.pid <> pg_backend_pid()
-      AND starts_with(a.application_name, left(:prefix, 63))
-      AND EXISTS (SELECT 1 FROM pg_locks l
-                  WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
-                    AND l.relation = to_regclass('pg_beat_leases'))
-      AND pg_terminate_backend(a.pid)
+# At shutdown, our own lease session (its pid, remembered): terminated only while pg_locks
+# shows it holding the group's advisory lock under this very process's token. After a
+# restart of the server that pid may be any client's, another replica's leader included.
+TERMINATE_OWN_SESSION = text(
+    f"""
+    SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+    JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.pid = :pid AND l.granted AND {_LOCK_MATCH}
+      AND starts_with(a.application_name, :head)
     """
 )
 
@@ -323,20 +365,22 @@ def disown(conn: Connection, group: str, epoch: int, holder: str) -> None:
     conn.execute(DISOWN_TERM, params)
 
 
-def terminate_lock_holder(conn: Connection, group: str, pid: int, replica: str) -> int | None:
-    """Terminate ``pid`` only if it holds the group's advisory lock, and then the replica's
-    other sessions that hold a lock on the lease table. The number of those others, or None
-    when ``pid`` did not hold the lock (nothing was terminated)."""
-    done = conn.execute(TERMINATE_LOCK_HOLDER, {"pid": pid, **_lock_params(group)}).first()
-    if done is None or not done[0]:
+def terminate_lock_holder(conn: Connection, group: str, pid: int) -> int | None:
+    """Terminate ``pid`` only if it holds the group's advisory lock, and with it the other
+    sessions of its process that hold a lock on the lease table. The number of those others,
+    or None when ``pid`` did not hold the lock (nothing was terminated)."""
+    rows = conn.execute(TERMINATE_LOCK_HOLDER, {"pid": pid, **_lock_params(group)}).all()
+    if not any(holder for _, holder in rows):
         return None
-    others = conn.execute(TERMINATE_LEASE_LOCKERS, {"prefix": f"pg_beat:{replica}:"}).all()
-    return len(others)
+    return sum(1 for _, holder in rows if not holder)
 
 
-def terminate_own_session(conn: Connection, pid: int) -> bool:
-    """End a session of this very process (its lease session, at shutdown), by its pid."""
-    return bool(conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one())
+def terminate_own_session(conn: Connection, group: str, pid: int, token: str) -> bool:
+    """End our lease session (at shutdown), by its pid, only while it holds the group's lock
+    under our ``token`` (:attr:`Connector.token`); True when it was terminated."""
+    params = {"pid": pid, "head": appnames.head(token), **_lock_params(group)}
+    row = conn.execute(TERMINATE_OWN_SESSION, params).first()
+    return row is not None and bool(row[0])
 
 
 def recent_terms(conn: Connection, group: str, limit: int = 10) -> Sequence[RowMapping]:

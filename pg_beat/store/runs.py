@@ -80,18 +80,24 @@ SET_RUN_STATUSES = text(
     """
 )
 
-# Claims of a dead epoch that were never marked sent, once that epoch's lease has expired
-# (the next term records when its predecessor's lease was due to expire), with what the
-# misfire policy and the expiry need.
+# Claims of a dead epoch that were never marked sent, once that epoch's lease has expired,
+# with what the misfire policy and the expiry need. Each term records until when the term
+# before it could publish (its lease's expiry, or now if it disowned its epoch); the claim may
+# go out again once every term that could have sent it could no longer: its own, and each
+# later one before ours, which may have been re-publishing it. Terms are found by order, not
+# by arithmetic (invariant 17): epochs skip numbers. Our own term is always among them, so
+# every claim PENDING_ORPHANS counts is one this query returns once its wait is over.
 ORPHANED_CLAIMS = text(
     """
     SELECT r.id, r.schedule_id, r.schedule_name, r.due_at, r.task_id, r.epoch,
            s.task, s.args, s.kwargs, s.options, s.misfire_policy, s.catch_up_limit
     FROM pg_beat_runs r
     JOIN pg_beat_schedules s ON s.id = r.schedule_id
-    JOIN pg_beat_leader_terms t ON t.group_name = r.group_name AND t.epoch = r.epoch + 1
     WHERE r.group_name = :group AND r.status = 'claimed' AND r.epoch < :epoch
-      AND coalesce(t.previous_expires_at, '-infinity') <= clock_timestamp()
+      AND (SELECT max(coalesce(t.previous_expires_at, '-infinity'))
+           FROM pg_beat_leader_terms t
+           WHERE t.group_name = r.group_name AND t.epoch > r.epoch AND t.epoch <= :epoch)
+          <= clock_timestamp()
     ORDER BY r.due_at
     LIMIT :limit
     FOR UPDATE OF r SKIP LOCKED

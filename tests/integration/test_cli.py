@@ -509,7 +509,7 @@ def test_status_healthy_with_a_real_leader_and_standby(db_url: str) -> None:
         lock = {r["role"]: r for r in found["lock"]}
         assert lock["holder"]["pid"] == alpha.backend_pid
         assert lock["holder"]["user_name"] == "postgres"
-        assert lock["waiter"]["application_name"].startswith("pg_beat:beta:")
+        assert re.fullmatch(r"pg_beat:[0-9a-f]{8}:beta:standby", lock["waiter"]["application_name"])
         assert found["blocked"] == []  # a standby queued on the lock is not "blocked"
         assert found["blockers"] == []
         assert [t["holder"] for t in found["failovers"]] == ["alpha"]
@@ -569,7 +569,7 @@ def test_check_fails_when_the_loop_stalls(db_url: str) -> None:
 
 def test_status_names_what_a_stale_leader_waits_on(db_url: str) -> None:
     assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
-    with blocked_session(db_url, "pg_beat:hung-1:leader", "tick", hold_key=True) as (
+    with blocked_session(db_url, "pg_beat:0badc0de:hung-1:leader", "tick", hold_key=True) as (
         hung_pid,
         blocker_pid,
     ):
@@ -591,9 +591,15 @@ def test_status_names_what_a_stale_leader_waits_on(db_url: str) -> None:
             f"blocked: pid {blocker_pid} (admin-psql, user postgres) holds RowShareLock on "
             "pg_beat_schedules for "
         )
-        assert f"; pg_beat waits behind it: pid {hung_pid} (pg_beat:hung-1:leader); " in message
+        assert (
+            f"; pg_beat waits behind it: pid {hung_pid} (pg_beat:0badc0de:hung-1:leader); "
+            in message
+        )
         assert "; leader stale: 'hung-1' (epoch 3) has not renewed" in message
-        assert f"backend {hung_pid} (pg_beat:hung-1:leader) waits on Lock/transactionid" in message
+        assert (
+            f"backend {hung_pid} (pg_beat:0badc0de:hung-1:leader) waits on Lock/transactionid"
+            in message
+        )
         assert f"blocked by pid {blocker_pid} (admin-psql, idle in transaction" in message
         assert found["lease"]["status"] == "hung" and found["lease"]["backend_alive"] is True
         (backend,) = found["leader_backends"]

@@ -55,7 +55,7 @@ def shown(url: str, **overrides: Any) -> tuple[str, dict[str, str]]:
                         for name in (*EXPECTED, "pg_beat.dispatch", "application_name")
                     }
                     assert values["pg_beat.dispatch"] == "on"
-                    assert values["application_name"] == "pg_beat:conn-test:test"
+                    assert values["application_name"] == f"pg_beat:{connector.token}:conn-test:test"
                     assert {k: values[k] for k in EXPECTED} == EXPECTED
         return connector.mode, values
     finally:

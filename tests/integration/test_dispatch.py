@@ -481,7 +481,8 @@ def test_store_reports_lock_holder_in_pg_locks(db_url: str) -> None:
         engine.dispose()
         granted = [h for h in holders if h["granted"]]
         assert [h["pid"] for h in granted] == [rep.watchdog.backend_pid]
-        assert granted[0]["application_name"] == "pg_beat:test-replica:leader"
+        token = rep.watchdog.connector.token
+        assert granted[0]["application_name"] == f"pg_beat:{token}:test-replica:leader"
 
 
 # --- the fence and the renewal (invariant 10) ------------------------------------------------

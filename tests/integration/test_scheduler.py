@@ -158,7 +158,7 @@ def test_lazy_instance_writes_nothing_and_reports_the_schema(
     assert sql(
         db_url,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-        f"pg_beat:{replica}:%",
+        f"pg_beat:%:{replica}:%",
     ) == [(0,)]
 
 
@@ -527,6 +527,25 @@ def test_close_releases_the_lease_at_once_and_twice_is_fine(
     assert scheduler.watchdog is not None
     scheduler.watchdog.join(timeout=5)
     assert not scheduler.watchdog.is_alive()
+
+
+def test_release_at_shutdown_terminates_no_session_but_our_lock_holder(
+    db_url: str, make_app: AppFactory
+) -> None:
+    """The lease session's pid the watchdog remembers is a hint: after a restart of the server
+    it may be any client's, or one of ours without the lock (invariant 13)."""
+    with running(make_app(db_url)) as scheduler:
+        wait_for(lambda: scheduler.state.epoch is not None, 10, "leadership")
+        epoch = scheduler.state.epoch
+        ours = scheduler.connector.application_name("dispatch")
+        with (
+            psycopg.connect(libpq(db_url), autocommit=True, application_name="psql") as stranger,
+            psycopg.connect(libpq(db_url), autocommit=True, application_name=ours) as unlocked,
+        ):
+            for session in (stranger, unlocked):
+                scheduler._release(epoch, session.info.backend_pid)
+                time.sleep(0.3)  # a terminated backend would be gone by now
+                assert session.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_the_next_replica_leads_without_waiting_for_the_ttl(

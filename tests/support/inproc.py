@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pg_beat import brokerhealth
+from pg_beat import brokerhealth, store
 from pg_beat.config import Settings
 from pg_beat.dispatch import Dispatcher
 from pg_beat.lease import LeaderState
@@ -106,7 +106,9 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
     settings = settings_for(url, **overrides)
     state = LeaderState()
     outbox = Outbox()
-    dispatcher = Dispatcher(settings, state, outbox)
+    # One Connector, as in a beat process: its sessions share one token in their names.
+    connector = store.Connector(settings)
+    dispatcher = Dispatcher(settings, state, outbox, connector)
     watchdog = Watchdog(
         settings,
         state,
@@ -115,6 +117,7 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
         dispatch_backend=lambda: dispatcher.backend_pid,
         exit_process=lambda code: None,
         broker_health=lambda: _broker_health(state, dispatcher),
+        connector=connector,
     )
     watchdog.start()
     rep = Replica(settings, state, dispatcher, watchdog, outbox)
