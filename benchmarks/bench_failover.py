@@ -1,7 +1,8 @@
 """Failover benchmark: pg_beat's HA cluster under injected faults, side by side with RedBeat.
 
     .venv/bin/python benchmarks/bench_failover.py --quick            # 1 round of 5 kinds, ~2 min
-    .venv/bin/python benchmarks/bench_failover.py --json out.json    # 8 rounds x 14 kinds, ~23 min
+    .venv/bin/python benchmarks/bench_failover.py --quick --kinds broker  # broker kinds, ~7 min
+    .venv/bin/python benchmarks/bench_failover.py --json out.json    # all 17 kinds, ~40 min
 
 Three real ``celery beat`` replicas and a worker per fault kind (``examples.cluster.Cluster`` for
 pg_beat, the same harness running ``redbeat.RedBeatScheduler`` for RedBeat), three 1-second
@@ -11,8 +12,14 @@ transaction pooling), on a primary that fails over to its promoted standby (a li
 URL), and behind a link that the kernel black-holes. Per kind it prints the failover time (fault
 to the first tick sent by a new leader), and from the worker's side the ticks missed, duplicated,
 re-published and unexpected, the replicas that exited when they should not have, the log records
-a replica wrote for the fault and the leader terms the fault opened. See benchmarks/README.md
-("Failover benchmark") for what each figure means.
+a replica wrote for the fault and the leader terms the fault opened.
+
+The broker kinds (``_broker_faults.py``) take the broker away instead: a Redis of the run's own
+killed or stopped for ``--outage`` seconds, a RabbitMQ of its own restarted, and the leader alone
+cut from Redis. They print, per scheduler, the exits, leader terms and log records of the
+outage, the ticks due during it that ran 0 times or more than once, and how soon after the
+broker's return the first tick went out. See benchmarks/README.md ("Failover benchmark") for
+what each figure means.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import _broker_faults as brokerfaults  # noqa: E402
 from _common import revision  # noqa: E402
 from support import blackhole as kernel_blackhole  # noqa: E402
 from support.pg import (  # noqa: E402
@@ -60,6 +68,7 @@ from support.pg import (  # noqa: E402
 from support.pgbouncer import SESSION, TRANSACTION, PgBouncer, PgBouncerUnavailable  # noqa: E402
 from support.pgbouncer import find_binary as find_pgbouncer  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
+from support.rabbitmq import RabbitMQUnavailable  # noqa: E402
 from support.replication import ReplicatedPair  # noqa: E402
 
 from examples.cluster import Cluster, utcnow  # noqa: E402
@@ -72,7 +81,6 @@ DIRECT_KINDS = [
     "terminate_backend",
     "pg_restart",
     "partition",
-    "stuck_publish",
     "row_lock",
 ]
 #: Kinds where production runs pg_beat: behind PgBouncer, on a promoted standby, behind a
@@ -85,8 +93,13 @@ TOPOLOGY_KINDS = [
     "promotion",
     "blackhole",
 ]
-PG_KINDS = DIRECT_KINDS + TOPOLOGY_KINDS
-REDBEAT_KINDS = ("sigkill", "sigstop", "sigterm")
+#: The broker goes away (a Redis of its own killed or stopped, a RabbitMQ of its own restarted)
+#: or the leader alone loses it (broker_partition). See _broker_faults.py.
+BROKER_KINDS = brokerfaults.BROKER_KINDS
+PG_KINDS = DIRECT_KINDS + TOPOLOGY_KINDS + BROKER_KINDS
+REDBEAT_KINDS = ("sigkill", "sigstop", "sigterm", *brokerfaults.REDBEAT_BROKER_KINDS)
+#: ``--kinds`` may name these groups.
+KIND_GROUPS = {"direct": DIRECT_KINDS, "topology": TOPOLOGY_KINDS, "broker": BROKER_KINDS}
 QUICK_KINDS = ["sigkill", "sigterm", "sigstop", "pgbouncer_transaction_sigkill", "blackhole"]
 SCHEDULES = [("every-second-a", 1.0), ("every-second-b", 1.0), ("every-second-c", 1.0)]
 LOCKED_SCHEDULE = "every-second-a"
@@ -108,7 +121,6 @@ EXPECTED_EXITS: dict[str, dict[str, set[int]]] = {
     "pg_beat": {
         "sigkill": {-signal.SIGKILL},
         "sigterm": {0},
-        "stuck_publish": {70},
         "pgbouncer_session_sigkill": {-signal.SIGKILL},
         "pgbouncer_transaction_sigkill": {-signal.SIGKILL},
     },
@@ -158,6 +170,10 @@ class Options:
     max_loop_interval: float
     #: blackhole: how long the leader's link stays black-holed per round.
     hole: float
+    #: Broker kinds: seconds from the fault until the broker is brought back (the partition:
+    #: until the leader's link is restored), and how many rounds each.
+    outage: float
+    broker_rounds: int
     workdir: Path
     json_path: str | None
     quick: bool
@@ -170,11 +186,18 @@ class Options:
     def tag(self) -> str:
         return f"{os.getpid()}"
 
+    def rounds_for(self, kind: str) -> int:
+        return self.broker_rounds if kind in BROKER_KINDS else self.rounds
+
 
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8, help="faults per kind (default 8)")
-    parser.add_argument("--kinds", help=f"comma-separated subset of {','.join(PG_KINDS)}")
+    parser.add_argument(
+        "--kinds",
+        help=f"comma-separated subset of {','.join(PG_KINDS)}, or the groups "
+        f"{','.join(KIND_GROUPS)}",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -204,14 +227,30 @@ def parse_args(argv: list[str] | None = None) -> Options:
         type=float,
         help="blackhole: how long the leader's link is cut per round (default 10, --quick 5)",
     )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=30.0,
+        help="broker kinds: seconds the broker is away (the partition: the leader's link is cut) "
+        "per round (default 30: the point of these kinds; shorten only for a check)",
+    )
+    parser.add_argument(
+        "--broker-rounds",
+        type=int,
+        default=3,
+        help="rounds of each broker kind (default 3, --quick 1)",
+    )
     parser.add_argument("--workdir", help="replica logs go here (default: a new temp dir)")
     args = parser.parse_args(argv)
     kinds = QUICK_KINDS if args.quick else PG_KINDS
     if args.kinds:
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        named = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        kinds = [k for name in named for k in KIND_GROUPS.get(name, [name])]
         unknown = sorted(set(kinds) - set(PG_KINDS))
         if unknown:
             parser.error(f"unknown kinds {unknown}; choose from {','.join(PG_KINDS)}")
+    if args.outage <= 0:
+        parser.error("--outage must be positive")
     if "127.0.0.1" not in args.admin_url and "localhost" not in args.admin_url:
         parser.error("--admin-url must point at 127.0.0.1")
     hole = args.blackhole_seconds or (5.0 if args.quick else 10.0)
@@ -229,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         hang_timeout=args.hang_timeout,
         max_loop_interval=args.redbeat_max_loop_interval,
         hole=hole,
+        outage=args.outage,
+        broker_rounds=1 if args.quick else max(1, args.broker_rounds),
         workdir=workdir,
         json_path=args.json_path,
         quick=args.quick,
@@ -267,8 +308,24 @@ class Round:
     terms: int | None = None
     #: blackhole: seconds from the fault to the cut-off leader's "no longer the leader" record.
     noticed: float | None = None
-    #: blackhole: seconds from restore() to its watchdog's "connected to the database" record.
+    #: blackhole: seconds from restore() to its watchdog's "connected to the database" record;
+    #: broker_partition: to its "broker: reachable again" record (its next probe).
     rejoined: float | None = None
+    #: Broker kinds: seconds from the fault until the broker answered again (the partition:
+    #: until the leader's link was restored).
+    away: float | None = None
+    #: Broker outages: seconds from the broker's return to the first tick published after it
+    #: (pg_beat: ``pg_beat_runs.sent_at``; RedBeat: its send stamp). The partition: from the
+    #: fault to the first tick sent by the new leader (the failover time).
+    first_publish: float | None = None
+    #: Broker kinds: ticks due while the broker was away (RedBeat has no grid: see
+    #: brokerfaults.redbeat_outage), of them run 0 times, and more than once (pg_beat: by one
+    #: epoch or by two), from the worker's side.
+    due_away: int | None = None
+    missed_away: int = 0
+    duplicated_away: int = 0
+    #: broker_partition: whether the cut-off leader logged "handing the lease over".
+    handed_over: bool | None = None
     exits: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -287,6 +344,8 @@ def describe(r: Round) -> str:
     what = (
         f"lateness {fmt(r.lateness)}s" if r.kind == "row_lock" else f"failover {fmt(r.failover)}s"
     )
+    if r.kind in brokerfaults.OUTAGE_KINDS:
+        what = "an outage, not a failover"
     text = (
         f"{r.scheduler} {r.kind} #{r.index + 1}: leader {r.leader}, {what}, "
         f"{r.executed}/{r.expected} executed, missed {r.missed}, late {r.late}, "
@@ -299,6 +358,14 @@ def describe(r: Round) -> str:
         text += f", terms {r.terms}"
     if r.kind == "blackhole":
         text += f", noticed {fmt(r.noticed)}s, rejoined {fmt(r.rejoined)}s after restore"
+    if r.kind in BROKER_KINDS:
+        text += (
+            f", broker away {fmt(r.away)}s, first publish {fmt(r.first_publish)}s, "
+            f"{r.due_away} due while away: missed {r.missed_away}, "
+            f"duplicated {r.duplicated_away}"
+        )
+    if r.handed_over is not None:
+        text += f", handed over {r.handed_over}, broker reachable {fmt(r.rejoined)}s after restore"
     if r.exits:
         text += f", exits {r.exits}"
     if r.notes:
@@ -427,9 +494,11 @@ def summary_stats(values: list[float]) -> Stats:
 
 def log_records(cluster: Cluster, name: str) -> tuple[int, int]:
     """Log records (not banner lines, not traceback lines) ``name`` has written so far:
-    (all but the per-tick send records, all)."""
+    (all but the per-tick send records, all). The send records are pg_beat's "] sent " and
+    stock beat's "Sending due task" (RedBeat)."""
     lines = [line for line in cluster.log(name).splitlines() if LOG_RECORD.match(line)]
-    return sum(1 for line in lines if SENT not in line), len(lines)
+    quiet = [line for line in lines if SENT not in line and brokerfaults.REDBEAT_SENT not in line]
+    return len(quiet), len(lines)
 
 
 def first_record(cluster: Cluster, name: str, text: str, since: float) -> float | None:
@@ -458,6 +527,25 @@ def wait_for_record(
         time.sleep(0.1)
 
 
+def first_sent_since(cluster: Cluster, since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` (time.time()) to the first tick pg_beat recorded sent at or after
+    it (``pg_beat_runs.sent_at``), waiting up to ``timeout`` s; None: none was sent."""
+
+    def check() -> float | None:
+        with cluster._db() as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM min(sent_at)) FROM pg_beat_runs "
+                "WHERE sent_at >= to_timestamp(%s)",
+                (since,),
+            ).fetchone()
+        return None if row is None or row[0] is None else max(1e-9, float(row[0]) - since)
+
+    try:
+        return float(wait_until(check, timeout, "a tick sent", 0.05))
+    except TimeoutError:
+        return None
+
+
 def leader_terms(cluster: Cluster) -> int:
     with cluster._db() as conn:
         row = conn.execute("SELECT count(*) FROM pg_beat_leader_terms").fetchone()
@@ -478,6 +566,8 @@ def server_tool(name: str) -> str | None:
 
 def missing_tool(kind: str) -> str | None:
     """Why ``kind`` cannot run on this machine (a tool it needs is missing), or None."""
+    if kind in BROKER_KINDS:
+        return brokerfaults.missing_tool(kind)
     if pool_mode(kind) is not None and find_pgbouncer() is None:
         return "pgbouncer not found on PATH nor at /usr/sbin/pgbouncer"
     if kind == "blackhole":
@@ -494,6 +584,8 @@ UNAVAILABLE = (
     PgBouncerUnavailable,
     kernel_blackhole.KernelBlackholeUnavailable,
     NoPostgresAvailable,
+    brokerfaults.BrokerUnavailable,
+    RabbitMQUnavailable,
 )
 
 
@@ -536,7 +628,14 @@ class PgBeatKind:
             stack.callback(_quietly, drop_database, admin, name)
             url = database_url(admin, name)
         queue = f"pg_beat_failover_{opts.tag}_{kind}"
-        stack.callback(_quietly, delete_redis_keys, opts.broker_url, kombu_keys(queue))
+        broker_url = opts.broker_url
+        #: Broker outages: the cluster's broker, of this kind's own.
+        self.outage: brokerfaults.Outage | None = None
+        if kind in brokerfaults.OUTAGE_KINDS:
+            self.outage = brokerfaults.Outage(kind, opts.workdir / f"pg_beat-{kind}", stack)
+            broker_url = self.outage.url()
+        else:
+            stack.callback(_quietly, delete_redis_keys, opts.broker_url, kombu_keys(queue))
         mode = pool_mode(kind)
         if mode is not None:
             # Only the replicas go through PgBouncer; the worker and this script connect
@@ -559,17 +658,21 @@ class PgBeatKind:
                 n: target.set(port=p.port).render_as_string(hide_password=False)
                 for n, p in self.proxies.items()
             }
-        elif kind == "stuck_publish":
+        elif kind == brokerfaults.PARTITION_KIND:
+            # Each replica reaches Redis through a proxy of its own; the leader's is black-holed
+            # in the kernel, so its publishes time out (an outage, not a hang), while the
+            # standbys' probes find a working broker: the leader must hand the lease over.
             self.proxies = {n: TcpProxy(REDIS_PORT).start() for n in names}
             kwargs["replica_brokers"] = {
                 n: f"redis://127.0.0.1:{p.port}/{opts.redis_db}" for n, p in self.proxies.items()
             }
+            extra_env["PG_BEAT_BROKER_HANDOVER_AFTER"] = f"{brokerfaults.HANDOVER_AFTER:g}"
         for proxy in self.proxies.values():
             stack.callback(_quietly, proxy.stop)
         workdir = opts.workdir / f"pg_beat-{kind}"
         self.cluster = Cluster(
             url,
-            opts.broker_url,
+            broker_url,
             replicas=REPLICAS,
             workdir=workdir / label if label else workdir,
             queue=queue,
@@ -588,6 +691,8 @@ class PgBeatKind:
         self.mode_checked = False
         self._records: dict[str, tuple[int, int]] = {}
         self._terms = 0
+        #: Broker kinds: from the fault until the broker (or the leader's link) was back.
+        self._away: tuple[datetime, datetime] | None = None
 
     # --- observation ---
 
@@ -649,6 +754,8 @@ class PgBeatKind:
         if self.kind == "row_lock":
             self._mark()
             self._row_lock(r)
+        elif self.outage is not None:
+            self._ride_out(r)
         else:
             self._fail_over(r, leader, epoch)
         self.steady()
@@ -666,6 +773,7 @@ class PgBeatKind:
                 verdict = cluster.verify(start, end)
             r.late = absent - len(verdict.missed)
         self.window_start = end + timedelta(microseconds=1)
+        self._count_away(r)
         r.expected, r.executed = verdict.expected, verdict.executed
         r.missed, r.duplicates = len(verdict.missed), len(verdict.duplicates)
         r.republished = len(verdict.republished)
@@ -690,6 +798,40 @@ class PgBeatKind:
         self.exits_seen = close_round(r, cluster, self.exits_seen, leader)
         return r
 
+    def _count_away(self, r: Round) -> None:
+        """Broker kinds: the ticks due while the broker (the leader's link) was away, from the
+        worker's side: how many, run 0 times, run more than once."""
+        if self._away is None:
+            return
+        away = self.cluster.verify(*self._away)
+        r.due_away = away.expected
+        r.missed_away = len(away.missed)
+        r.duplicated_away = len(away.duplicates) + len(away.republished)
+        for label, ticks in (
+            ("missed while away", away.missed),
+            ("duplicated while away", away.duplicates + away.republished),
+        ):
+            if ticks:
+                r.examples[label] = [f"{s} @ {d.isoformat()}" for s, d in ticks[:10]]
+        self._away = None
+
+    def _ride_out(self, r: Round) -> None:
+        """A broker outage: the broker goes for ``--outage`` s and comes back. The leader keeps
+        its lease and publishes what fell due meanwhile as soon as the broker answers."""
+        assert self.outage is not None
+        self._mark()
+        fault = utcnow()
+        began = time.monotonic()
+        self.outage.fail()
+        # The outage's length is the point: nothing to wait for.
+        time.sleep(max(0.0, self.opts.outage - (time.monotonic() - began)))
+        self.outage.restore()
+        back = utcnow()
+        self._away = (fault, back)
+        r.away = (back - fault).total_seconds()
+        first = first_sent_since(self.cluster, back.timestamp(), RESUME_TIMEOUT)
+        r.first_publish = math.inf if first is None else first
+
     def _mark(self) -> None:
         """Remember the log records and leader terms so far, just before the fault."""
         self._records = {n: log_records(self.cluster, n) for n in self.cluster.replicas}
@@ -710,6 +852,9 @@ class PgBeatKind:
             return
         resumed = cluster.first_send_after(epoch, started, timeout=RESUME_TIMEOUT)
         r.failover = math.inf if resumed is None else resumed
+        if self.kind == brokerfaults.PARTITION_KIND:
+            self._hand_over(r, leader, started)
+            return
         self._recover(r, leader)
 
     def _align(self) -> None:
@@ -735,13 +880,13 @@ class PgBeatKind:
             assert self.pair is not None
             self.pair.stop_primary("immediate")
             self.pair.promote_standby()
-        elif kind in ("partition", "stuck_publish"):
-            # No FIN, no RST: the leader's packets to PostgreSQL (partition) or to the broker
-            # (stuck_publish: its next publish blocks forever) vanish.
+        elif kind == "partition":
+            # No FIN, no RST: the leader's packets to PostgreSQL vanish.
             self.proxies[leader].blackhole()
-        elif kind == "blackhole":
-            # A real partition: the kernel drops every packet between the leader and its proxy,
-            # so its keepalives and tcp_user_timeout can fire (see support/proxy.py).
+        elif kind in ("blackhole", brokerfaults.PARTITION_KIND):
+            # A real partition: the kernel drops every packet between the leader and its proxy
+            # (to PostgreSQL, or to Redis), so its keepalives and timeouts can fire (see
+            # support/proxy.py).
             self.proxies[leader].blackhole(kernel=True)
         else:
             raise ValueError(kind)
@@ -753,11 +898,32 @@ class PgBeatKind:
             time.sleep(2)
             self.proxies[leader].cut()  # drop what the partition held, do not deliver it late
             self.proxies[leader].restore()
-        elif self.kind == "stuck_publish":
-            self.proxies[leader].cut()
-            self.proxies[leader].restore()
-            if "dispatch loop stuck" not in self.cluster.log(leader):
-                r.notes.append("no 'dispatch loop stuck' report in the leader's log")
+
+    def _hand_over(self, r: Round, leader: str, started: float) -> None:
+        """broker_partition: the cut-off leader hands the lease over (no hang report, no exit),
+        and must not win it back while its link stays cut for ``--outage`` s from the fault.
+        Then ``restore()``: what TCP still retransmits arrives late, and a publish that began
+        before the handover must not land a second copy (push-once, pg_beat.dedup)."""
+        proxy = self.proxies[leader]
+        try:
+            time.sleep(max(0.0, started + self.opts.outage - time.time()))
+        finally:
+            restored = time.time()
+            proxy.restore()
+        cut = datetime.fromtimestamp(started, timezone.utc)
+        self._away = (cut, datetime.fromtimestamp(restored, timezone.utc))
+        r.away = restored - started
+        r.first_publish = r.failover
+        handed = first_record(self.cluster, leader, brokerfaults.HANDED_OVER, started)
+        r.handed_over = handed is not None
+        # The ex-leader's next probe (every 10 s) must find the broker again: then it is a
+        # standby the cluster may hand over to in turn.
+        back = wait_for_record(
+            self.cluster, leader, brokerfaults.REACHABLE, restored, brokerfaults.PROBE_WAIT
+        )
+        r.rejoined = None if back is None else back - restored
+        if first_record(self.cluster, leader, "dispatch loop stuck", started) is not None:
+            r.notes.append("the cut-off leader reported a hang")
 
     def _black_hole(self, r: Round, leader: str, epoch: int, started: float) -> None:
         """The hole stays for ``--blackhole-seconds`` whatever happens meanwhile; then
@@ -865,19 +1031,26 @@ class RedBeatKind:
         self.record_url = libpq_url(database_url(opts.admin_url, name))
         queue = f"redbeat_failover_{opts.tag}_{kind}"
         prefix = self.prefix = f"redbeat_failover_{opts.tag}_{kind}:"
-        stack.callback(
-            _quietly,
-            delete_redis_keys,
-            opts.broker_url,
-            [*kombu_keys(queue), prefix + "*"],
-        )
+        #: Broker outages: a Redis of this kind's own, RedBeat's store as well as the broker.
+        self.outage: brokerfaults.Outage | None = None
+        self.broker_url = opts.broker_url
+        if kind in brokerfaults.OUTAGE_KINDS:
+            self.outage = brokerfaults.Outage(kind, opts.workdir / f"redbeat-{kind}", stack)
+            self.broker_url = self.outage.url()
+        else:
+            stack.callback(
+                _quietly,
+                delete_redis_keys,
+                opts.broker_url,
+                [*kombu_keys(queue), prefix + "*"],
+            )
         with psycopg.connect(self.record_url, autocommit=True) as conn:
             from redbeat_app import EXECUTIONS_DDL
 
             conn.execute(EXECUTIONS_DDL)
         self.cluster = RedBeatCluster(
             database_url(opts.admin_url, name),
-            opts.broker_url,
+            self.broker_url,
             replicas=REPLICAS,
             workdir=opts.workdir / f"redbeat-{kind}",
             queue=queue,
@@ -954,19 +1127,22 @@ class RedBeatKind:
         """Sleep until ``LEAD`` seconds before RedBeat's next due entry (its zset's score)."""
         import redis
 
-        client = redis.Redis.from_url(self.opts.broker_url)
+        client = redis.Redis.from_url(self.broker_url)
         try:
             first = client.zrange(f"{self.prefix}:schedule", 0, 0, withscores=True)
         finally:
             client.close()
         sleep_until_due(float(first[0][1]) - time.time() if first else 0.0)
 
-    def first_send_by_other(self, pid: int, since: float) -> float | None:
+    def first_send_by_other(self, pid: int | None, since: float) -> float | None:
+        """Seconds from ``since`` to the first send stamped after it by a process other than
+        ``pid`` (None: by any), waiting up to RESUME_TIMEOUT; None: no such send."""
+
         def check() -> float | None:
             with self._db() as conn:
                 row = conn.execute(
                     "SELECT min(sent_at) FROM redbeat_bench_executions "
-                    "WHERE sent_at > %s AND beat_pid <> %s",
+                    "WHERE sent_at > %s AND beat_pid IS DISTINCT FROM %s",
                     (since, pid),
                 ).fetchone()
             return None if row is None or row[0] is None else max(1e-9, row[0] - since)
@@ -975,6 +1151,43 @@ class RedBeatKind:
             return float(wait_until(check, RESUME_TIMEOUT, "a send by another replica", 0.05))
         except TimeoutError:
             return None
+
+    def _ride_out(self, r: Round) -> tuple[float, float]:
+        """A Redis outage of ``--outage`` s: (fault, back) as time.time(). RedBeat's lock and
+        schedule live in that Redis too."""
+        assert self.outage is not None
+        fault = time.time()
+        began = time.monotonic()
+        self.outage.fail()
+        time.sleep(max(0.0, self.opts.outage - (time.monotonic() - began)))
+        self.outage.restore()
+        back = time.time()
+        r.away = back - fault
+        first = self.first_send_by_other(None, back)
+        r.first_publish = math.inf if first is None else first
+        return fault, back
+
+    def _count_away(self, r: Round, fault: float, back: float) -> None:
+        """The ticks due, lost and sent twice while Redis was away
+        (``brokerfaults.redbeat_outage``), and how often the sending process changed since the
+        last send before the fault (RedBeat's leader changes, in ``terms``)."""
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT schedule, sent_at, beat_pid FROM redbeat_bench_executions "
+                "WHERE sent_at IS NOT NULL AND sent_at >= %s ORDER BY sent_at",
+                (fault - 5 * SCHEDULES[0][1],),
+            ).fetchall()
+        sends: dict[str, list[float]] = {}
+        for schedule, sent, _ in rows:
+            sends.setdefault(schedule, []).append(float(sent))
+        r.due_away, r.missed_away, r.duplicated_away, examples = brokerfaults.redbeat_outage(
+            sends, SCHEDULES[0][1], fault, back
+        )
+        if examples:
+            r.examples["around the outage"] = examples[:10]
+        last_before = [pid for _, sent, pid in rows if sent < fault][-1:]
+        pids = last_before + [pid for _, sent, pid in rows if sent >= fault]
+        r.terms = sum(1 for a, b in itertools.pairwise(pids) if a != b)
 
     def wait_sent_until(self, end: float) -> None:
         def check() -> bool:
@@ -1033,19 +1246,29 @@ class RedBeatKind:
         leader = self.steady()
         r.leader = leader
         pid = cluster.pid(leader)
-        self._align()
-        started = time.time()
-        sig = {"sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP, "sigterm": signal.SIGTERM}
-        cluster.signal(leader, sig[self.kind])
-        resumed = self.first_send_by_other(pid, started)
-        r.failover = math.inf if resumed is None else resumed
-        if self.kind == "sigstop":
-            cluster.signal(leader, signal.SIGCONT)
+        if self.outage is not None:
+            marks = {n: log_records(cluster, n) for n in cluster.replicas}
+            fault, back = self._ride_out(r)
+        else:
+            self._align()
+            started = time.time()
+            sig = {"sigkill": signal.SIGKILL, "sigstop": signal.SIGSTOP, "sigterm": signal.SIGTERM}
+            cluster.signal(leader, sig[self.kind])
+            resumed = self.first_send_by_other(pid, started)
+            r.failover = math.inf if resumed is None else resumed
+            if self.kind == "sigstop":
+                cluster.signal(leader, signal.SIGCONT)
         self.steady()
         time.sleep(AFTER)
         end = time.time() - 1
         self.wait_sent_until(end)
         self.verdict(r, start, end)
+        if self.outage is not None:
+            self._count_away(r, fault, back)
+            for n in cluster.replicas:
+                written, written_all = log_records(cluster, n)
+                r.records[n] = written - marks[n][0]
+                r.records_all[n] = written_all - marks[n][1]
         self.window_start = end
         self.exits_seen = close_round(r, cluster, self.exits_seen, leader)
         return r
@@ -1076,7 +1299,7 @@ def run_kind(
             skipped[kind] = str(exc).splitlines()[0]
             log(f"{scheduler} {kind}: skipped: {skipped[kind]}")
             return
-        for index in range(opts.rounds):
+        for index in range(opts.rounds_for(kind)):
             try:
                 r = runner.round(index)
             except UNAVAILABLE as exc:
@@ -1087,6 +1310,8 @@ def run_kind(
                 r = Round(scheduler, kind, index)
                 if kind == "row_lock":
                     r.lateness = math.inf
+                elif kind in brokerfaults.OUTAGE_KINDS:
+                    r.first_publish = math.inf
                 else:
                     r.failover = math.inf
                 r.notes.append(f"round aborted: {type(exc).__name__}: {exc}")
@@ -1184,6 +1409,8 @@ def table(results: list[Round], opts: Options, skipped: dict[str, str]) -> str:
     rows = [header]
     skipped_rows: dict[int, str] = {}
     for kind in opts.kinds:
+        if kind in BROKER_KINDS:
+            continue  # their own table: broker_table()
         pg = summarize(results, "pg_beat", kind)
         rb = summarize(results, "redbeat", kind)
         if pg is None and kind in skipped:
@@ -1219,9 +1446,17 @@ def table(results: list[Round], opts: Options, skipped: dict[str, str]) -> str:
                 str(rb.crashes),
             ]
         rows.append(row)
+    if len(rows) == 1:
+        return ""
+    return "\n".join(render(rows, skipped_rows) + notes(results, opts))
+
+
+def render(rows: list[list[str]], skipped_rows: dict[int, str]) -> list[str]:
+    """The lines of a table: the header row, a rule, then the rows (a skipped row: its first
+    cell and why)."""
     widths = [
         max(len(row[i]) for n, row in enumerate(rows) if i == 0 or n not in skipped_rows)
-        for i in range(len(header))
+        for i in range(len(rows[0]))
     ]
     lines = []
     for n, row in enumerate(rows):
@@ -1234,7 +1469,82 @@ def table(results: list[Round], opts: Options, skipped: dict[str, str]) -> str:
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines += notes(results, opts)
+    return lines
+
+
+def broker_cells(rounds: list[Round]) -> list[str]:
+    """One scheduler's cells of a broker kind: rounds, exits, terms (max), log records (max),
+    ticks due while away, of them missed and duplicated, first publish (median/max)."""
+    if not rounds:
+        return ["-"] * 8
+    records = [float(r.max_records) for r in rounds if r.max_records is not None]
+    terms = [float(r.terms) for r in rounds if r.terms is not None]
+    first = [r.first_publish for r in rounds if r.first_publish is not None]
+    stats = summary_stats(first)
+    return [
+        str(len(rounds)),
+        str(sum(len(r.exits) for r in rounds)),
+        fmt_count(max(terms)) if terms else "-",
+        fmt_count(max(records)) if records else "-",
+        str(sum(r.due_away or 0 for r in rounds)),
+        str(sum(r.missed_away for r in rounds)),
+        str(sum(r.duplicated_away for r in rounds)),
+        f"{fmt(stats[1])}/{fmt(stats[3])}",
+    ]
+
+
+def broker_table(results: list[Round], opts: Options, skipped: dict[str, str]) -> str:
+    """The broker kinds, pg_beat and RedBeat side by side."""
+    kinds = [k for k in opts.kinds if k in BROKER_KINDS]
+    if not kinds:
+        return ""
+    scheduler_cells = ["n", "exits", "terms", "log/fault", "due", "missed", "dup", "first publish"]
+    header = ["broker fault", "away s", *scheduler_cells, "|", *scheduler_cells]
+    header[3] = "pg_beat exits"
+    header[12] = "RedBeat exits"
+    header[13] = "leader changes"
+    header[9] = header[18] = "first publish med/max s"
+    rows = [header]
+    skipped_rows: dict[int, str] = {}
+    for kind in kinds:
+        pg = [r for r in results if r.scheduler == "pg_beat" and r.kind == kind]
+        rb = [r for r in results if r.scheduler == "redbeat" and r.kind == kind]
+        if not pg and kind in skipped:
+            skipped_rows[len(rows)] = f"skipped: {skipped[kind]}"
+            rows.append([kind])
+            continue
+        away = [r.away for r in pg + rb if r.away is not None]
+        row = [kind, fmt(statistics.median(away), 1) if away else "-", *broker_cells(pg)]
+        if kind == brokerfaults.PARTITION_KIND:
+            row[-1] += " ‡"
+        row.append("|")
+        if rb or kind in REDBEAT_KINDS:
+            row += broker_cells(rb)
+        else:
+            row += ["-", *["n/a"] * 7]
+        rows.append(row)
+    lines = render(rows, skipped_rows)
+    partitions = [r for r in results if r.kind == brokerfaults.PARTITION_KIND]
+    if partitions:
+        handed = sum(1 for r in partitions if r.handed_over)
+        back = [r.rejoined for r in partitions if r.rejoined is not None]
+        lines.append(
+            f"‡ broker_partition (PG_BEAT_BROKER_HANDOVER_AFTER={brokerfaults.HANDOVER_AFTER:g}): "
+            "fault -> first tick sent by the new leader; the cut-off leader logged "
+            f"'{brokerfaults.HANDED_OVER}' in {handed}/{len(partitions)} rounds, and "
+            f"'{brokerfaults.REACHABLE}' in {len(back)}/{len(partitions)}, "
+            f"{'/'.join(fmt(v) for v in summary_stats(back))} s (min/med/p90/max) after restore()"
+        )
+    lines.append(
+        f"away: fault -> broker answering again ({opts.outage:g} s asked; a RabbitMQ takes a few "
+        "s more to start). first publish: broker back -> first tick published after it "
+        "(pg_beat: pg_beat_runs.sent_at; RedBeat: its send stamp). exits: all replica exits "
+        "(none is expected). terms: rows added to pg_beat_leader_terms (RedBeat: leader "
+        "changes, times the sending process changed). log/fault: records of the replica that "
+        "wrote most, per-tick send records left out. due/missed/dup: ticks due while away, run "
+        "0 times, run more than once (worker's side; RedBeat has no grid: its due times follow "
+        "each send by the interval, and those inside a gap after the first are lost)."
+    )
     return "\n".join(lines)
 
 
@@ -1298,8 +1608,8 @@ def targets(results: list[Round], opts: Options) -> list[Target]:
         ("SIGKILL: max failover <= 2 s", *_check(failovers("sigkill"), max, 2.0)),
         ("SIGTERM: max failover <= 0.5 s", *_check(failovers("sigterm"), max, 0.5)),
         (
-            f"Hang (sigstop, stuck_publish): max failover <= TTL + 2 = {hang_bound:g} s",
-            *_check(failovers("sigstop", "stuck_publish"), max, hang_bound),
+            f"Hang (sigstop): max failover <= TTL + 2 = {hang_bound:g} s",
+            *_check(failovers("sigstop"), max, hang_bound),
         ),
     ]
     faults = len(pg)
@@ -1397,6 +1707,68 @@ def topology_targets(results: list[Round], opts: Options) -> list[Target]:
     return out
 
 
+def _every_round(label: str, rounds: list[Round], ok: Callable[[Round], bool]) -> Target:
+    good = sum(1 for r in rounds if ok(r))
+    verdict = ("PASS" if good == len(rounds) else "FAIL") if rounds else "n/a"
+    return label, f"{good}/{len(rounds)}", verdict
+
+
+def _once(r: Round) -> bool:
+    """Every tick of the round's window ran exactly once (worker's side)."""
+    return not (r.missed or r.duplicates or r.republished or r.unexpected)
+
+
+def broker_targets(results: list[Round], opts: Options) -> list[Target]:
+    """The bounds of invariant 15 (tests/ha/test_broker_outage.py, test_failover.py's handover
+    case), checked on every pg_beat round of the broker kinds."""
+    pg = [r for r in results if r.scheduler == "pg_beat"]
+    outages = [r for r in pg if r.kind in brokerfaults.OUTAGE_KINDS]
+    parts = [r for r in pg if r.kind == brokerfaults.PARTITION_KIND]
+    first = [math.inf if r.first_publish is None else r.first_publish for r in outages]
+    bound = brokerfaults.HANDOVER_AFTER + opts.lease_ttl
+    most = brokerfaults.RECORDS_PER_OUTAGE
+    return [
+        _every_round("outage: 0 replica exits, every round", outages, lambda r: not r.exits),
+        _every_round("outage: 0 new leader terms, every round", outages, lambda r: r.terms == 0),
+        _every_round(
+            f"outage: <= {most} log records per replica, every round",
+            outages,
+            lambda r: (r.max_records or 0) <= most,
+        ),
+        _every_round(
+            "outage: 0 ticks due while away missed or duplicated, every round",
+            outages,
+            lambda r: r.due_away is not None and not r.missed_away and not r.duplicated_away,
+        ),
+        _every_round("outage: every tick of the round once, every round", outages, _once),
+        (
+            f"outage: first publish <= {brokerfaults.FIRST_PUBLISH_BOUND:g} s after the "
+            "broker's return (max)",
+            *_check(first, max, brokerfaults.FIRST_PUBLISH_BOUND),
+        ),
+        _every_round(
+            "broker_partition: handed over, 0 exits, 1 leader term, every round",
+            parts,
+            lambda r: bool(r.handed_over) and not r.exits and r.terms == 1,
+        ),
+        (
+            f"broker_partition: max failover <= handover after + TTL = {bound:g} s",
+            *_check([r.failover for r in parts if r.failover is not None], max, bound),
+        ),
+        _every_round("broker_partition: every tick once, every round", parts, _once),
+        _every_round(
+            "broker_partition: the ex-leader finds its broker again after restore(), every round",
+            parts,
+            lambda r: r.rejoined is not None,
+        ),
+        _every_round(
+            f"broker_partition: < {RECORDS_PER_FAULT} log records per replica, every round",
+            parts,
+            lambda r: (r.max_records or 0) < RECORDS_PER_FAULT,
+        ),
+    ]
+
+
 def source_digest() -> str:
     """SHA-1 of every file under pg_beat/ and migrations/, to notice edits during a run."""
     digest = hashlib.sha1()
@@ -1417,22 +1789,28 @@ def report(
         f"{opts.heartbeat:g} s, hang timeout {opts.hang_timeout:g} s; {len(SCHEDULES)} schedules "
         f"every {SCHEDULES[0][1]:g} s (pg_beat: catch_up); RedBeat: redbeat_lock_timeout "
         f"{opts.lease_ttl:g} s, beat_max_loop_interval {opts.max_loop_interval:g} s",
-        "",
-        table(results, opts, skipped),
-        "",
-        "Targets (issue 3, pg_beat):",
     ]
+    for part in (table(results, opts, skipped), broker_table(results, opts, skipped)):
+        if part:
+            lines += ["", part]
+    lines += ["", "Targets (issue 3, pg_beat):"]
     rows = targets(results, opts)
     topology = (
         topology_targets(results, opts) if any(k in TOPOLOGY_KINDS for k in opts.kinds) else []
     )
-    width = max(len(t) for t, _, _ in rows + topology)
+    broker = broker_targets(results, opts) if any(k in BROKER_KINDS for k in opts.kinds) else []
+    width = max(len(t) for t, _, _ in rows + topology + broker)
     lines += [f"  {t.ljust(width)}  {m:>8}  {v}" for t, m, v in rows]
     if topology:
         lines.append(
             "Bounds of tests/ha/test_topologies.py (pg_beat, PgBouncer/promotion/blackhole):"
         )
         lines += [f"  {t.ljust(width)}  {m:>8}  {v}" for t, m, v in topology]
+    if broker:
+        lines.append(
+            f"Broker bounds, invariant 15 (pg_beat; outage: the broker away {opts.outage:g} s):"
+        )
+        lines += [f"  {t.ljust(width)}  {m:>8}  {v}" for t, m, v in broker]
     load = meta.get("load_before", (0, 0, 0)), os.getloadavg()
     lines.append(
         f"\npg_beat {meta.get('revision', 'unknown')}; wall time "
@@ -1468,7 +1846,9 @@ def write_json(
         ],
         "targets": [
             {"target": t, "measured": m, "verdict": v}
-            for t, m, v in targets(results, opts) + topology_targets(results, opts)
+            for t, m, v in targets(results, opts)
+            + topology_targets(results, opts)
+            + broker_targets(results, opts)
         ],
     }
     Path(path).write_text(json.dumps(data, indent=2, default=str))
@@ -1526,7 +1906,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": os.getloadavg(),
     }
     log(
-        f"failover benchmark: kinds {','.join(opts.kinds)}, {opts.rounds} round(s) each, "
+        f"failover benchmark: kinds {','.join(opts.kinds)}, {opts.rounds} round(s) each "
+        f"({opts.broker_rounds} of a broker kind, the broker away {opts.outage:g} s), "
         f"RedBeat {'on' if opts.redbeat else 'off'}, workdir {opts.workdir}"
     )
     results: list[Round] = []
