@@ -128,6 +128,8 @@ BACKEND_DIAGNOSTICS = text(
     FROM pg_stat_activity a
     WHERE a.pid = ANY(CAST(:pids AS int[]))
        OR (:pg_beat_only AND a.application_name LIKE 'pg_beat:%'
+           -- this database's pg_beat: another's on the same server is another cluster
+           AND a.datname = current_database()
            AND cardinality(pg_blocking_pids(a.pid)) > 0)
     """
 )

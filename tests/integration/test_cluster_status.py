@@ -255,7 +255,8 @@ def lock_waiters(url: str) -> int:
     with connect(url, "test") as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-            "AND objid = hashtext('pg_beat:default')::oid AND NOT granted",
+            "AND objid = hashtext('pg_beat:default')::oid AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (LOCK_KEY,),
         ).fetchone()
     assert row is not None
