@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from pg_beat import broker, urls
+from pg_beat import urls
 from pg_beat.exceptions import ConfigurationError
+from pg_beat.publish import broker
 from pg_beat.schedules import MAX_CATCH_UP_LIMIT, MISFIRE_POLICIES
 
 OnHang = Literal["exit", "release"]

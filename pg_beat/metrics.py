@@ -49,18 +49,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import clock, store
+from pg_beat import store
 from pg_beat.config import Settings
 from pg_beat.exceptions import ConfigurationError
-from pg_beat.lease import LeaderState
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from pg_beat.brokerhealth import Health
-    from pg_beat.dispatch import Dispatcher
-    from pg_beat.ticks import Claim
-    from pg_beat.watchdog import Watchdog
+    from pg_beat.dispatch.loop import Dispatcher
+    from pg_beat.leadership.watchdog import Watchdog
+    from pg_beat.publish.brokerhealth import Health
+    from pg_beat.publish.ticks import Claim
 
 logger = logging.getLogger("pg_beat.metrics")
 

@@ -21,16 +21,18 @@ from celery import beat
 from kombu.utils.objects import cached_property
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import broker, brokerhealth, clock, startup, store
-from pg_beat.brokerhealth import Health, Prober, probe_connection
+from pg_beat import startup, store
 from pg_beat.config import Settings
-from pg_beat.dispatch import Dispatcher
+from pg_beat.dispatch.loop import Dispatcher
 from pg_beat.exceptions import ConfigurationError
-from pg_beat.lease import LeaderState
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.watchdog import Watchdog
 from pg_beat.liveness import LivenessFile
-from pg_beat.outbound import Outbound
+from pg_beat.publish import broker, brokerhealth
+from pg_beat.publish.brokerhealth import Health, Prober, probe_connection
+from pg_beat.publish.outbound import Outbound
 from pg_beat.urls import describe
-from pg_beat.watchdog import Watchdog
 
 logger = logging.getLogger("pg_beat.scheduler")
 
@@ -145,7 +147,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     @cached_property
     def connection(self) -> Any:
         """The broker connection of the publish path, with timeouts that fit in the publish
-        margin (see :mod:`pg_beat.broker`)."""
+        margin (see :mod:`pg_beat.publish.broker`)."""
         transport = str(self.app.connection_for_write().transport_cls)
         options = broker.connection_options(transport, self.settings.publish_margin)
         return self.app.connection_for_write(**options)

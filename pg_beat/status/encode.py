@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pg_beat import schedules
-from pg_beat.lease import LeaseView, lease_state
+from pg_beat.leadership.lease import LeaseView, lease_state
 from pg_beat.status.judge import broker_state, progress_age, replica_role
 from pg_beat.status.locks import Blocker, describe_blocker, key_rows, lock_target
 from pg_beat.status.report import ClusterStatus, Health

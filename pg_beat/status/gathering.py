@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from pg_beat import store
 from pg_beat.exceptions import PgBeatError
-from pg_beat.lease import LeaseStatus, LeaseView, lease_state
+from pg_beat.leadership.lease import LeaseStatus, LeaseView, lease_state
 from pg_beat.status.judge import (
     DEFAULT_MAX_STALL,
     UNKNOWN,

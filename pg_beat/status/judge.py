@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pg_beat.lease import LeaseStatus, LeaseView, lease_state
+from pg_beat.leadership.lease import LeaseStatus, LeaseView, lease_state
 from pg_beat.status.locks import (
     describe_blocker,
     find_blockers,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pg_beat.lease import LeaseStatus, LeaseView
+from pg_beat.leadership.lease import LeaseStatus, LeaseView
 from pg_beat.status.rows import Row, seconds
 from pg_beat.status.text import duration
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pg_beat.lease import LeaseView, lease_state
+from pg_beat.leadership.lease import LeaseView, lease_state
 from pg_beat.status.judge import DEFAULT_MAX_STALL, Verdict, replica_gone_after
 from pg_beat.status.locks import Blocker
 from pg_beat.status.rows import Row

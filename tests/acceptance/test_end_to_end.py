@@ -19,7 +19,7 @@ from support.pg import libpq_url as libpq
 from support.procs import ProcessGroup
 
 from pg_beat.api import ScheduleManager
-from pg_beat.ticks import task_id_for
+from pg_beat.publish.ticks import task_id_for
 
 pytestmark = pytest.mark.timeout(150)
 

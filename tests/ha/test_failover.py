@@ -177,7 +177,7 @@ def test_a_leader_cut_off_from_the_broker_hands_over_to_one_that_can_publish(
         log = cluster.log(leader)
         assert "handing the lease over" in log and "dispatch loop stuck" not in log
         # Held packets are delivered late when the link heals: a publish that began before the
-        # lease's deadline must not land twice (the push-once marker, pg_beat.dedup).
+        # lease's deadline must not land twice (the push-once marker, pg_beat.publish.dedup).
         proxies[leader].restore()
         assert_every_tick_once(cluster, start)
         assert cluster.replicas[leader].exits == []  # handed over, never restarted

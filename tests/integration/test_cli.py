@@ -26,8 +26,8 @@ from support.waiting import connect, wait_for
 
 from pg_beat.cli import main
 from pg_beat.config import Settings
-from pg_beat.lease import LeaderState
-from pg_beat.watchdog import Watchdog
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -646,8 +646,8 @@ HOLDER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pg_beat.config import Settings
-    from pg_beat.lease import LeaderState
-    from pg_beat.watchdog import Watchdog
+    from pg_beat.leadership.lease import LeaderState
+    from pg_beat.leadership.watchdog import Watchdog
 
     state = LeaderState()
     settings = Settings(database_url=sys.argv[1], replica_name="paused-1", lease_ttl=1.5,

@@ -26,11 +26,12 @@ import pytest
 from support.procs import ProcessGroup
 from support.waiting import connect, wait_for
 
-from pg_beat import clock, store
-from pg_beat.brokerhealth import Health
+from pg_beat import store
 from pg_beat.config import Settings
-from pg_beat.lease import LeaderState
-from pg_beat.watchdog import Watchdog
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.watchdog import Watchdog
+from pg_beat.publish.brokerhealth import Health
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -323,8 +324,8 @@ HOLDER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pg_beat.config import Settings
-    from pg_beat.lease import LeaderState
-    from pg_beat.watchdog import Watchdog
+    from pg_beat.leadership.lease import LeaderState
+    from pg_beat.leadership.watchdog import Watchdog
 
     state = LeaderState()
     settings = Settings(database_url=sys.argv[1], replica_name=sys.argv[2], lease_ttl=3.0,

@@ -20,7 +20,7 @@ from support.pg import libpq_url as libpq
 
 from pg_beat import store
 from pg_beat.api import ScheduleInfo, ScheduleManager
-from pg_beat.ticks import Claim, task_id_for
+from pg_beat.publish.ticks import Claim, task_id_for
 
 
 def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:

@@ -13,12 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import pg
 from support.inproc import replica, settings_for
 
-from pg_beat import brokerhealth
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings
-from pg_beat.dispatch import Dispatcher
+from pg_beat.dispatch.loop import Dispatcher
 from pg_beat.exceptions import ConfigurationError
-from pg_beat.lease import LeaderState
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.watchdog import Watchdog
 from pg_beat.metrics import (
     MetricsServer,
     SchedulerLike,
@@ -26,7 +26,7 @@ from pg_beat.metrics import (
     start_metrics_server,
     stop_metrics,
 )
-from pg_beat.watchdog import Watchdog
+from pg_beat.publish import brokerhealth
 
 pytestmark = pytest.mark.timeout(60)
 

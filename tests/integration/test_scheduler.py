@@ -32,7 +32,7 @@ from support.waiting import wait_for
 from pg_beat import migrate, startup, store
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings, env_name
-from pg_beat.outbound import UNKNOWN_TASK_SCHEDULES
+from pg_beat.publish.outbound import UNKNOWN_TASK_SCHEDULES
 from pg_beat.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(90)
@@ -797,7 +797,7 @@ def test_a_redis_that_stops_answering_mid_backlog_loses_no_tick_and_logs_two_lin
     flush times out and is retried in order; nothing is parked as failed, the replica keeps its
     lease, and once Redis answers again every tick is in the queue exactly once: the pipelines
     that waited in the stalled server's socket buffer run when it answers, and their retries
-    find each tick's marker and push nothing (pg_beat.dedup).
+    find each tick's marker and push nothing (pg_beat.publish.dedup).
     The outage costs two log lines: one when publishing fails, one when it works again, with
     how long it failed."""
     server = shutil.which("redis-server")

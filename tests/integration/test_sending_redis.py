@@ -13,11 +13,12 @@ import pytest
 import redis
 from kombu import Connection, Producer, Queue
 
-from pg_beat import clock, dedup
-from pg_beat.lanes import Queued
-from pg_beat.lease import LeaderState
-from pg_beat.sending import NOT_TRIED, Sender
-from pg_beat.ticks import Claim
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish import dedup
+from pg_beat.publish.lanes import Queued
+from pg_beat.publish.sending import NOT_TRIED, Sender
+from pg_beat.publish.ticks import Claim
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,7 @@ random points, as a stalled or failing-over Redis does: the test tier runs a few
 
 A run drives a real ``pg_beat.Scheduler`` in this process against real PostgreSQL and counts,
 from the Redis queue itself, what became of every tick: failed (must be 0), missing (0), extra
-copies (0: each tick is pushed once per task id, see ``pg_beat.dedup``).
+copies (0: each tick is pushed once per task id, see ``pg_beat.publish.dedup``).
 """
 
 from __future__ import annotations

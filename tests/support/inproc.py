@@ -8,12 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pg_beat import brokerhealth, store
+from pg_beat import store
 from pg_beat.config import Settings
-from pg_beat.dispatch import Dispatcher
-from pg_beat.lease import LeaderState
-from pg_beat.ticks import Claim
-from pg_beat.watchdog import Watchdog
+from pg_beat.dispatch.loop import Dispatcher
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.watchdog import Watchdog
+from pg_beat.publish import brokerhealth
+from pg_beat.publish.ticks import Claim
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

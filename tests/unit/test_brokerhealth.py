@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from pg_beat import brokerhealth, clock
-from pg_beat.brokerhealth import Health, Prober
+from pg_beat.leadership import clock
+from pg_beat.publish import brokerhealth
+from pg_beat.publish.brokerhealth import Health, Prober
 
 
 class Broker:

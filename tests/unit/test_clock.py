@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pg_beat import clock
+from pg_beat.leadership import clock
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="CLOCK_BOOTTIME is Linux's")
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from pg_beat import broker
 from pg_beat.config import Settings, default_replica_name, env_name, setting_types
 from pg_beat.exceptions import ConfigurationError, PgBeatError
+from pg_beat.publish import broker
 
 URL = "postgresql://pg@db.example/app"
 

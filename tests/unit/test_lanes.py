@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from pg_beat.lanes import Lanes
-from pg_beat.ticks import Claim
+from pg_beat.publish.lanes import Lanes
+from pg_beat.publish.ticks import Claim
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

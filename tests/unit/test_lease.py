@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pg_beat import clock
-from pg_beat.lease import LeaderState, LeaseStatus, lease_state
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState, LeaseStatus, lease_state
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 

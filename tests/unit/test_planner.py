@@ -9,9 +9,9 @@ import pytest
 from support.env import require_module
 
 from pg_beat.config import Settings
+from pg_beat.dispatch.planner import Planner, expiry
 from pg_beat.downtime import Term
-from pg_beat.planner import Planner, expiry
-from pg_beat.ticks import task_id_for
+from pg_beat.publish.ticks import task_id_for
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from pg_beat import clock
-from pg_beat.lease import LeaderState
-from pg_beat.publisher import Publisher
-from pg_beat.ticks import Claim
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish.publisher import Publisher
+from pg_beat.publish.ticks import Claim
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

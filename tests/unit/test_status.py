@@ -12,7 +12,7 @@ import pytest
 
 from pg_beat import status
 from pg_beat.config import Settings
-from pg_beat.lease import LeaseStatus, lease_state
+from pg_beat.leadership.lease import LeaseStatus, lease_state
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 

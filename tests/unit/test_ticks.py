@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from pg_beat.ticks import task_id_for
+from pg_beat.publish.ticks import task_id_for
 
 DUE = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -22,13 +22,15 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import brokerhealth, clock, hang, store
-from pg_beat.brokerhealth import Health
-from pg_beat.candidate import Candidate
+from pg_beat import store
 from pg_beat.config import Settings
-from pg_beat.handover import Handover
-from pg_beat.lease import LeaderState
-from pg_beat.registry import Registry
+from pg_beat.leadership import clock, hang
+from pg_beat.leadership.candidate import Candidate
+from pg_beat.leadership.handover import Handover
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.leadership.registry import Registry
+from pg_beat.publish import brokerhealth
+from pg_beat.publish.brokerhealth import Health
 
 logger = logging.getLogger("pg_beat.watchdog")
 
@@ -37,7 +39,7 @@ HANG_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts us
 
 class Watchdog(threading.Thread):
     """Leadership for one replica. ``progress`` returns the dispatch loop's last progress, on
-    :func:`pg_beat.clock.now`."""
+    :func:`pg_beat.leadership.clock.now`."""
 
     def __init__(
         self,

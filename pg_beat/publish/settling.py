@@ -2,7 +2,7 @@
 how long the publisher waits before the next try. No threads here: the publisher holds its
 lock while it asks, and does the waiting.
 
-Who an error belongs to is :mod:`pg_beat.sending`'s answer (invariant 16): an error of the
+Who an error belongs to is :mod:`pg_beat.publish.sending`'s answer (invariant 16): an error of the
 message itself fails that tick for good; anything else is transient, retried in order with
 back-off from RETRY_FIRST doubling up to RETRY_MAX. The poison rule finds the one tick a
 working broker keeps refusing (see :meth:`Settler._one`).
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pg_beat.lanes import Lanes, Queued
-from pg_beat.ledger import Ledger
-from pg_beat.sending import NotTried, Result, is_permanent
+from pg_beat.publish.lanes import Lanes, Queued
+from pg_beat.publish.ledger import Ledger
+from pg_beat.publish.sending import NotTried, Result, is_permanent
 
 RETRY_FIRST = 0.1  # seconds before retrying a publish that failed; doubles up to RETRY_MAX
 RETRY_MAX = 1.0

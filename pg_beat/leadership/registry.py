@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 
 from sqlalchemy.engine import Connection
 
-from pg_beat import __version__, clock, store
-from pg_beat.brokerhealth import Health
+from pg_beat import __version__, store
 from pg_beat.config import Settings
+from pg_beat.leadership import clock
+from pg_beat.publish.brokerhealth import Health
 
 PRUNE_EVERY = 30.0  # seconds between prunes of replica rows not seen for long
 

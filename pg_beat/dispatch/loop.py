@@ -23,16 +23,17 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import clock, downtime, store
+from pg_beat import downtime, store
 from pg_beat.config import Settings
-from pg_beat.dberrors import DbErrors
-from pg_beat.keeper import ConnectionKeeper
-from pg_beat.lease import LeaderState
-from pg_beat.planner import Planner
-from pg_beat.publisher import Publisher
-from pg_beat.recorder import FLUSH_WAIT, Recorder
-from pg_beat.sending import OpenBatch, Send
-from pg_beat.ticks import Claim
+from pg_beat.dispatch.dberrors import DbErrors
+from pg_beat.dispatch.keeper import ConnectionKeeper
+from pg_beat.dispatch.planner import Planner
+from pg_beat.dispatch.recorder import FLUSH_WAIT, Recorder
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish.publisher import Publisher
+from pg_beat.publish.sending import OpenBatch, Send
+from pg_beat.publish.ticks import Claim
 
 logger = logging.getLogger("pg_beat.dispatch")
 
@@ -50,7 +51,7 @@ PRUNE_EVERY = 60.0
 
 class Dispatcher:
     """Runs in the beat process's main thread, driven by ``Scheduler.tick``; sends through a
-    :class:`~pg_beat.publisher.Publisher` thread of its own."""
+    :class:`~pg_beat.publish.publisher.Publisher` thread of its own."""
 
     def __init__(
         self,

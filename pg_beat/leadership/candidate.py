@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from pg_beat import clock, store
+from pg_beat import store
 from pg_beat.config import Settings
 from pg_beat.exceptions import POOLING_MESSAGE
-from pg_beat.lease import LeaseStatus, lease_state
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaseStatus, lease_state
 
 logger = logging.getLogger("pg_beat.watchdog")
 

@@ -1,10 +1,11 @@
 """The broker side of the publish path: a claimed tick made a Celery message (its task id,
 headers naming the schedule, due time, epoch and replica; ``expires`` from the due time) and
 handed to kombu on the scheduler's producer, from the publisher thread. Raises what the
-broker or the message raised, which :mod:`pg_beat.sending` and :mod:`pg_beat.broker` classify.
+broker or the message raised, which :mod:`pg_beat.publish.sending` and
+:mod:`pg_beat.publish.broker` classify.
 
 Where the transport batches (kombu 5.7+ on Redis), sends go through a batch, and every message
-is pushed once per task id (:mod:`pg_beat.dedup`). After a connection error the connection
+is pushed once per task id (:mod:`pg_beat.publish.dedup`). After a connection error the connection
 and the producer's channel are made anew before the next send, with one quick try.
 """
 
@@ -15,12 +16,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from pg_beat import broker, dedup
 from pg_beat.config import Settings
 from pg_beat.exceptions import MessageTooLarge
-from pg_beat.publisher import BATCH_MAX
-from pg_beat.sending import Batch
-from pg_beat.ticks import Claim
+from pg_beat.publish import broker, dedup
+from pg_beat.publish.publisher import BATCH_MAX
+from pg_beat.publish.sending import Batch
+from pg_beat.publish.ticks import Claim
 
 logger = logging.getLogger("pg_beat.scheduler")
 
@@ -46,13 +47,13 @@ class Outbound:
         self.producer = producer
         self.connection = connection
         self._broken = False  # the broker connection failed: reconnect before the next send
-        self._publishing: str | None = None  # the task id being published (pg_beat.dedup)
+        self._publishing: str | None = None  # the task id being published (pg_beat.publish.dedup)
         #: Per unknown task name, the schedules warned about (see _warn_unknown).
         self._unknown_tasks: dict[str, set[str]] = {}
 
     def send(self, claim: Claim, epoch: int) -> None:
         """Publish one tick (from the publisher thread); raises on failure, which
-        :mod:`pg_beat.broker` classifies as transient or permanent."""
+        :mod:`pg_beat.publish.broker` classifies as transient or permanent."""
         options = dict(claim.options)
         headers = dict(options.pop("headers", None) or {})
         headers.update(
@@ -97,7 +98,7 @@ class Outbound:
     def open_batch(self) -> AbstractContextManager[Batch] | None:
         """A batch on the producer (kombu 5.7+), where the transport defers the messages sent
         inside it to one flush (Redis: one pipeline) and each message is pushed once per task
-        id (:mod:`pg_beat.dedup`); None where each would go out at once. kombu's own size
+        id (:mod:`pg_beat.publish.dedup`); None where each would go out at once. kombu's own size
         limit is set above the publisher's, so only our flush sends."""
         if self._broken:
             self._reconnect()

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from pg_beat import broker
-from pg_beat.lanes import Queued
-from pg_beat.lease import LeaderState
-from pg_beat.ticks import Claim
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish import broker
+from pg_beat.publish.lanes import Queued
+from pg_beat.publish.ticks import Claim
 
 Send = Callable[[Claim, int], None]
 
@@ -61,8 +61,8 @@ class _PastDeadline(Exception):
 
 
 def is_permanent(result: Result) -> bool:
-    """True for an error that is this one message's (see :func:`pg_beat.broker.is_permanent`);
-    never for a :class:`BatchFailed`."""
+    """True for an error that is this one message's (see
+    :func:`pg_beat.publish.broker.is_permanent`); never for a :class:`BatchFailed`."""
     if isinstance(result, BatchFailed):
         return False
     return isinstance(result, BaseException) and broker.is_permanent(result)

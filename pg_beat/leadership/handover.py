@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Connection
 
-from pg_beat import brokerhealth, clock, store
-from pg_beat.brokerhealth import Health
+from pg_beat import store
 from pg_beat.config import Settings
+from pg_beat.leadership import clock
+from pg_beat.publish import brokerhealth
+from pg_beat.publish.brokerhealth import Health
 
 logger = logging.getLogger("pg_beat.watchdog")
 

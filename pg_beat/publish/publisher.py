@@ -3,12 +3,12 @@ this one goes out to the broker; nothing ever stalls behind one tick (invariant 
 
 The loop hands over ticks whose claims have committed (invariant 3). This thread:
 
-- sends ticks in the order of :mod:`pg_beat.lanes` (on time before late, never a schedule's
+- sends ticks in the order of :mod:`pg_beat.publish.lanes` (on time before late, never a schedule's
   on-time tick before its own late ones);
 - checks the local deadline before every message (invariant 4). Past the deadline it waits
   while the epoch is still ours (a renewal may bring it back) and drops the epoch's ticks once
   it is not (the next leader re-publishes them);
-- sends a backlog in batches where the transport can (see :mod:`pg_beat.sending`: one round
+- sends a backlog in batches where the transport can (see :mod:`pg_beat.publish.sending`: one round
   trip for up to BATCH_MAX messages on Redis, the deadline checked again before the flush);
 - retries a transient failure in order with capped back-off, and records a permanent one as
   failed and moves on (invariant 16). A tick that fails SUSPECT_AFTER times in a row is held
@@ -29,14 +29,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from pg_beat import clock
-from pg_beat.lanes import Lanes, Queued
-from pg_beat.lease import LeaderState
-from pg_beat.ledger import Ledger
-from pg_beat.sending import OpenBatch, Send, Sender
-from pg_beat.sendlog import SendLog
-from pg_beat.settling import RETRY_MAX, Settler
-from pg_beat.ticks import Claim, Outcomes
+from pg_beat.leadership import clock
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish.lanes import Lanes, Queued
+from pg_beat.publish.ledger import Ledger
+from pg_beat.publish.sending import OpenBatch, Send, Sender
+from pg_beat.publish.sendlog import SendLog
+from pg_beat.publish.settling import RETRY_MAX, Settler
+from pg_beat.publish.ticks import Claim, Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 

@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pg_beat.ticks import Claim
+from pg_beat.publish.ticks import Claim
 
 
 @dataclass

@@ -12,7 +12,7 @@ import logging
 from sqlalchemy.exc import DBAPIError
 
 from pg_beat import store
-from pg_beat.keeper import ConnectionKeeper
+from pg_beat.dispatch.keeper import ConnectionKeeper
 
 logger = logging.getLogger("pg_beat.dispatch")
 

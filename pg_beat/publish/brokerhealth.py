@@ -1,7 +1,7 @@
 """Whether this replica's own broker connection works, for the replica row, status and metrics.
 
-The leader knows from its publishes (:class:`pg_beat.publisher.Publisher` tracks when they began
-to fail). A standby publishes nothing, so it probes: every PROBE_EVERY seconds it opens a
+The leader knows from its publishes (:class:`pg_beat.publish.publisher.Publisher` tracks when
+they began to fail). A standby publishes nothing, so it probes: every PROBE_EVERY seconds it opens a
 connection of its own to the broker (with the scheduler's timeouts) and closes it. A standby
 that reports a working broker is one a leader cut off from the broker may hand over to
 (invariant 15). Each change is logged once: unreachable (with the error), reachable again.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pg_beat import clock
+from pg_beat.leadership import clock
 
 logger = logging.getLogger("pg_beat.broker")
 
@@ -24,7 +24,7 @@ ERROR_CHARS = 200  # of an error, in the replica row
 
 @dataclass(frozen=True)
 class Health:
-    """One replica's view of its broker; times on :func:`pg_beat.clock.now`."""
+    """One replica's view of its broker; times on :func:`pg_beat.leadership.clock.now`."""
 
     failing_since: float | None  # None: it works (or was never tried)
     error: str | None
@@ -40,7 +40,8 @@ UNKNOWN = Health(None, None, None)
 
 
 class Publishing(Protocol):
-    """What a leader's publisher says of its broker (:class:`pg_beat.publisher.Publisher`)."""
+    """What a leader's publisher says of its broker
+    (:class:`pg_beat.publish.publisher.Publisher`)."""
 
     @property
     def failing_since(self) -> float | None: ...

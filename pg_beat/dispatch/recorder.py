@@ -15,10 +15,10 @@ from sqlalchemy.exc import DBAPIError
 
 from pg_beat import store
 from pg_beat.config import Settings
-from pg_beat.keeper import ConnectionKeeper
-from pg_beat.lease import LeaderState
-from pg_beat.publisher import Publisher
-from pg_beat.ticks import Outcomes
+from pg_beat.dispatch.keeper import ConnectionKeeper
+from pg_beat.leadership.lease import LeaderState
+from pg_beat.publish.publisher import Publisher
+from pg_beat.publish.ticks import Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 

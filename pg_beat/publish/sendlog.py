@@ -12,7 +12,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from pg_beat.ticks import Claim
+from pg_beat.publish.ticks import Claim
 
 logger = logging.getLogger("pg_beat.dispatch")
 

@@ -7,7 +7,7 @@ not serialise, its options are wrong, it is over ``pg_beat_max_message_bytes``. 
 broker or the wire says (a lost connection, a timeout, a channel closed over a permission or
 routing error) is transient: the broker may say the same of every tick, and that is an
 outage. The publisher finds a message the broker refuses alone by trying the next one (see
-:mod:`pg_beat.publisher`).
+:mod:`pg_beat.publish.publisher`).
 
 A publish that starts before the lease's local deadline must end before the lease can expire,
 or an ex-leader's message could land after its successor re-sent the tick: every socket

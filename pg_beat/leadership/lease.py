@@ -2,8 +2,8 @@
 
 ``LeaderState`` is shared by the watchdog thread (which wins, renews and loses the lease), the
 dispatch loop and the publisher thread (which may publish only while ``may_publish`` says so).
-The deadline is on :mod:`pg_beat.clock`, which keeps counting through SIGSTOP, a VM freeze, a
-long GC pause and a suspended host.
+The deadline is on :mod:`pg_beat.leadership.clock`, which keeps counting through SIGSTOP, a VM
+freeze, a long GC pause and a suspended host.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pg_beat import clock
+from pg_beat.leadership import clock
 
 
 class LeaseStatus(str, Enum):
@@ -85,7 +85,8 @@ class LeaderState:
         self.changed = threading.Event()
 
     def become_leader(self, epoch: int, renewed_at: float, lifetime: float) -> None:
-        """Hold ``epoch`` until ``renewed_at + lifetime`` (:func:`pg_beat.clock.now` seconds)."""
+        """Hold ``epoch`` until ``renewed_at + lifetime`` (seconds of
+        :func:`pg_beat.leadership.clock.now`)."""
         with self._lock:
             self._epoch = epoch
             self._deadline = renewed_at + lifetime

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from pg_beat import clock
-from pg_beat.lanes import Queued
-from pg_beat.ticks import Outcomes
+from pg_beat.leadership import clock
+from pg_beat.publish.lanes import Queued
+from pg_beat.publish.ticks import Outcomes
 
 logger = logging.getLogger("pg_beat.dispatch")
 
