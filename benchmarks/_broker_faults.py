@@ -42,8 +42,9 @@ REDBEAT_BROKER_KINDS = ("redis_kill", "redis_stop")
 #: ``PG_BEAT_BROKER_HANDOVER_AFTER`` of the partition's cluster (seconds; the default is 30).
 HANDOVER_AFTER = 3.0
 HANDED_OVER = "handing the lease over"
-#: What a standby logs when its probe finds the broker again, and how long to wait for it
-#: (pg_beat.brokerhealth probes every 10 s).
+#: What a standby logs when its probe finds the broker gone, and again, and how long to wait
+#: for the second after the broker's return (pg_beat.publish.brokerhealth probes every 10 s).
+UNREACHABLE = "broker: not reachable"
 REACHABLE = "broker: reachable again"
 PROBE_WAIT = 15.0
 #: Bounds of invariant 15, as tests/ha/test_broker_outage.py asserts them (its first-publish

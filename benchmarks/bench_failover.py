@@ -831,6 +831,17 @@ class PgBeatKind:
         r.away = (back - fault).total_seconds()
         first = first_sent_since(self.cluster, back.timestamp(), RESUME_TIMEOUT)
         r.first_publish = math.inf if first is None else first
+        self._wait_probes(r, fault.timestamp(), back.timestamp())
+
+    def _wait_probes(self, r: Round, fault: float, back: float) -> None:
+        """A standby that logged its broker down during the outage logs it up again on its next
+        probe (every 10 s): wait for that record, so that the round counts both."""
+        for name in self.cluster.replicas:
+            if first_record(self.cluster, name, brokerfaults.UNREACHABLE, fault) is None:
+                continue
+            left = back + brokerfaults.PROBE_WAIT - time.time()
+            if wait_for_record(self.cluster, name, brokerfaults.REACHABLE, back, left) is None:
+                r.notes.append(f"{name} logged no {brokerfaults.REACHABLE!r} after the return")
 
     def _mark(self) -> None:
         """Remember the log records and leader terms so far, just before the fault."""
@@ -903,7 +914,7 @@ class PgBeatKind:
         """broker_partition: the cut-off leader hands the lease over (no hang report, no exit),
         and must not win it back while its link stays cut for ``--outage`` s from the fault.
         Then ``restore()``: what TCP still retransmits arrives late, and a publish that began
-        before the handover must not land a second copy (push-once, pg_beat.dedup)."""
+        before the handover must not land a second copy (push-once, pg_beat.publish.dedup)."""
         proxy = self.proxies[leader]
         try:
             time.sleep(max(0.0, started + self.opts.outage - time.time()))
