@@ -1,8 +1,8 @@
 """Failover benchmark: pg_beat's HA cluster under injected faults, side by side with RedBeat.
 
     .venv/bin/python benchmarks/bench_failover.py --quick            # 1 round of 5 kinds, ~2 min
-    .venv/bin/python benchmarks/bench_failover.py --quick --kinds broker  # broker kinds, ~7 min
-    .venv/bin/python benchmarks/bench_failover.py --json out.json    # all 17 kinds, ~40 min
+    .venv/bin/python benchmarks/bench_failover.py --quick --kinds broker  # broker kinds, ~5 min
+    .venv/bin/python benchmarks/bench_failover.py --json out.json    # all 17 kinds, ~35 min (est.)
 
 Three real ``celery beat`` replicas and a worker per fault kind (``examples.cluster.Cluster`` for
 pg_beat, the same harness running ``redbeat.RedBeatScheduler`` for RedBeat), three 1-second
