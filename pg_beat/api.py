@@ -40,7 +40,7 @@ from pg_beat.validation import (
 logger = logging.getLogger("pg_beat.api")
 
 _KIND_COLUMNS = ("interval_seconds", "solar_event", "latitude", "longitude", "clocked_at")
-_EDITABLE = set(store.SCHEDULE_COLUMNS) - {"name"}
+_EDITABLE = set(store.schedules.SCHEDULE_COLUMNS) - {"name"}
 #: The keyword of :meth:`ScheduleManager.create` and ``update`` that sets each column whose
 #: own name is not one: errors name what the caller wrote (``crontab``, not ``cron_hour``).
 ARGUMENTS = {
@@ -145,7 +145,7 @@ def _locked_as(name: str) -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
-        if store.sqlstate(exc) == "55P03":  # lock_not_available
+        if store.connections.sqlstate(exc) == "55P03":  # lock_not_available
             raise ScheduleLocked(name) from exc
         raise
 
@@ -186,7 +186,7 @@ class ScheduleManager:
         group: str = "default",
         schema: str | None = None,
         settings: Settings | None = None,
-        connector: store.Connector | None = None,
+        connector: store.connections.Connector | None = None,
     ) -> None:
         if settings is None:
             if database_url is None:
@@ -194,7 +194,7 @@ class ScheduleManager:
             settings = Settings(database_url=database_url, group=group, schema=schema)
         self.settings = settings
         self.group = settings.group
-        connector = connector or store.Connector(settings)
+        connector = connector or store.connections.Connector(settings)
         self._engine: Engine = connector.engine("api", pool_size=2)
         self._schema_checked = False  # on first use: constructing stays free of I/O
 
@@ -215,7 +215,7 @@ class ScheduleManager:
                     self._check_schema(conn)
                 yield conn
         except OperationalError as exc:
-            if not store.connection_lost(exc):
+            if not store.connections.connection_lost(exc):
                 raise
             raise DatabaseUnavailable(
                 f"database at {redact_url(self.settings.database_url)} is unavailable: {exc.orig}"
@@ -233,14 +233,17 @@ class ScheduleManager:
 
     def get(self, name: str) -> ScheduleInfo:
         with self._begin() as conn:
-            row = store.get_schedule(conn, self.group, name)
+            row = store.schedules.get_schedule(conn, self.group, name)
         if row is None:
             raise ScheduleNotFound(name)
         return info_from_row(row)
 
     def list(self, *, limit: int | None = None) -> list[ScheduleInfo]:
         with self._begin() as conn:
-            return [info_from_row(r) for r in store.list_schedules(conn, self.group, limit=limit)]
+            return [
+                info_from_row(r)
+                for r in store.schedules.list_schedules(conn, self.group, limit=limit)
+            ]
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -277,9 +280,9 @@ class ScheduleManager:
             _timezone_applies(name, full, values)
         try:
             with self._begin() as conn:
-                row = store.insert_schedule(conn, self.group, {"name": name, **full})
+                row = store.schedules.insert_schedule(conn, self.group, {"name": name, **full})
         except IntegrityError as exc:
-            if store.sqlstate(exc) == "23505":
+            if store.connections.sqlstate(exc) == "23505":
                 raise ScheduleExists(name) from exc
             raise InvalidSchedule(name, f"rejected by the database: {exc.orig}") from exc
         return info_from_row(row)
@@ -311,10 +314,10 @@ class ScheduleManager:
             )
         with self._begin() as conn:
             with _locked_as(name):
-                row = store.lock_schedule(conn, self.group, name)
+                row = store.schedules.lock_schedule(conn, self.group, name)
             if row is None:
                 raise ScheduleNotFound(name)
-            current = {k: row[k] for k in store.SCHEDULE_COLUMNS if k != "name"}
+            current = {k: row[k] for k in store.schedules.SCHEDULE_COLUMNS if k != "name"}
             merged = dict(current)
             if "kind" in changes:
                 # A new kind drops the old kind's columns instead of keeping stale ones.
@@ -337,7 +340,7 @@ class ScheduleManager:
             delta = {k: v for k, v in merged.items() if v != current[k]}
             if not delta:
                 return info_from_row(row)
-            written = store.update_schedule(conn, self.group, name, delta)
+            written = store.schedules.update_schedule(conn, self.group, name, delta)
             assert written is not None
         return info_from_row(written)
 
@@ -349,8 +352,8 @@ class ScheduleManager:
 
     def delete(self, name: str) -> None:
         with self._begin() as conn, _locked_as(name):
-            row = store.lock_schedule(conn, self.group, name)
-            if row is None or not store.delete_schedules(conn, self.group, [name]):
+            row = store.schedules.lock_schedule(conn, self.group, name)
+            if row is None or not store.schedules.delete_schedules(conn, self.group, [name]):
                 raise ScheduleNotFound(name)
         if row["source"] == "config":
             logger.warning(
@@ -364,14 +367,14 @@ class ScheduleManager:
     def run_now(self, name: str) -> None:
         """Make the schedule due now (and enabled); its grid resumes after this run."""
         with self._begin() as conn, _locked_as(name):
-            if not store.run_now(conn, self.group, name):
+            if not store.schedules.run_now(conn, self.group, name):
                 raise ScheduleNotFound(name)
 
     def detach(self, name: str) -> ScheduleInfo:
         """Make a schedule from ``beat_schedule`` an API schedule: no start of the app that
         wrote it changes or removes it again (edit or delete it here instead)."""
         with self._begin() as conn, _locked_as(name):
-            row = store.detach_schedule(conn, self.group, name)
+            row = store.schedules.detach_schedule(conn, self.group, name)
         if row is None:
             raise ScheduleNotFound(name)
         return info_from_row(row)
@@ -394,12 +397,20 @@ class ScheduleManager:
             validate_values(name, full)
             checked.append((name, full))
         with self._begin() as conn:
-            foreign = store.foreign_names_among(conn, self.group, entries, owner)
+            foreign = store.schedules.foreign_names_among(conn, self.group, entries, owner)
             for name, full in checked:
                 if name not in foreign:
-                    store.upsert_config_schedule(conn, self.group, owner, {"name": name, **full})
-            gone = [n for n in store.config_names(conn, self.group, owner) if n not in entries]
-            removed = store.delete_config_schedules(conn, self.group, owner, gone) if prune else []
+                    store.schedules.upsert_config_schedule(
+                        conn, self.group, owner, {"name": name, **full}
+                    )
+            gone = [
+                n for n in store.schedules.config_names(conn, self.group, owner) if n not in entries
+            ]
+            removed = (
+                store.schedules.delete_config_schedules(conn, self.group, owner, gone)
+                if prune
+                else []
+            )
         self._report_sync(owner, foreign, removed, [] if prune else gone)
         return SyncResult(len(checked) - len(foreign), removed, [] if prune else gone, foreign)
 

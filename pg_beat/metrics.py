@@ -148,9 +148,9 @@ class SchedulerCollector:
             settings = self.scheduler.settings
             try:
                 if self._engine is None:
-                    self._engine = store.make_engine(settings, "metrics", pool_size=1)
+                    self._engine = store.connections.make_engine(settings, "metrics", pool_size=1)
                 with self._engine.connect() as conn:
-                    row = store.metrics_snapshot(conn, settings.group)
+                    row = store.diagnostics.metrics_snapshot(conn, settings.group)
                     conn.rollback()
                 self._snapshot = dict(row)
                 self._snapshot_at = now
@@ -159,7 +159,7 @@ class SchedulerCollector:
                 self._snapshot, self._retry_at = None, now + SNAPSHOT_BACKOFF
                 logger.warning(
                     "metrics: cannot read the database: %s",
-                    store.first_line(exc),
+                    store.connections.first_line(exc),
                     extra={"action": "metrics_db_error", "replica": settings.replica_name},
                 )
             return self._snapshot

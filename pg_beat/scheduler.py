@@ -54,7 +54,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.settings = Settings.from_celery(app.conf)
         except ConfigurationError as exc:
             raise SystemExit(f"pg_beat: {exc}") from None
-        self.connector = store.Connector(self.settings)
+        self.connector = store.connections.Connector(self.settings)
         self.state = LeaderState()
         self.dispatcher: Dispatcher | None = None
         self.watchdog: Watchdog | None = None
@@ -226,13 +226,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         engine = self.connector.engine("shutdown")
         try:
             with engine.connect() as conn, conn.begin():
-                store.release(conn, settings.group, epoch, settings.replica_name)
+                store.lease.release(conn, settings.group, epoch, settings.replica_name)
                 if lock_backend is not None:
                     # Ends our lease session, and with it the advisory lock, without touching the
                     # connection object the watchdog thread may be using right now; only while
                     # it is ours and holds the lock (invariant 13): after a restart of the
                     # server the pid may be any client's.
-                    store.terminate_own_session(
+                    store.lease.terminate_own_session(
                         conn, settings.group, lock_backend, self.connector.token
                     )
             logger.info(
@@ -245,7 +245,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "pg_beat: could not release the lease on shutdown (epoch %s): %s; it "
                 "expires by itself",
                 epoch,
-                store.first_line(exc),
+                store.connections.first_line(exc),
             )
         finally:
             engine.dispose()

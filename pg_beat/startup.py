@@ -83,7 +83,7 @@ def _cron_field(value: Any) -> str:
     return str(value)
 
 
-def schema_status(connector: store.Connector, schema: str | None) -> str:
+def schema_status(connector: store.connections.Connector, schema: str | None) -> str:
     """The schema's state for beat's banner: at head, ahead and compatible, a mismatch, or
     unknown."""
     try:
@@ -91,11 +91,11 @@ def schema_status(connector: store.Connector, schema: str | None) -> str:
     except SchemaMismatch as exc:
         return f"MISMATCH: {exc}"
     except DBAPIError as exc:
-        return f"unknown (database unreachable: {store.first_line(exc)})"
+        return f"unknown (database unreachable: {store.connections.first_line(exc)})"
     return state.describe()
 
 
-def check_schema(connector: store.Connector, schema: str | None) -> compat.SchemaState:
+def check_schema(connector: store.connections.Connector, schema: str | None) -> compat.SchemaState:
     """The schema's state; raise :class:`SchemaMismatch` unless this pg_beat may run against
     it (at its head, or at a later revision that declares it compatible)."""
     engine = connector.engine("check")
@@ -106,7 +106,7 @@ def check_schema(connector: store.Connector, schema: str | None) -> compat.Schem
         engine.dispose()
 
 
-def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
+def start_up(app: Any, settings: Settings, connector: store.connections.Connector) -> None:
     """Check the schema and sync ``beat_schedule``, retrying (with backoff, one line per
     state change) while the database is unreachable or read-only; exit on what waiting
     cannot cure."""
@@ -130,7 +130,7 @@ def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
             if settings.sync_config:
                 sync_config(app, settings, connector)
         except (PgBeatError, DBAPIError) as exc:
-            reason = store.first_line(exc)
+            reason = store.connections.first_line(exc)
             if not isinstance(exc, DBAPIError) or _PERMANENT.search(str(exc)):
                 logger.critical(
                     "pg_beat: cannot start (database %s): %s",
@@ -155,7 +155,7 @@ def start_up(app: Any, settings: Settings, connector: store.Connector) -> None:
         return
 
 
-def sync_config(app: Any, settings: Settings, connector: store.Connector) -> None:
+def sync_config(app: Any, settings: Settings, connector: store.connections.Connector) -> None:
     """Write the app's ``beat_schedule`` as its config rows (see ScheduleManager.sync_config)."""
     tz = str(app.conf.timezone or "UTC")
     entries = {

@@ -128,7 +128,7 @@ def _listener(env: Env, listen: bool) -> Iterator[psycopg.Connection[Any] | None
         return
     from pg_beat import store
 
-    conn = store.Connector(env.settings).listen("cli")
+    conn = store.connections.Connector(env.settings).listen("cli")
     try:
         yield conn
     finally:

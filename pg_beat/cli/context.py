@@ -77,7 +77,7 @@ class Env:
 
         from pg_beat import store
 
-        engine = store.make_engine(settings, "cli")
+        engine = store.connections.make_engine(settings, "cli")
         try:
             try:
                 conn = engine.connect()
@@ -115,7 +115,9 @@ def unknown_group_warning(conn: Connection, group: str) -> str | None:
     row): most likely a typo in --group. None for a group in use."""
     from pg_beat import store
 
-    if store.read_lease(conn, group) is not None or store.list_schedules(conn, group, limit=1):
+    if store.lease.read_lease(conn, group) is not None or store.schedules.list_schedules(
+        conn, group, limit=1
+    ):
         return None
     return (
         f"group {group!r} has no schedules and no scheduler has run in it: check --group "

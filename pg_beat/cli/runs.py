@@ -93,7 +93,7 @@ class Follower:
         from pg_beat import store
 
         assert self.after is not None
-        rows = store.runs_after(
+        rows = store.runs.runs_after(
             conn, self.group, self.after, pending=list(self.pending), schedule=self.schedule
         )
         self.show(rows)
@@ -170,12 +170,17 @@ def _recent_runs(
     start: datetime | None = None
     if since is not None:
         try:
-            start = store.db_now(conn) - timedelta(seconds=schedules.parse_duration(since))
+            start = store.connections.db_now(conn) - timedelta(
+                seconds=schedules.parse_duration(since)
+            )
         except ValueError:
             start = parse_time(since, "--since")
-    if schedule_name is not None and store.get_schedule(conn, env.group, schedule_name) is None:
+    if (
+        schedule_name is not None
+        and store.schedules.get_schedule(conn, env.group, schedule_name) is None
+    ):
         raise ScheduleNotFound(schedule_name)
-    return store.list_runs(conn, env.group, schedule=schedule_name, since=start, limit=limit)
+    return store.runs.list_runs(conn, env.group, schedule=schedule_name, since=start, limit=limit)
 
 
 def _follow(
@@ -190,7 +195,7 @@ def _follow(
         from pg_beat import store
 
         # The last id first: a run recorded while the recent ones are read is not lost.
-        after = store.last_run_id(conn)
+        after = store.runs.last_run_id(conn)
         recent = _recent_runs(conn, env, schedule_name, since, limit)
         follower.start(after, list(reversed(recent)))
 

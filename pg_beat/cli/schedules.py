@@ -281,7 +281,7 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
     from pg_beat import status, store
 
     with env.connect() as conn:
-        now = store.db_now(conn)
+        now = store.connections.db_now(conn)
     with env.manager() as manager:
         infos = manager.list(limit=limit)
     if not infos:
@@ -333,7 +333,7 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
     from pg_beat import status, store
 
     with env.connect() as conn:
-        now = store.db_now(conn)
+        now = store.connections.db_now(conn)
     with env.manager() as manager, _in_cli_words(env):
         info = manager.get(name)
     if as_json:
@@ -381,7 +381,7 @@ def _db_now(env: Env) -> datetime:
     from pg_beat import store
 
     with env.connect() as conn:
-        return store.db_now(conn)
+        return store.connections.db_now(conn)
 
 
 @schedules_group.command("add")

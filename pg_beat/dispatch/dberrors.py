@@ -52,8 +52,8 @@ class DbErrors:
     def failed(self, exc: BaseException, epoch: int | None, down_wait: float) -> float:
         """Log a database error once per kind; how long to wait before the next step
         (``down_wait`` when the database is down)."""
-        sqlstate = store.sqlstate(exc)
-        if sqlstate in store.TRANSIENT_SQLSTATES:
+        sqlstate = store.connections.sqlstate(exc)
+        if sqlstate in store.connections.TRANSIENT_SQLSTATES:
             self._say((DbTrouble.CONTENDED, sqlstate), logging.WARNING, "retrying", exc, epoch)
             return CONTENTION_RETRY
         lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
@@ -63,7 +63,7 @@ class DbErrors:
             logger.info(
                 "dispatch: the kept-open database connection was closed (%s); reconnecting "
                 "(replica %s, epoch %s)",
-                store.first_line(exc),
+                store.connections.first_line(exc),
                 self.replica,
                 epoch,
                 extra={"action": "reconnect", "epoch": epoch, "replica": self.replica},
@@ -89,11 +89,11 @@ class DbErrors:
             logger.log(
                 level,
                 "dispatch: database error (sqlstate %s), %s (replica %s, epoch %s): %s",
-                store.sqlstate(exc),
+                store.connections.sqlstate(exc),
                 what,
                 self.replica,
                 epoch,
-                store.first_line(exc),
+                store.connections.first_line(exc),
                 extra={"action": "db_error", "epoch": epoch, "replica": self.replica},
             )
         self._state = state

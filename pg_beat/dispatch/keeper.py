@@ -26,7 +26,7 @@ logger = logging.getLogger("pg_beat.dispatch")
 class ConnectionKeeper:
     """The kept-open dispatch session and the LISTEN session of one replica."""
 
-    def __init__(self, connector: store.Connector) -> None:
+    def __init__(self, connector: store.connections.Connector) -> None:
         self.connector = connector
         self.engine = connector.engine("dispatch", dispatch=True)
         self.backend_pid: int | None = None  # for hang reports; None behind a transaction pool
@@ -48,7 +48,7 @@ class ConnectionKeeper:
             self.reused = False
             self._conn = self.engine.connect()
             with self._conn.begin():
-                pid = store.backend_pid(self._conn)
+                pid = store.connections.backend_pid(self._conn)
             self.backend_pid = None if self.connector.transaction_pooled else pid
         with self._conn.begin():
             yield self._conn

@@ -58,12 +58,12 @@ class Dispatcher:
         settings: Settings,
         state: LeaderState,
         send: Send,
-        connector: store.Connector | None = None,
+        connector: store.connections.Connector | None = None,
         open_batch: OpenBatch | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
-        self.connector = connector or store.Connector(settings)
+        self.connector = connector or store.connections.Connector(settings)
         self.keeper = ConnectionKeeper(self.connector)
         self.planner = Planner(settings)
         self.publisher = Publisher(state, send, settings.replica_name, open_batch)
@@ -164,7 +164,7 @@ class Dispatcher:
         ):
             # The common case, nothing due: one cheap read, no fenced transaction.
             with self.keeper.transaction() as conn:
-                wake = store.wake(conn, self.settings.group)
+                wake = store.claims.wake(conn, self.settings.group)
             if not wake.unplanned and (wake.next_due is None or wake.next_due > wake.now):
                 return min(self._until(wake), self._orphan_check_at - now, self._prune_at - now)
         claims, wait = self._claim(epoch)
@@ -182,7 +182,7 @@ class Dispatcher:
         self._housekeeping()
         return max(0.0, min(wake_at, self._orphan_check_at) - clock.now())
 
-    def _until(self, wake: store.Wake) -> float:
+    def _until(self, wake: store.claims.Wake) -> float:
         """Seconds until the next due time, at most a heartbeat interval."""
         wait = self.settings.heartbeat_interval
         if wake.next_due is not None:
@@ -216,7 +216,7 @@ class Dispatcher:
 
     def _claim_in(self, conn: Connection, epoch: int) -> tuple[list[Claim], float | None]:
         group, settings = self.settings.group, self.settings
-        now = store.fence(conn, group, epoch, settings.replica_name)
+        now = store.claims.fence(conn, group, epoch, settings.replica_name)
         if now is None:
             self.state.step_down()
             logger.warning(
@@ -228,14 +228,16 @@ class Dispatcher:
         term = self._term_of(conn, epoch, now)
         self.recorder.write(conn)
         claims = self._orphans(conn, epoch, now, term)
-        unplanned = store.select_unplanned(conn, group, settings.batch_size)
+        unplanned = store.claims.select_unplanned(conn, group, settings.batch_size)
         plans, parked = self.planner.plan(unplanned, now)  # within its time budget
-        store.set_planned(conn, plans)
-        store.park_schedules(conn, parked)
+        store.claims.set_planned(conn, plans)
+        store.claims.park_schedules(conn, parked)
         left = len(unplanned) - len(plans) - len(parked)
-        due = store.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
+        due = store.claims.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
         plan = self.planner.claim(due, now, epoch, self._limit, term)
-        new = store.claim_ticks(conn, group, epoch, settings.replica_name, plan.runs, plan.advances)
+        new = store.claims.claim_ticks(
+            conn, group, epoch, settings.replica_name, plan.runs, plan.advances
+        )
         # A tick whose run row already existed was claimed before: never send it twice.
         claims.extend(
             replace(claim, run_id=new[key]) for key, claim in plan.claims.items() if key in new
@@ -245,14 +247,14 @@ class Dispatcher:
         self._behind = self._full or left > 0 or len(unplanned) >= settings.batch_size
         if self._behind:
             return claims, 0.0
-        wake = store.wake(conn, group, after=now)
+        wake = store.claims.wake(conn, group, after=now)
         return claims, 0.0 if wake.unplanned else self._until(wake)
 
     def _term_of(self, conn: Connection, epoch: int, now: datetime) -> downtime.Term:
         """The fenced term, read once per epoch: misfires count only the downtime before its
         start (invariant 19)."""
         if self._term is None or self._term[0] != epoch:
-            got = store.term_history(conn, self.settings.group, epoch)
+            got = store.claims.term_history(conn, self.settings.group, epoch)
             term = downtime.Term(now)  # unknown (never, once fenced): as if it began now
             if got is not None:
                 term = downtime.Term.after(
@@ -274,15 +276,15 @@ class Dispatcher:
         in_flight = self.publisher.in_flight()
         rows = [
             r
-            for r in store.orphaned_claims(conn, group, epoch, self.settings.batch_size)
+            for r in store.runs.orphaned_claims(conn, group, epoch, self.settings.batch_size)
             if r["id"] not in in_flight
         ]
-        left = store.pending_orphans(conn, group, epoch) - len(rows)
+        left = store.runs.pending_orphans(conn, group, epoch) - len(rows)
         self._orphan_check_at = clock.now() + ORPHAN_RECHECK if left > 0 or rows else float("inf")
         if not rows:
             return []
         send, statuses = self.planner.orphans(rows, now, term)
-        store.set_run_statuses(conn, statuses)
+        store.runs.set_run_statuses(conn, statuses)
         logger.warning(
             "dispatch: %d tick(s) claimed by an earlier epoch were never marked sent: "
             "re-publishing %d (same task ids), %d skipped or expired by their misfire policy",
@@ -297,7 +299,7 @@ class Dispatcher:
         """At the start of a term: which schedules' last tick failed, so a tick of theirs that
         goes out clears the error."""
         with self.keeper.transaction() as conn:
-            failing = store.failing_schedules(conn, self.settings.group)
+            failing = store.claims.failing_schedules(conn, self.settings.group)
         self.publisher.mark_failing(failing)
 
     def _housekeeping(self) -> None:
@@ -305,7 +307,7 @@ class Dispatcher:
             return
         self._prune_at = clock.now() + PRUNE_EVERY
         with self.keeper.transaction() as conn:
-            store.prune_runs(conn, self.settings.run_retention)
+            store.runs.prune_runs(conn, self.settings.run_retention)
 
     # --- waiting -------------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class Dispatcher:
             if not self.db.failing:
                 logger.warning(
                     "dispatch: LISTEN connection lost: %s",
-                    store.first_line(exc),
+                    store.connections.first_line(exc),
                     extra={"action": "listen_lost"},
                 )
             time.sleep(min(timeout, 0.5))

@@ -29,7 +29,8 @@ from typing import Any
 from pg_beat import downtime, schedules
 from pg_beat.config import Settings
 from pg_beat.publish.ticks import Claim, task_id_for
-from pg_beat.store import SCHEDULE_COLUMNS, Advance, RunRow
+from pg_beat.store.claims import Advance, RunRow
+from pg_beat.store.schedules import SCHEDULE_COLUMNS
 from pg_beat.validation import spec_from_row, validate_values
 
 logger = logging.getLogger("pg_beat.dispatch")

@@ -50,9 +50,9 @@ class Recorder:
     def write(self, conn: Connection) -> None:
         """Record the pending outcomes in the caller's transaction; call :meth:`committed`
         once it has committed."""
-        store.mark_sent(conn, self.pending.sent)
-        store.mark_failed(conn, self.pending.failed)
-        store.clear_errors(conn, self.pending.recovered)
+        store.runs.mark_sent(conn, self.pending.sent)
+        store.runs.mark_failed(conn, self.pending.failed)
+        store.runs.clear_errors(conn, self.pending.recovered)
 
     def committed(self) -> None:
         self.pending = Outcomes()
@@ -84,7 +84,7 @@ class Recorder:
         self.collect()
         with self.keeper.transaction() as conn:
             self.write(conn)
-            store.disown(conn, self.settings.group, epoch, self.settings.replica_name)
+            store.lease.disown(conn, self.settings.group, epoch, self.settings.replica_name)
         self.committed()
         self.led_epoch = None
         logger.info(
@@ -95,7 +95,7 @@ class Recorder:
             extra={"action": "disowned", "epoch": epoch, "replica": self.settings.replica_name},
         )
 
-    def flush(self, connector: store.Connector) -> None:
+    def flush(self, connector: store.connections.Connector) -> None:
         """At shutdown, before the lease is released: record what was sent, on a connection
         of its own (this may run in a signal handler, mid-transaction on the usual one). The
         lease is already stepped down, so the publisher drops its queue and ends its send."""
@@ -111,7 +111,7 @@ class Recorder:
             logger.warning(
                 "dispatch: could not record %d sent tick(s) at shutdown: %s",
                 len(self.pending.sent),
-                store.first_line(exc),
+                store.connections.first_line(exc),
             )
         finally:
             engine.dispose()

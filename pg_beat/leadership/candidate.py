@@ -4,7 +4,7 @@ In session mode a standby waits for the group's advisory lock; before that it te
 holder's session when the lease expired or was given up yet that session, as ``pg_locks``
 shows, still holds the lock (a hung or paused process). In transaction-pooling mode there is no
 lock: it takes over a lease that expired or was released. Either way the takeover itself is
-one statement that bumps the epoch (:func:`pg_beat.store.take_over`) and records why: the
+one statement that bumps the epoch (:func:`pg_beat.store.lease.take_over`) and records why: the
 state of the lease read again once the lock is ours, not before the wait.
 """
 
@@ -44,7 +44,12 @@ class Candidate:
     """Everything a standby decides; the watchdog thread calls :meth:`stand_by` each beat."""
 
     def __init__(
-        self, settings: Settings, connector: store.Connector, say: Say, host: str, pid: int
+        self,
+        settings: Settings,
+        connector: store.connections.Connector,
+        say: Say,
+        host: str,
+        pid: int,
     ) -> None:
         self.settings = settings
         self.connector = connector
@@ -66,7 +71,7 @@ class Candidate:
         the term won, if any."""
         settings = self.settings
         with conn.begin():
-            lease = store.read_lease(conn, settings.group)
+            lease = store.lease.read_lease(conn, settings.group)
         assert lease is not None  # ensured at connect
         self.seen(lease["epoch"])
         view = lease_state(lease, lease["db_now"])
@@ -95,7 +100,7 @@ class Candidate:
         if status is not LeaseStatus.HELD and lease["holder"] != settings.replica_name:
             self._terminate_hung_holder(conn, lease, status)
         self._note_outside_holder(lease)
-        if not store.wait_lock(conn, settings.group, min(settings.heartbeat_interval, 1.0)):
+        if not store.lease.wait_lock(conn, settings.group, min(settings.heartbeat_interval, 1.0)):
             return None
         if stopping():  # shutting down: never start a term now
             self._unlock(conn)
@@ -113,9 +118,9 @@ class Candidate:
             return
         try:
             with conn.begin():
-                others = store.terminate_lock_holder(conn, self.settings.group, pid)
+                others = store.lease.terminate_lock_holder(conn, self.settings.group, pid)
         except DBAPIError as exc:
-            if store.sqlstate(exc) != "42501":  # insufficient_privilege
+            if store.connections.sqlstate(exc) != "42501":  # insufficient_privilege
                 raise
             self.say(
                 "terminate",
@@ -164,14 +169,16 @@ class Candidate:
 
     def _unlock(self, conn: Connection) -> None:
         with conn.begin():
-            store.unlock_all(conn)
+            store.lease.unlock_all(conn)
 
     def _pooling_detected(self, conn: Connection) -> bool:
         """In session mode, after winning the lock: True (and the lock let go) when the lock is
         held by another server session than ours, i.e. the URL pools transactions."""
         with conn.begin():
-            holders = store.lock_holders(conn, self.settings.group)
-            ours = any(h["granted"] and h["pid"] == store.backend_pid(conn) for h in holders)
+            holders = store.lease.lock_holders(conn, self.settings.group)
+            ours = any(
+                h["granted"] and h["pid"] == store.connections.backend_pid(conn) for h in holders
+            )
         if ours:
             return False
         self._unlock(conn)
@@ -194,13 +201,13 @@ class Candidate:
         started = clock.now()
         with conn.begin():
             # Read again now that the lock is ours: the state before the wait is history.
-            lease = store.read_lease(conn, settings.group)
+            lease = store.lease.read_lease(conn, settings.group)
             assert lease is not None
             self.seen(lease["epoch"])
             reason = lease_state(lease, lease["db_now"]).status.value
             if self._terminated_epoch == lease["epoch"]:
                 reason = LeaseStatus.HUNG.value
-            row = store.take_over(
+            row = store.lease.take_over(
                 conn,
                 settings.group,
                 holder=settings.replica_name,
@@ -212,9 +219,11 @@ class Candidate:
                 seen_epoch=self.seen_epoch,
             )
             if row is not None and locked:
-                store.set_application_name(conn, self.connector.application_name("leader"))
+                store.connections.set_application_name(
+                    conn, self.connector.application_name("leader")
+                )
             if row is not None:
-                store.notify_schedules(conn, "leader")
+                store.connections.notify_schedules(conn, "leader")
         if row is None:  # held by a live lease this session cannot take (transaction mode)
             if locked:
                 self._unlock(conn)

@@ -44,7 +44,7 @@ class Handover:
         if not after or failing_for is None or failing_for < after:
             return None
         with conn.begin():
-            return store.working_broker_peer(
+            return store.diagnostics.working_broker_peer(
                 conn,
                 settings.group,
                 settings.replica_name,

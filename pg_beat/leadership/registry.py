@@ -35,7 +35,7 @@ class Registry:
         settings = self.settings
         health, now = self.broker_health(), clock.now()
         with conn.begin():
-            store.heartbeat_replica(
+            store.diagnostics.heartbeat_replica(
                 conn,
                 settings.group,
                 {
@@ -54,7 +54,7 @@ class Registry:
             )
             if now - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = now
-                store.prune_replicas(conn, settings.group, settings.replica_stale_after)
+                store.diagnostics.prune_replicas(conn, settings.group, settings.replica_stale_after)
 
 
 def _age(at: float | None, now: float) -> float | None:

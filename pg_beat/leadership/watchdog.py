@@ -50,7 +50,7 @@ class Watchdog(threading.Thread):
         dispatch_thread: Callable[[], int | None] = lambda: None,
         dispatch_backend: Callable[[], int | None] = lambda: None,
         exit_process: Callable[[int], None] = os._exit,
-        connector: store.Connector | None = None,
+        connector: store.connections.Connector | None = None,
         broker_health: Callable[[], Health] = lambda: brokerhealth.UNKNOWN,
     ) -> None:
         super().__init__(name=f"pg_beat-watchdog[{settings.replica_name}]", daemon=True)
@@ -62,7 +62,7 @@ class Watchdog(threading.Thread):
         self.exit_process = exit_process
         self.broker_health = broker_health
         self.handover = Handover(settings, broker_health)
-        self.connector = connector or store.Connector(settings)
+        self.connector = connector or store.connections.Connector(settings)
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.engine: Engine = self.connector.engine("standby")
@@ -150,8 +150,8 @@ class Watchdog(threading.Thread):
             conn = self.engine.connect()
             try:
                 with conn.begin():
-                    pid = store.backend_pid(conn)
-                    store.ensure_lease(conn, self.settings.group)
+                    pid = store.connections.backend_pid(conn)
+                    store.lease.ensure_lease(conn, self.settings.group)
             except BaseException:
                 conn.close()
                 raise
@@ -174,10 +174,10 @@ class Watchdog(threading.Thread):
         if self.stopping.is_set():  # shutting down: close() ended our session on purpose
             self._drop_connection()
             return
-        first_line = store.first_line(exc)
-        sqlstate = store.sqlstate(exc)
+        first_line = store.connections.first_line(exc)
+        sqlstate = store.connections.sqlstate(exc)
         # A lock or statement timeout, or a deadlock: the server answered, something blocked us.
-        blocked = sqlstate in store.TRANSIENT_SQLSTATES
+        blocked = sqlstate in store.connections.TRANSIENT_SQLSTATES
         if self.epoch is not None:
             self.renewal_failures += 1
             what = "lease statement blocked" if blocked else "lease connection failed"
@@ -229,7 +229,7 @@ class Watchdog(threading.Thread):
             )
         started = clock.now()
         with conn.begin():
-            expires = store.renew(
+            expires = store.lease.renew(
                 conn,
                 settings.group,
                 self.epoch,
@@ -253,7 +253,9 @@ class Watchdog(threading.Thread):
         waits = "(dispatch backend unknown)"
         if backend is not None:
             with conn.begin():
-                waits = hang.describe_backends(store.backend_diagnostics(conn, [backend]))
+                waits = hang.describe_backends(
+                    store.diagnostics.backend_diagnostics(conn, [backend])
+                )
         logger.critical(
             "watchdog: dispatch loop stuck for %.1fs (replica %s, epoch %s); releasing the lease."
             "\nDatabase: %s\nStack of the stuck thread:\n%s",
@@ -281,9 +283,11 @@ class Watchdog(threading.Thread):
         if epoch is not None and conn is not None:
             try:
                 with conn.begin():
-                    store.release(conn, self.settings.group, epoch, self.settings.replica_name)
+                    store.lease.release(
+                        conn, self.settings.group, epoch, self.settings.replica_name
+                    )
                     if self.session_mode:
-                        store.unlock_all(conn)
+                        store.lease.unlock_all(conn)
             except DBAPIError:
                 self._drop_connection()
             logger.info(

@@ -48,13 +48,15 @@ DEFAULT_LONG_TRANSACTION = 5.0
 def read_clock_and_locks(
     reader: SectionReader, group: str
 ) -> tuple[datetime, Sequence[Row] | None]:
-    """The database clock and :func:`store.lock_activity`, read before anything else: neither
-    waits for a lock on pg_beat's tables."""
-    got = reader.read("locks", lambda c: (store.db_now(c), store.lock_activity(c, group)))
+    """The database clock and :func:`store.diagnostics.lock_activity`, read before anything
+    else: neither waits for a lock on pg_beat's tables."""
+    got = reader.read(
+        "locks", lambda c: (store.connections.db_now(c), store.diagnostics.lock_activity(c, group))
+    )
     if got is not None:
         reader.note_locks(got[1])
         return got
-    now = reader.read("clock", store.db_now)
+    now = reader.read("clock", store.connections.db_now)
     if now is None:
         raise PgBeatError(f"could not read the database clock: {reader.unreadable['clock']}")
     return now, None
@@ -77,7 +79,7 @@ def _read_lease(
     reader: SectionReader, group: str, now: datetime, max_stall: float
 ) -> tuple[_Lease, Sequence[Row] | None]:
     """The lease, and the leader's backends when it looks hung."""
-    row = reader.read_table("lease", lambda c: store.read_lease(c, group))
+    row = reader.read_table("lease", lambda c: store.lease.read_lease(c, group))
     if "lease" in reader.unreadable:
         return _Lease(None, now, reader.unreadable["lease"]), []
     now = row["db_now"] if row is not None else now
@@ -105,17 +107,21 @@ def gather(
     reader = SectionReader(conn, timeout=timeout, budget=budget)
     now, raw_locks = read_clock_and_locks(reader, group)
     lease, backends = _read_lease(reader, group, now, max_stall)
-    blocked = reader.read("blocked", lambda c: store.backend_diagnostics(c, blocked_pg_beat=True))
-    replicas = reader.read_table("replicas", lambda c: store.list_replicas(c, group))
-    failovers = reader.read_table(
-        "failovers", lambda c: store.recent_terms(c, group, failover_limit)
+    blocked = reader.read(
+        "blocked", lambda c: store.diagnostics.backend_diagnostics(c, blocked_pg_beat=True)
     )
-    next_due = reader.read_table("next_due", lambda c: store.due_schedules(c, group, next_limit))
+    replicas = reader.read_table("replicas", lambda c: store.diagnostics.list_replicas(c, group))
+    failovers = reader.read_table(
+        "failovers", lambda c: store.lease.recent_terms(c, group, failover_limit)
+    )
+    next_due = reader.read_table(
+        "next_due", lambda c: store.diagnostics.due_schedules(c, group, next_limit)
+    )
     failing = reader.read_table(
-        "failing_schedules", lambda c: store.schedule_failures(c, group, failing_limit)
+        "failing_schedules", lambda c: store.diagnostics.schedule_failures(c, group, failing_limit)
     )
     long_transactions = reader.read(
-        "long_transactions", lambda c: store.long_transactions(c, long_transaction)
+        "long_transactions", lambda c: store.diagnostics.long_transactions(c, long_transaction)
     )
     unreadable = explain_unreadable(reader.unreadable, raw_locks or ())
     lease = _Lease(lease.row, lease.now, unreadable.get("lease"))
@@ -167,10 +173,10 @@ def gather_leader_backends(
     )
     if not hung or view.holder is None:
         return []
-    pids = set(store.replica_backend_pids(conn, view.holder, view.backend_pid))
+    pids = set(store.diagnostics.replica_backend_pids(conn, view.holder, view.backend_pid))
     if view.backend_pid is not None:
         pids.add(view.backend_pid)
-    return store.backend_diagnostics(conn, sorted(pids))
+    return store.diagnostics.backend_diagnostics(conn, sorted(pids))
 
 
 def check(
@@ -192,7 +198,9 @@ def check(
     # unknown); only worth a read when there is a leader to judge.
     replicas = None
     if "lease" not in reader.unreadable and lease.view is not None and lease.view.holder:
-        replicas = reader.read_table("replicas", lambda c: store.list_replicas(c, group))
+        replicas = reader.read_table(
+            "replicas", lambda c: store.diagnostics.list_replicas(c, group)
+        )
     unreadable = explain_unreadable(reader.unreadable, raw_locks or ())
     locks = cut_queries(raw_locks, False) or []
     leader = leader_verdict(

@@ -71,12 +71,12 @@ class SectionReader:
         try:
             with self.conn.begin():
                 # The lock wait gives up first, so that a lock is reported as the cause.
-                store.set_local_timeouts(self.conn, limit, limit + 0.25)
+                store.diagnostics.set_local_timeouts(self.conn, limit, limit + 0.25)
                 return fetch(self.conn)
         except DBAPIError as exc:
-            if store.connection_lost(exc):
+            if store.connections.connection_lost(exc):
                 raise
-            if table is not None and store.sqlstate(exc) == "55P03":
+            if table is not None and store.connections.sqlstate(exc) == "55P03":
                 self.locked.add(table)
             self.unreadable[section] = _reason(exc, limit)
             return None
@@ -87,9 +87,9 @@ class SectionReader:
 
 
 def _reason(exc: DBAPIError, limit: float) -> str:
-    sqlstate = store.sqlstate(exc)
+    sqlstate = store.connections.sqlstate(exc)
     if sqlstate == "55P03":
         return f"lock timeout after {limit:.1f}s"
     if sqlstate == "57014":
         return f"statement timeout after {limit:.1f}s"
-    return store.first_line(exc)
+    return store.connections.first_line(exc)

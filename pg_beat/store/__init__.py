@@ -10,15 +10,36 @@ that what runs is what a DBA reads in ``pg_stat_activity``. One module per conce
 - :mod:`.runs`: the run log (sent, failed, orphaned claims, pruning);
 - :mod:`.schedules`: schedule management and the ``beat_schedule`` sync;
 - :mod:`.diagnostics`: sessions, locks and blockers, replicas, status and metrics figures;
-- :mod:`.revisions`: the schema's compatibility records and invalid indexes (imported as
-  ``from pg_beat.store import revisions``, not re-exported here).
+- :mod:`.revisions`: the schema's compatibility records and invalid indexes;
+- :mod:`.appnames`: the ``application_name`` of every pg_beat session;
+- :mod:`.grants`: what ``pg-beat db grant`` grants.
+
+Callers name the concern: ``store.lease.renew(...)``, ``store.claims.fence(...)``; a reader
+looking for a statement finds it in one step, by the module its concern names.
 """
 
 from __future__ import annotations
 
-from pg_beat.store.claims import *  # noqa: F403
-from pg_beat.store.connections import *  # noqa: F403
-from pg_beat.store.diagnostics import *  # noqa: F403
-from pg_beat.store.lease import *  # noqa: F403
-from pg_beat.store.runs import *  # noqa: F403
-from pg_beat.store.schedules import *  # noqa: F403
+from pg_beat.store import (
+    appnames,
+    claims,
+    connections,
+    diagnostics,
+    grants,
+    lease,
+    revisions,
+    runs,
+    schedules,
+)
+
+__all__ = [
+    "appnames",
+    "claims",
+    "connections",
+    "diagnostics",
+    "grants",
+    "lease",
+    "revisions",
+    "runs",
+    "schedules",
+]

@@ -14,17 +14,6 @@ from __future__ import annotations
 
 import secrets
 
-__all__ = [
-    "HEAD_CHARS",
-    "MAX_CHARS",
-    "PREFIX",
-    "SQL_HAS_TOKEN",
-    "format_name",
-    "head",
-    "new_token",
-    "sql_is_replica",
-]
-
 PREFIX = "pg_beat:"
 #: What PostgreSQL keeps of an application name (NAMEDATALEN - 1).
 MAX_CHARS = 63

@@ -12,32 +12,6 @@ from sqlalchemy.engine import Connection, RowMapping
 from pg_beat.store.runs import ERROR_CHARS
 from pg_beat.store.schedules import ROW
 
-__all__ = [
-    "CLAIM_TICKS",
-    "FAILING_SCHEDULES",
-    "FENCE",
-    "PARK_SCHEDULES",
-    "SELECT_BACKLOG",
-    "SELECT_ON_TIME",
-    "SELECT_UNPLANNED",
-    "SET_PLANNED",
-    "TERM_HISTORY",
-    "WAKE",
-    "Advance",
-    "RunRow",
-    "TermHistory",
-    "Wake",
-    "claim_ticks",
-    "failing_schedules",
-    "fence",
-    "park_schedules",
-    "select_due",
-    "select_unplanned",
-    "set_planned",
-    "term_history",
-    "wake",
-]
-
 _EPOCH_ZERO = datetime(1, 1, 1, tzinfo=timezone.utc)  # before any due time
 
 # FOR KEY SHARE: a takeover, which locks the row FOR UPDATE, waits for this transaction; the

@@ -31,24 +31,6 @@ from sqlalchemy.pool import NullPool, QueuePool
 from pg_beat import urls
 from pg_beat.store import appnames
 
-__all__ = [
-    "NOTIFY_CHANNEL",
-    "TRANSIENT_SQLSTATES",
-    "Connector",
-    "backend_pid",
-    "connection_lost",
-    "db_now",
-    "first_line",
-    "keepalive_params",
-    "logger",
-    "make_engine",
-    "notify_schedules",
-    "session_settings",
-    "set_application_name",
-    "set_statement",
-    "sqlstate",
-]
-
 if TYPE_CHECKING:
     from pg_beat.config import Settings
 

@@ -17,34 +17,6 @@ from pg_beat.store import appnames
 from pg_beat.store.lease import LOCK_CLASS_ID
 from pg_beat.store.schedules import ROW
 
-__all__ = [
-    "BACKEND_DIAGNOSTICS",
-    "COUNT_SCHEDULE_FAILURES",
-    "DUE_SCHEDULES",
-    "LIST_REPLICAS",
-    "LOCK_ACTIVITY",
-    "LONG_TRANSACTIONS",
-    "METRICS_SNAPSHOT",
-    "PRUNE_REPLICAS",
-    "REPLICA_BACKENDS",
-    "SCHEDULE_FAILURES",
-    "SET_LOCAL_TIMEOUTS",
-    "UPSERT_REPLICA",
-    "WORKING_BROKER_PEER",
-    "backend_diagnostics",
-    "due_schedules",
-    "heartbeat_replica",
-    "list_replicas",
-    "lock_activity",
-    "long_transactions",
-    "metrics_snapshot",
-    "prune_replicas",
-    "replica_backend_pids",
-    "schedule_failures",
-    "set_local_timeouts",
-    "working_broker_peer",
-]
-
 # Bounds the statements of one transaction only (a status section): SET LOCAL, as values.
 SET_LOCAL_TIMEOUTS = text(
     "SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"

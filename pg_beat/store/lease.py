@@ -20,32 +20,6 @@ from sqlalchemy.exc import OperationalError
 from pg_beat.store import appnames
 from pg_beat.store.connections import sqlstate
 
-__all__ = [
-    "DISOWN_TERM",
-    "ENSURE_LEASE",
-    "EXPIRE_LEASE",
-    "LOCK_CLASS_ID",
-    "LOCK_HOLDERS",
-    "READ_LEASE",
-    "RELEASE",
-    "RENEW",
-    "TAKE_OVER",
-    "TERMINATE_LOCK_HOLDER",
-    "TERMINATE_OWN_SESSION",
-    "disown",
-    "ensure_lease",
-    "lock_holders",
-    "read_lease",
-    "recent_terms",
-    "release",
-    "renew",
-    "take_over",
-    "terminate_lock_holder",
-    "terminate_own_session",
-    "unlock_all",
-    "wait_lock",
-]
-
 LOCK_CLASS_ID = 0x70676274  # 'pgbt': the advisory lock namespace, visible as classid in pg_locks
 
 # One advisory lock per group, found in pg_locks by (classid, objid, objsubid=2: the two-key

@@ -8,30 +8,6 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-__all__ = [
-    "CLEAR_ERRORS",
-    "ERROR_CHARS",
-    "LAST_RUN_ID",
-    "MARK_FAILED",
-    "MARK_SENT",
-    "ORPHANED_CLAIMS",
-    "PENDING_ORPHANS",
-    "PRUNE_RUNS",
-    "RUNS_AFTER",
-    "RUN_COLUMNS",
-    "SET_RUN_STATUSES",
-    "clear_errors",
-    "last_run_id",
-    "list_runs",
-    "mark_failed",
-    "mark_sent",
-    "orphaned_claims",
-    "pending_orphans",
-    "prune_runs",
-    "runs_after",
-    "set_run_statuses",
-]
-
 #: Of an error, as a run's ``error`` or a schedule's ``last_error`` records it.
 ERROR_CHARS = 2000
 

@@ -8,24 +8,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, RowMapping
 
-__all__ = [
-    "ROW",
-    "ROW_COLUMNS",
-    "SCHEDULE_COLUMNS",
-    "config_names",
-    "delete_config_schedules",
-    "delete_schedules",
-    "detach_schedule",
-    "foreign_names_among",
-    "get_schedule",
-    "insert_schedule",
-    "list_schedules",
-    "lock_schedule",
-    "run_now",
-    "update_schedule",
-    "upsert_config_schedule",
-]
-
 SCHEDULE_COLUMNS = (
     "name",
     "task",

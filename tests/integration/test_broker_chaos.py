@@ -1,6 +1,6 @@
 """A backlog published while a Redis of the test's own stops and resumes at random points: no
 tick failed, none lost, none twice, the lease kept (see support/chaos.py; the benchmark
-``benchmarks/bench_broker.py`` runs the same code over many more seeds)."""
+``benchmarks/bench_broker_chaos.py`` runs the same code over many more seeds)."""
 
 from __future__ import annotations
 

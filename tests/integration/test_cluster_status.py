@@ -445,10 +445,10 @@ def test_failing_schedules_use_the_partial_index(db_url: str) -> None:
             return " ".join(row[0] for row in conn.execute("EXPLAIN " + sql))
 
         assert "ix_pg_beat_schedules_failing" in plan(
-            store.SCHEDULE_FAILURES, group="'default'", limit="10"
+            store.diagnostics.SCHEDULE_FAILURES, group="'default'", limit="10"
         )
         assert "ix_pg_beat_schedules_failing" in plan(
-            store.COUNT_SCHEDULE_FAILURES, group="'default'"
+            store.diagnostics.COUNT_SCHEDULE_FAILURES, group="'default'"
         )
     found = json.loads(answered(db_url, "status", "--json", "--failing", "3"))
     assert found["failing_count"] == 20 and len(found["failing_schedules"]) == 3

@@ -42,7 +42,7 @@ def settings(url: str, **overrides: Any) -> Settings:
 
 def shown(url: str, **overrides: Any) -> tuple[str, dict[str, str]]:
     """The pool mode pg_beat chose, and the settings a transaction of its engine runs with."""
-    connector = store.Connector(settings(url, **overrides))
+    connector = store.connections.Connector(settings(url, **overrides))
     engine = connector.engine("test", dispatch=True)
     try:
         with engine.connect() as conn:
@@ -99,13 +99,13 @@ def test_nothing_is_prepared_behind_a_transaction_pool(bouncer: tuple[PgBouncer,
     """psycopg prepares a statement after 5 runs; through a transaction pool the next run may
     reach a server session that has it already (DuplicatePreparedStatement) or lacks it."""
     running, url = bouncer
-    engine = store.Connector(settings(url)).engine("test")
+    engine = store.connections.Connector(settings(url)).engine("test")
     try:
         with engine.connect() as conn:
             for _ in range(20):
                 with conn.begin():
-                    store.db_now(conn)
-                    store.backend_pid(conn)
+                    store.connections.db_now(conn)
+                    store.connections.backend_pid(conn)
     finally:
         engine.dispose()
     assert "prepared statement" not in running.log()

@@ -338,13 +338,13 @@ class RenewalGate:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.open = threading.Event()
         self.open.set()
-        renew = store.renew
+        renew = store.lease.renew
 
         def gated(*args: Any, **kwargs: Any) -> Any:
             self.open.wait()
             return renew(*args, **kwargs)
 
-        monkeypatch.setattr(store, "renew", gated)
+        monkeypatch.setattr(store.lease, "renew", gated)
 
 
 @pytest.mark.parametrize("pause", [2.4, 3.6])
@@ -475,9 +475,9 @@ def test_old_runs_are_pruned(db_url: str) -> None:
 
 def test_store_reports_lock_holder_in_pg_locks(db_url: str) -> None:
     with replica(db_url) as rep:
-        engine = store.make_engine(rep.settings, "test")
+        engine = store.connections.make_engine(rep.settings, "test")
         with engine.connect() as conn:
-            holders = store.lock_holders(conn, "default")
+            holders = store.lease.lock_holders(conn, "default")
         engine.dispose()
         granted = [h for h in holders if h["granted"]]
         assert [h["pid"] for h in granted] == [rep.watchdog.backend_pid]
@@ -492,11 +492,11 @@ def test_an_open_claim_transaction_never_blocks_the_holders_renewal(db_url: str)
     """The fence's lock conflicts with a takeover, not with the holder's own renewal."""
     with replica(db_url, lock_timeout=1.0) as rep:
         epoch = rep.wait_leader()
-        engine = store.make_engine(rep.settings, "claim")
-        takeover = store.make_engine(rep.settings, "takeover")
+        engine = store.connections.make_engine(rep.settings, "claim")
+        takeover = store.connections.make_engine(rep.settings, "takeover")
         try:
             with engine.connect() as claim, claim.begin():
-                assert store.fence(claim, "default", epoch, "test-replica") is not None
+                assert store.claims.fence(claim, "default", epoch, "test-replica") is not None
                 (before,) = sql(db_url, "SELECT heartbeat_at FROM pg_beat_leases")[0]
                 # The watchdog renews every 0.2 s on its own session, claim transaction or not.
                 wait_until(
@@ -522,10 +522,10 @@ def test_an_open_claim_transaction_never_blocks_the_holders_renewal(db_url: str)
 
 def test_the_lock_wait_leaves_the_sessions_lock_timeout_as_configured(db_url: str) -> None:
     settings = settings_for(db_url, lock_timeout=2.0)
-    engine = store.make_engine(settings, "standby")
+    engine = store.connections.make_engine(settings, "standby")
     try:
         with engine.connect() as conn:
-            assert store.wait_lock(conn, "default", 0.1) is True
+            assert store.lease.wait_lock(conn, "default", 0.1) is True
             with conn.begin():
                 assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "2s"
     finally:
@@ -719,7 +719,7 @@ def test_a_long_publish_error_is_recorded_cut_to_the_stores_limit(db_url: str) -
     with replica(db_url) as rep:
 
         def refuse(claim: Claim, epoch: int) -> None:
-            raise TypeError("bad option " + "x" * (3 * store.ERROR_CHARS))
+            raise TypeError("bad option " + "x" * (3 * store.runs.ERROR_CHARS))
 
         rep.dispatcher.publisher.send = refuse
         rep.run_until(lambda: [s for _, s, _ in runs(db_url, "bad")] == ["failed"], timeout=10)
@@ -729,7 +729,7 @@ def test_a_long_publish_error_is_recorded_cut_to_the_stores_limit(db_url: str) -
         "JOIN pg_beat_schedules s ON s.id = r.schedule_id WHERE s.name = 'bad'",
     )
     assert isinstance(error, str) and error.startswith("TypeError: bad option xxx")
-    assert len(error) == store.ERROR_CHARS and last_error == error
+    assert len(error) == store.runs.ERROR_CHARS and last_error == error
 
 
 def test_a_long_validation_error_is_recorded_cut_to_the_stores_limit(db_url: str) -> None:
@@ -737,7 +737,7 @@ def test_a_long_validation_error_is_recorded_cut_to_the_stores_limit(db_url: str
     run, the schedule parked): both texts keep the first ERROR_CHARS characters of the error."""
     with ScheduleManager(db_url) as api:
         api.create("edited", "t.edited", every=3600)
-    key = "k" * (3 * store.ERROR_CHARS)
+    key = "k" * (3 * store.runs.ERROR_CHARS)
     sql(
         db_url,
         "UPDATE pg_beat_schedules SET options = jsonb_build_object(%s::text, 1) "
@@ -755,4 +755,4 @@ def test_a_long_validation_error_is_recorded_cut_to_the_stores_limit(db_url: str
     )
     assert isinstance(error, str) and error.startswith("InvalidSchedule: ")
     assert "unknown option 'kkk" in error
-    assert len(error) == store.ERROR_CHARS and last_error == error
+    assert len(error) == store.runs.ERROR_CHARS and last_error == error

@@ -357,13 +357,13 @@ def test_migrations_run_from_the_unpacked_wheel(
 
 class Standbys:
     """A session holding the group's advisory lock and ``count`` sessions waiting for it the way
-    standby replicas do: :func:`pg_beat.store.wait_lock` in a loop, each wait bounded."""
+    standby replicas do: :func:`pg_beat.store.lease.wait_lock` in a loop, each wait bounded."""
 
     def __init__(self, url: str, count: int, wait: float) -> None:
         self.engine = create_engine(url, poolclass=NullPool)
         self.stop = threading.Event()
         self.holder = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        assert store.wait_lock(self.holder, "default", 5)
+        assert store.lease.wait_lock(self.holder, "default", 5)
         self.threads = [
             threading.Thread(target=self._wait, args=(wait,), daemon=True) for _ in range(count)
         ]
@@ -373,7 +373,7 @@ class Standbys:
     def _wait(self, wait: float) -> None:
         with self.engine.connect() as conn:
             while not self.stop.is_set():
-                assert not store.wait_lock(conn, "default", wait)
+                assert not store.lease.wait_lock(conn, "default", wait)
 
     def waiting(self) -> int:
         return int(

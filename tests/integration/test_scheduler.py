@@ -71,7 +71,7 @@ def advisory_locks(url: str) -> list[tuple[Any, ...]]:
         url,
         "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        store.LOCK_CLASS_ID,
+        store.lease.LOCK_CLASS_ID,
     )
 
 

@@ -27,7 +27,7 @@ SHARED = "beat-" + "x" * 55
 
 def lock(session: psycopg.Connection[Any], group: str = GROUP) -> None:
     session.execute(
-        "SELECT pg_advisory_lock(%s, hashtext(%s))", (store.LOCK_CLASS_ID, f"pg_beat:{group}")
+        "SELECT pg_advisory_lock(%s, hashtext(%s))", (store.lease.LOCK_CLASS_ID, f"pg_beat:{group}")
     )
 
 
@@ -39,7 +39,7 @@ def alive(url: str, pid: int) -> bool:
 
 @contextmanager
 def admin(url: str) -> Iterator[Connection]:
-    engine = store.make_engine(settings_for(url, replica_name="admin"), "test")
+    engine = store.connections.make_engine(settings_for(url, replica_name="admin"), "test")
     try:
         with engine.connect() as conn, conn.begin():
             yield conn
@@ -47,20 +47,26 @@ def admin(url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def connector(url: str, replica_name: str) -> store.Connector:
-    return store.Connector(settings_for(url, replica_name=replica_name))
+def connector(url: str, replica_name: str) -> store.connections.Connector:
+    return store.connections.Connector(settings_for(url, replica_name=replica_name))
 
 
 def test_application_names_keep_the_token_and_role_whatever_the_replica_name() -> None:
-    long = store.Connector(settings_for("postgresql://h/db", replica_name=SHARED + "-a"))
+    long = store.connections.Connector(
+        settings_for("postgresql://h/db", replica_name=SHARED + "-a")
+    )
     name = long.application_name("dispatch")
     assert len(name) == 63
     assert re.fullmatch(rf"pg_beat:{long.token}:{SHARED[:37]}:dispatch", name)
-    other = store.Connector(settings_for("postgresql://h/db", replica_name=SHARED + "-b"))
+    other = store.connections.Connector(
+        settings_for("postgresql://h/db", replica_name=SHARED + "-b")
+    )
     assert other.application_name("dispatch") != name  # the tokens differ
-    short = store.Connector(settings_for("postgresql://h/db", replica_name="host-1:4242"))
+    short = store.connections.Connector(
+        settings_for("postgresql://h/db", replica_name="host-1:4242")
+    )
     assert short.application_name("leader") == f"pg_beat:{short.token}:host-1:4242:leader"
-    odd = store.Connector(settings_for("postgresql://h/db", replica_name="bête\n"))
+    odd = store.connections.Connector(settings_for("postgresql://h/db", replica_name="bête\n"))
     assert odd.application_name("api") == f"pg_beat:{odd.token}:b?te?:api"
 
 
@@ -73,7 +79,7 @@ def test_a_pid_that_does_not_hold_the_lock_is_never_terminated(db_url: str) -> N
         lock(other_group_holder, "another-group")
         for pid in (bystander.info.backend_pid, other_group_holder.info.backend_pid):
             with admin(db_url) as conn:
-                assert store.terminate_lock_holder(conn, GROUP, pid) is None
+                assert store.lease.terminate_lock_holder(conn, GROUP, pid) is None
             assert alive(db_url, pid)
 
 
@@ -91,7 +97,7 @@ def test_terminating_a_holder_spares_a_replica_whose_name_shares_its_prefix(
         fence.execute("SELECT 1 FROM pg_beat_leases FOR KEY SHARE")
         bystander.execute("SELECT count(*) FROM pg_beat_leases")
         with admin(db_url) as conn:
-            others = store.terminate_lock_holder(conn, GROUP, holder.info.backend_pid)
+            others = store.lease.terminate_lock_holder(conn, GROUP, holder.info.backend_pid)
         assert others == 1
         wait_for(lambda: not alive(db_url, holder.info.backend_pid), 5, "holder terminated")
         wait_for(lambda: not alive(db_url, fence.info.backend_pid), 5, "its fence terminated")
@@ -106,7 +112,7 @@ def test_a_standby_terminates_a_hung_holder_and_its_fence_and_nobody_else(db_url
     the whole idle_in_transaction timeout (here 60 s); a replica whose name shares the
     holder's first 63 characters keeps its session."""
     patient = {"idle_in_transaction_timeout": 60.0}
-    bystander = store.Connector(
+    bystander = store.connections.Connector(
         settings_for(db_url, replica_name=SHARED + "-three", **patient)
     ).connect("dispatch")
     try:
@@ -141,12 +147,14 @@ def test_our_own_session_is_terminated_only_while_it_holds_the_lock_under_our_to
         for session in (ours_idle, theirs_holding):
             pid = session.info.backend_pid
             with admin(db_url) as conn:
-                assert store.terminate_own_session(conn, GROUP, pid, ours.token) is False
+                assert store.lease.terminate_own_session(conn, GROUP, pid, ours.token) is False
             assert alive(db_url, pid)
         theirs_holding.close()
         lock(ours_idle)
         with admin(db_url) as conn:
-            assert store.terminate_own_session(conn, GROUP, ours_idle.info.backend_pid, ours.token)
+            assert store.lease.terminate_own_session(
+                conn, GROUP, ours_idle.info.backend_pid, ours.token
+            )
         wait_for(lambda: not alive(db_url, ours_idle.info.backend_pid), 5, "terminated")
     finally:
         ours_idle.close()
@@ -162,9 +170,12 @@ def test_status_tells_a_replicas_sessions_by_their_token(db_url: str) -> None:
     pids = [s.info.backend_pid for s in sessions]
     try:
         with admin(db_url) as conn:
-            assert store.replica_backend_pids(conn, one.settings.replica_name, pids[0]) == pids[:2]
-            assert store.replica_backend_pids(conn, "r1") == pids[4:6]
-            assert store.replica_backend_pids(conn, "r10") == pids[6:]
+            assert (
+                store.diagnostics.replica_backend_pids(conn, one.settings.replica_name, pids[0])
+                == pids[:2]
+            )
+            assert store.diagnostics.replica_backend_pids(conn, "r1") == pids[4:6]
+            assert store.diagnostics.replica_backend_pids(conn, "r10") == pids[6:]
             conn.execute(
                 text(
                     "INSERT INTO pg_beat_replicas (group_name, name, host, pid, role, version, "
@@ -173,7 +184,9 @@ def test_status_tells_a_replicas_sessions_by_their_token(db_url: str) -> None:
                 ),
                 {"one": one.settings.replica_name, "pid": pids[0]},
             )
-            found = {r["name"]: r["backend_alive"] for r in store.list_replicas(conn, GROUP)}
+            found = {
+                r["name"]: r["backend_alive"] for r in store.diagnostics.list_replicas(conn, GROUP)
+            }
         # The pid alone is not enough: it must carry the replica's name.
         assert found == {one.settings.replica_name: True, "r10": False}
     finally:

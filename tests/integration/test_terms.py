@@ -93,13 +93,13 @@ def orphan_queries(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Records each query of the orphans the dispatch loop makes while in the block."""
     calls: list[str] = []
     for name in ("orphaned_claims", "pending_orphans"):
-        query = getattr(store, name)
+        query = getattr(store.runs, name)
 
         def counted(*args: Any, _query: Any = query, _name: str = name, **kwargs: Any) -> Any:
             calls.append(_name)
             return _query(*args, **kwargs)
 
-        monkeypatch.setattr(store, name, counted)
+        monkeypatch.setattr(store.runs, name, counted)
     yield calls
     monkeypatch.undo()
 
@@ -161,10 +161,12 @@ def test_the_epoch_goes_above_every_epoch_this_replica_has_seen(db_url: str) -> 
     key = f"pg_beat:{first.settings.group}"
     with psycopg.connect(libpq_url(db_url), autocommit=True) as gate:
         # Keep the standby from taking over until it has seen the lost epoch.
-        gate.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (store.LOCK_CLASS_ID, key))
+        gate.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (store.lease.LOCK_CLASS_ID, key))
         with replica(db_url, replica_name="second", lead=False) as second:
             second.watchdog.candidate.seen(first_epoch + 10)
-            gate.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (store.LOCK_CLASS_ID, key))
+            gate.execute(
+                "SELECT pg_advisory_unlock(%s, hashtext(%s))", (store.lease.LOCK_CLASS_ID, key)
+            )
             epoch = second.wait_leader()
             assert epoch == first_epoch + 11
             acquired, previous_expires = term(db_url, epoch)

@@ -1,6 +1,6 @@
 """A backlog published to a Redis of its own that stops answering (SIGSTOP) and resumes at
 random points, as a stalled or failing-over Redis does: the test tier runs a few seeds, and
-``benchmarks/bench_broker.py`` many, with the same code.
+``benchmarks/bench_broker_chaos.py`` many, with the same code.
 
 A run drives a real ``pg_beat.Scheduler`` in this process against real PostgreSQL and counts,
 from the Redis queue itself, what became of every tick: failed (must be 0), missing (0), extra

@@ -108,7 +108,7 @@ def replica(url: str, *, lead: bool = True, **overrides: Any) -> Iterator[Replic
     state = LeaderState()
     outbox = Outbox()
     # One Connector, as in a beat process: its sessions share one token in their names.
-    connector = store.Connector(settings)
+    connector = store.connections.Connector(settings)
     dispatcher = Dispatcher(settings, state, outbox, connector)
     watchdog = Watchdog(
         settings,
