@@ -67,6 +67,7 @@ ROW_COLUMNS = (
     "source",
     "config_owner",
     "resume_at",
+    "run_once_at",
     "created_at",
     "updated_at",
 )
