@@ -364,11 +364,20 @@ class ScheduleManager:
                 extra={"action": "config_delete", "schedule": name},
             )
 
-    def run_now(self, name: str) -> None:
-        """Make the schedule due now (and enabled); its grid resumes after this run."""
+    def run_now(self, name: str) -> ScheduleInfo:
+        """Send one extra tick of the schedule now; the schedule as it is afterwards.
+
+        An enabled schedule is made due now, and its grid resumes where it was after this
+        tick. A disabled schedule sends one tick and stays disabled: its grid is left as it
+        was, and run-now again before that tick is claimed still sends one. Either way the
+        tick goes out as soon as the leader sees the change (``NOTIFY``), with a task id of
+        its own (see :func:`pg_beat.publish.ticks.task_id_for`).
+        """
         with self._begin() as conn, _locked_as(name):
-            if not store.schedules.run_now(conn, self.group, name):
-                raise ScheduleNotFound(name)
+            row = store.schedules.run_now(conn, self.group, name)
+        if row is None:
+            raise ScheduleNotFound(name)
+        return info_from_row(row)
 
     def detach(self, name: str) -> ScheduleInfo:
         """Make a schedule from ``beat_schedule`` an API schedule: no start of the app that

@@ -91,6 +91,12 @@ class Schedule(Base):
             "group_name",
             postgresql_where=text("last_error IS NOT NULL"),
         ),
+        Index(
+            "ix_pg_beat_schedules_run_once",
+            "group_name",
+            "run_once_at",
+            postgresql_where=text("run_once_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -130,6 +136,9 @@ class Schedule(Base):
     config_owner: Mapped[str | None] = mapped_column(Text)
     #: After a tick made due by hand (run now), the due time where the grid resumes.
     resume_at: Mapped[datetime | None] = mapped_column(TZ)
+    #: One tick asked for by hand while the row is disabled (run now), due at this time; the
+    #: claim that records it clears it, leaving ``enabled`` and the grid as they were.
+    run_once_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 

@@ -1,4 +1,4 @@
-"""Schema compatibility records; each replica's broker health.
+"""Schema compatibility records; each replica's broker health; run-now of a disabled schedule.
 
 - ``pg_beat_schema_compat``: per applied revision (from this one on), the oldest pg_beat code
   revision that may run against it. Every revision from this one on writes its row in its
@@ -10,11 +10,18 @@
 - ``pg_beat_replicas.broker_failing_since`` (NULL: the broker works, or is unknown),
   ``broker_error`` (cut short), ``broker_checked_at`` and ``ticks_waiting``: what a replica
   last saw of its broker, so that a standby can tell it would do better than the leader.
+- ``pg_beat_schedules.run_once_at`` (NULL: none asked for): one tick asked for by hand (run now
+  of a disabled schedule), due at that time; the claim that records it clears it, and the row
+  keeps ``enabled`` and its grid (``next_run_at``) as they were. Found through
+  ``ix_pg_beat_schedules_run_once``, partial on the rows that have one (the due index covers
+  enabled rows only).
 
-Expand only, online: a new table, and nullable columns without a default (no table rewrite),
-each statement in a transaction of its own with a short lock timeout (:mod:`pg_beat.ddl`).
-Code at 0002 runs against this schema unchanged (it names its columns and reads none of the
-new ones), which the record says; releases at 0002 still demand their own head when they
+Expand only, online: a new table, nullable columns without a default (no table rewrite), an
+index built ``CONCURRENTLY`` until it is valid, each statement in a transaction of its own with
+a short lock timeout (:mod:`pg_beat.ddl`). Code at 0002 runs against this schema unchanged (it
+names its columns and reads none of the new ones), which the record says; a run-now of a
+disabled schedule asked for through this release waits until a replica of this release leads
+(0002 never reads ``run_once_at``). Releases at 0002 still demand their own head when they
 start, as they do not read the record.
 
 Revision ID: 0003_schema_compat_broker_health
@@ -54,11 +61,18 @@ def upgrade() -> None:
         "ALTER TABLE pg_beat_replicas "
         + ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in BROKER_COLUMNS)
     )
+    ddl.execute("ALTER TABLE pg_beat_schedules ADD COLUMN IF NOT EXISTS run_once_at timestamptz")
+    ddl.create_index(
+        "ix_pg_beat_schedules_run_once",
+        "ON pg_beat_schedules (group_name, run_once_at) WHERE run_once_at IS NOT NULL",
+    )
     ddl.record_compat(revision, OLDEST_CODE_REVISION)
 
 
 def downgrade() -> None:
     ddl.forget_compat(revision)
+    ddl.drop_index("ix_pg_beat_schedules_run_once")
+    ddl.execute("ALTER TABLE pg_beat_schedules DROP COLUMN IF EXISTS run_once_at")
     ddl.execute(
         "ALTER TABLE pg_beat_replicas "
         + ", ".join(f"DROP COLUMN IF EXISTS {name}" for name, _ in BROKER_COLUMNS)

@@ -482,8 +482,7 @@ def _simple(
         elif as_json:
             print_json({"name": name, "action": verb, "ok": True})
         else:
-            past = {"remove": "removed", "run-now": "made due now"}[verb]
-            click.echo(f"schedule {name!r} {past}")
+            click.echo(f"schedule {name!r} {verb}d")
 
 
 # Functions rather than ScheduleManager's methods, so that pg_beat.api (and with it SQLAlchemy
@@ -496,10 +495,6 @@ def _disable(manager: ScheduleManager, name: str) -> ScheduleInfo:
     return manager.disable(name)
 
 
-def _run_now(manager: ScheduleManager, name: str) -> None:
-    manager.run_now(name)
-
-
 def _remove(manager: ScheduleManager, name: str) -> None:
     manager.delete(name)
 
@@ -507,4 +502,26 @@ def _remove(manager: ScheduleManager, name: str) -> None:
 _simple("enable", "Enable NAME (it is planned again from now).", _enable)
 _simple("disable", "Disable NAME (it keeps its definition and history).", _disable)
 _simple("remove", "Delete NAME and its run history.", _remove)
-_simple("run-now", "Make NAME due now (and enabled); its grid resumes afterwards.", _run_now)
+
+
+@schedules_group.command("run-now")
+@click.argument("name")
+@json_option
+@pass_env
+def schedules_run_now(env: Env, name: str, as_json: bool) -> None:
+    """Send one extra tick of NAME now.
+
+    An enabled schedule is made due now, and its grid resumes afterwards. A disabled schedule
+    sends one tick and stays disabled, its grid left as it was. Asked again before the leader
+    has taken that tick, it is still one tick. JSON keys: name, action, ok, enabled.
+    """
+    with env.connect():
+        pass  # schema check
+    with env.manager() as manager, _in_cli_words(env):
+        info = manager.run_now(name)
+    if as_json:
+        print_json({"name": name, "action": "run-now", "ok": True, "enabled": info.enabled})
+    elif info.enabled:
+        click.echo(f"schedule {name!r} made due now")
+    else:
+        click.echo(f"schedule {name!r} made due now, once: it stays disabled")

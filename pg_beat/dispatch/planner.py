@@ -15,6 +15,10 @@ long backlog, or a bulk import of expensive (solar) rows, goes through many shor
 Lateness is downtime only (invariant 19, :mod:`pg_beat.downtime`): the planner is given the
 current :class:`~pg_beat.downtime.Term`, and a tick due while this leader held the lease is
 never a misfire, however long the leader's own queue kept it.
+
+A tick asked for by hand on a disabled schedule (run now: ``run_once_at``) is one tick due at
+that time, claimed whether or not the row is enabled and without moving its grid; a row that
+is also due on its grid (it was enabled meanwhile) gets both, each once.
 """
 
 from __future__ import annotations
@@ -141,12 +145,16 @@ class Planner:
     def _claim_row(
         self, plan: Plan, row: Row, now: datetime, epoch: int, term: downtime.Term
     ) -> None:
-        due: datetime = row["next_run_at"]
+        once = _run_once(row, now)
+        on_grid = bool(row["enabled"]) and _due_by(row["next_run_at"], now)
+        due = row["next_run_at"] if on_grid else once
+        if due is None:
+            return  # neither due on its grid nor asked for: not a due row
         error = self.check(row)
         decision = None
         if error is None:
             try:
-                decision = self._decide(row, due, now, term)
+                decision = self._decide(row, due, now, term) if on_grid else ((), None, None)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
         if decision is None:
@@ -157,17 +165,23 @@ class Planner:
             plan.runs.append(
                 RunRow(row["id"], row["name"], due, self._task_id(row, due), "failed", error)
             )
-            plan.advances.append(Advance(row["id"], None, None, error))
+            plan.advances.append(Advance(row["id"], None, None, error, once=once is not None))
             return
         ticks, next_due, last_due = decision
+        if once is not None and all(once != due_at for due_at, _ in ticks):
+            # The tick asked for by hand: sent whatever the misfire policy (it was asked for
+            # now), past its expiry recorded expired; the grid's own ticks are decided above.
+            ticks = tuple(sorted(((once, True), *ticks)))
         for due_at, send in ticks:
             status = self._status(row, due_at, send, now)
             task_id = self._task_id(row, due_at)
             plan.runs.append(RunRow(row["id"], row["name"], due_at, task_id, status))
             if status == "claimed":
                 plan.claims[(row["id"], due_at)] = self._claim(row, due_at, task_id, now, epoch)
-        plan.advances.append(Advance(row["id"], next_due, last_due))
-        if next_due is not None and next_due <= now:
+        plan.advances.append(
+            Advance(row["id"], next_due, last_due, grid=on_grid, once=once is not None)
+        )
+        if on_grid and next_due is not None and next_due <= now:
             plan.behind = True
 
     def _decide(
@@ -282,6 +296,17 @@ class Planner:
             error,
             extra={"action": "parked", "schedule": name},
         )
+
+
+def _run_once(row: Row, now: datetime) -> datetime | None:
+    """The tick asked for by hand (``run_once_at``: run now of a disabled schedule) if it is due
+    by ``now``, else None. One tick at that time, enabled or not; the grid stays as it was."""
+    once: datetime | None = row.get("run_once_at")
+    return once if _due_by(once, now) else None
+
+
+def _due_by(moment: datetime | None, now: datetime) -> bool:
+    return moment is not None and moment <= now
 
 
 def expiry(options: Mapping[str, Any] | None, due_at: datetime) -> datetime | None:

@@ -30,7 +30,8 @@ FENCE = text(
 # :window seconds (on time), then the older ones (the backlog). A schedule that slipped a
 # second behind (the loop was busy) is served before one a week behind, so a backlog drains
 # after the schedules that are on time and never starves them; within each range the tick that
-# waited longest goes first, as the publisher sends each lane in claim order.
+# waited longest goes first, as the publisher sends each lane in claim order. Ticks asked for
+# by hand are taken between the two ranges (SELECT_RUN_ONCE below).
 SELECT_ON_TIME = text(
     f"""
     SELECT {ROW} FROM pg_beat_schedules
@@ -47,7 +48,24 @@ SELECT_BACKLOG = text(
     SELECT {ROW} FROM pg_beat_schedules
     WHERE group_name = :group AND enabled AND next_run_at IS NOT NULL
       AND next_run_at <= :now - make_interval(secs => :window)
+      AND id <> ALL(CAST(:taken AS bigint[]))
     ORDER BY next_run_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# Rows with a tick asked for by hand (run now of a disabled row, pg_beat_schedules.run_once_at)
+# due by :now, oldest first, through their own partial index: the due index covers enabled rows
+# only. Between the two ranges above: such a tick is asked for now, and never waits behind a
+# backlog. A row this transaction already took (:taken: it is due on its grid too, and locked
+# by us, which SKIP LOCKED does not skip) is not taken twice.
+SELECT_RUN_ONCE = text(
+    f"""
+    SELECT {ROW} FROM pg_beat_schedules
+    WHERE group_name = :group AND run_once_at <= :now
+      AND id <> ALL(CAST(:taken AS bigint[]))
+    ORDER BY run_once_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
     """
@@ -78,15 +96,18 @@ SELECT_UNPLANNED = text(
     """
 )
 
-# The earliest due time after :after, and whether a row awaits planning: all an idle step
-# reads, and what a claim reads to know how long to sleep. After a claim at time T, rows still
-# due by T are locked by someone else (an admin's open transaction): they must not set the
-# pace, so a claim passes T; they are tried again at the next wake-up.
+# The earliest due time after :after (on a grid, or a tick asked for by hand), and whether a
+# row awaits planning: all an idle step reads, and what a claim reads to know how long to
+# sleep. After a claim at time T, rows still due by T are locked by someone else (an admin's
+# open transaction): they must not set the pace, so a claim passes T; they are tried again at
+# the next wake-up.
 WAKE = text(
     """
     SELECT clock_timestamp() AS now,
-           (SELECT min(next_run_at) FROM pg_beat_schedules
-             WHERE group_name = :group AND enabled AND next_run_at > :after) AS next_due,
+           least((SELECT min(next_run_at) FROM pg_beat_schedules
+                   WHERE group_name = :group AND enabled AND next_run_at > :after),
+                 (SELECT min(run_once_at) FROM pg_beat_schedules
+                   WHERE group_name = :group AND run_once_at > :after)) AS next_due,
            EXISTS (SELECT 1 FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at IS NULL
                AND last_error IS NULL) AS unplanned
@@ -95,8 +116,10 @@ WAKE = text(
 
 # One statement claims a batch: the run rows (one per tick, unique per (schedule, due time):
 # a tick claimed before is skipped) and, per schedule, its next due time, run count (of the
-# runs this statement inserted) and last run, or its parking (an invalid row). Returns the new
-# runs to publish.
+# runs this statement inserted) and last run, or its parking (an invalid row). A schedule whose
+# grid did not move (a.grid false: only its run_once_at tick was due) keeps next_run_at,
+# resume_at and enabled; a.once clears the run_once_at whose tick is among the runs. Returns
+# the new runs to publish.
 CLAIM_TICKS = text(
     """
     WITH r AS (
@@ -107,8 +130,9 @@ CLAIM_TICKS = text(
     ), a AS (
         SELECT * FROM unnest(
             CAST(:a_ids AS bigint[]), CAST(:a_nexts AS timestamptz[]),
-            CAST(:a_last_dues AS timestamptz[]), CAST(:a_errors AS text[])
-        ) AS a(id, next_run_at, last_due_at, error)
+            CAST(:a_last_dues AS timestamptz[]), CAST(:a_errors AS text[]),
+            CAST(:a_grids AS boolean[]), CAST(:a_onces AS boolean[])
+        ) AS a(id, next_run_at, last_due_at, error, grid, once)
     ), runs AS (
         INSERT INTO pg_beat_runs
             (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status,
@@ -121,14 +145,15 @@ CLAIM_TICKS = text(
         SELECT schedule_id, count(*) AS n FROM runs WHERE status = 'claimed' GROUP BY 1
     ), advanced AS (
         UPDATE pg_beat_schedules AS s SET
-            next_run_at = a.next_run_at,
+            next_run_at = CASE WHEN a.grid THEN a.next_run_at ELSE s.next_run_at END,
             last_due_at = coalesce(a.last_due_at, s.last_due_at),
             last_run_at = CASE WHEN f.n > 0 THEN clock_timestamp() ELSE s.last_run_at END,
             total_run_count = s.total_run_count + coalesce(f.n, 0),
             enabled = s.enabled AND NOT (s.one_off AND coalesce(f.n, 0) > 0)
-                      AND (a.next_run_at IS NOT NULL OR a.error IS NOT NULL),
+                      AND (NOT a.grid OR a.next_run_at IS NOT NULL OR a.error IS NOT NULL),
             last_error = coalesce(a.error, s.last_error),
-            resume_at = NULL
+            resume_at = CASE WHEN a.grid THEN NULL ELSE s.resume_at END,
+            run_once_at = CASE WHEN a.once THEN NULL ELSE s.run_once_at END
         FROM a LEFT JOIN fired f ON f.schedule_id = a.id
         WHERE s.id = a.id
     )
@@ -173,13 +198,18 @@ def fence(conn: Connection, group: str, epoch: int, holder: str) -> datetime | N
 def select_due(
     conn: Connection, group: str, now: datetime, limit: int, window: float
 ) -> Sequence[RowMapping]:
-    """Up to ``limit`` rows due at ``now``, locked (rows someone else holds are skipped): those
-    due within the last ``window`` seconds first, then the others; each range oldest first."""
+    """Up to ``limit`` rows due at ``now``, each once, locked (rows someone else holds are
+    skipped): those due within the last ``window`` seconds first, then those with a tick asked
+    for by hand (``run_once_at``, enabled or not), then the other due ones; each range oldest
+    first."""
     params = {"group": group, "now": now, "limit": limit, "window": window}
     rows = list(conn.execute(SELECT_ON_TIME, params).mappings().all())
-    if len(rows) < limit:
-        params["limit"] = limit - len(rows)
-        rows.extend(conn.execute(SELECT_BACKLOG, params).mappings().all())
+    for statement in (SELECT_RUN_ONCE, SELECT_BACKLOG):
+        if len(rows) >= limit:
+            break
+        taken = [row["id"] for row in rows]
+        params.update(limit=limit - len(rows), taken=taken)
+        rows.extend(conn.execute(statement, params).mappings().all())
     return rows
 
 
@@ -234,12 +264,19 @@ class RunRow:
 @dataclass(frozen=True)
 class Advance:
     """What a claim does to one schedule: its next due time and last due time (None keeps the
-    old one), or, with ``error``, parks it (next_run_at NULL) until it is edited."""
+    old one), or, with ``error``, parks it (next_run_at NULL) until it is edited.
+
+    ``grid`` False: only the tick asked for by hand was claimed, and the schedule's grid stays
+    as it was (``next_run_at``, ``resume_at`` and ``enabled``; ``next_run_at`` here is unused).
+    ``once``: that tick is among the runs, so ``run_once_at`` is cleared.
+    """
 
     schedule_id: int
     next_run_at: datetime | None
     last_due_at: datetime | None
     error: str | None = None
+    grid: bool = True
+    once: bool = False
 
 
 def claim_ticks(
@@ -269,6 +306,8 @@ def claim_ticks(
             "a_nexts": [a.next_run_at for a in advances],
             "a_last_dues": [a.last_due_at for a in advances],
             "a_errors": [_cut(a.error) for a in advances],
+            "a_grids": [a.grid for a in advances],
+            "a_onces": [a.once for a in advances],
         },
     )
     return {(row.schedule_id, row.due_at): row.id for row in rows}

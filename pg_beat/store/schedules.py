@@ -49,6 +49,7 @@ ROW_COLUMNS = (
     "source",
     "config_owner",
     "resume_at",
+    "run_once_at",
     "created_at",
     "updated_at",
 )
@@ -221,12 +222,23 @@ def _json_params(values: Mapping[str, Any]) -> list[Any]:
     return [bindparam(c, type_=JSONB) for c in ("args", "kwargs", "options") if c in values]
 
 
-def run_now(conn: Connection, group: str, name: str) -> bool:
-    result = conn.execute(
-        text(
-            "UPDATE pg_beat_schedules SET next_run_at = clock_timestamp(), enabled = true "
-            "WHERE group_name = :g AND name = :n"
-        ),
-        {"g": group, "n": name},
-    )
-    return bool(result.rowcount)
+# Enabled: due now, on its grid's path (the trigger keeps the planned due time in resume_at, so
+# the grid resumes after this tick); a tick asked for while it was disabled and not yet taken
+# is replaced by this one. Disabled: one tick due now (or at the one already asked for, if
+# earlier), which the claim records and clears; enabled and next_run_at stay as they are. One
+# statement, so the branch follows the row as it is when the update locks it.
+RUN_NOW = text(
+    """
+    UPDATE pg_beat_schedules SET
+        next_run_at = CASE WHEN enabled THEN clock_timestamp() ELSE next_run_at END,
+        run_once_at = CASE WHEN enabled THEN NULL
+                           ELSE least(run_once_at, clock_timestamp()) END
+    WHERE group_name = :g AND name = :n
+    RETURNING """
+    + ROW
+)
+
+
+def run_now(conn: Connection, group: str, name: str) -> RowMapping | None:
+    """Make the schedule due now (see RUN_NOW); the row as written, None when there is none."""
+    return conn.execute(RUN_NOW, {"g": group, "n": name}).mappings().first()

@@ -333,18 +333,47 @@ def test_delete(api: ScheduleManager, db_url: str) -> None:
         api.delete("gone")
 
 
-def test_run_now_makes_it_due_and_enabled(api: ScheduleManager, db_url: str) -> None:
+def test_run_now_of_an_enabled_schedule_makes_it_due_and_keeps_its_grid(
+    api: ScheduleManager, db_url: str
+) -> None:
     api.create("s", "t.s", every=3600)
-    api.disable("s")
     sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() + interval '1 hour'")
+    planned = row(db_url, "s")["next_run_at"]
     before = db_now(db_url)
-    api.run_now("s")
+    info = api.run_now("s")
     after = db_now(db_url)
     stored = row(db_url, "s")
-    assert stored["enabled"] is True
+    assert info.enabled is True and stored["enabled"] is True
     assert before <= stored["next_run_at"] <= after
+    assert stored["resume_at"] == planned  # the grid resumes where it was (the trigger)
+    assert stored["run_once_at"] is None
     # run_now does not change the definition: the scheduler keeps the rest of the row.
     assert stored["interval_seconds"] == 3600.0 and stored["last_error"] is None
+
+
+def test_run_now_of_a_disabled_schedule_asks_one_tick_and_keeps_it_disabled(
+    api: ScheduleManager, db_url: str
+) -> None:
+    api.create("s", "t.s", every=3600)
+    api.disable("s")
+    sql(db_url, "UPDATE pg_beat_schedules SET next_run_at = now() - interval '1 day'")
+    kept = row(db_url, "s")
+    before = db_now(db_url)
+    info = api.run_now("s")
+    after = db_now(db_url)
+    stored = row(db_url, "s")
+    assert info.enabled is False and stored["enabled"] is False
+    assert before <= stored["run_once_at"] <= after
+    # Its grid is left as it was: enabling it later goes on from there, not from the run-now.
+    assert (stored["next_run_at"], stored["resume_at"]) == (kept["next_run_at"], None)
+    # Asked again before the leader took it: still the one tick, at the first time.
+    api.run_now("s")
+    assert row(db_url, "s")["run_once_at"] == stored["run_once_at"]
+    # Enabled meanwhile, a run-now is the grid's (one tick due now), and replaces it.
+    api.enable("s")
+    api.run_now("s")
+    stored = row(db_url, "s")
+    assert stored["run_once_at"] is None and stored["next_run_at"] >= after
 
 
 @pytest.mark.parametrize(

@@ -347,13 +347,23 @@ def test_schedules_happy_path(db_url: str) -> None:
 
     assert ok_json(db_url, "schedules", "disable", "tick")["enabled"] is False
     assert cli(db_url, "schedules", "enable", "tick").stdout.startswith("enabled schedule 'tick'")
+    # dusk was added disabled: one tick, and it stays disabled.
     assert ok_json(db_url, "schedules", "run-now", "dusk") == {
         "name": "dusk",
         "action": "run-now",
         "ok": True,
+        "enabled": False,
     }
+    assert cli(db_url, "schedules", "run-now", "dusk").stdout.strip() == (
+        "schedule 'dusk' made due now, once: it stays disabled"
+    )
+    assert cli(db_url, "schedules", "run-now", "tick").stdout.strip() == (
+        "schedule 'tick' made due now"
+    )
+    help_text = " ".join(cli(db_url, "schedules", "run-now", "--help").stdout.split())
+    assert "A disabled schedule sends one tick and stays disabled" in help_text
     shown = ok_json(db_url, "schedules", "show", "dusk")
-    assert shown["enabled"] is True and shown["next_run_at"] is not None
+    assert shown["enabled"] is False and shown["next_run_at"] is None
     text = cli(db_url, "schedules", "show", "dusk").stdout
     assert "solar sunset (52.52, 13.40)" in text and "next due" in text
 

@@ -53,6 +53,7 @@ INDEXES = {
     "ix_pg_beat_runs_unsent",
     "ix_pg_beat_runs_claimed_at",
     "ix_pg_beat_schedules_failing",
+    "ix_pg_beat_schedules_run_once",
 }
 
 
@@ -133,6 +134,37 @@ def test_upgrade_check_downgrade_and_upgrade_again(empty_db_url: str) -> None:
     migrate.check(empty_db_url)
     migrate.upgrade(empty_db_url)  # already at head: a no-op
     assert migrate.current(empty_db_url) == HEAD
+
+
+def test_0003_run_once_at_goes_with_its_downgrade_and_comes_back(empty_db_url: str) -> None:
+    """The column of run-now on a disabled row and its partial index (built concurrently,
+    valid) go with a downgrade to 0002, and come back with the upgrade."""
+
+    def present() -> tuple[bool, bool]:
+        column = query(
+            empty_db_url,
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'pg_beat_schedules' AND column_name = 'run_once_at'",
+        )
+        index = query(
+            empty_db_url,
+            "SELECT i.indisvalid FROM pg_index i "
+            "WHERE i.indexrelid = to_regclass('ix_pg_beat_schedules_run_once')",
+        )
+        return column == [(1,)], index == [(True,)]
+
+    migrate.upgrade(empty_db_url)
+    assert present() == (True, True)
+    with ScheduleManager(empty_db_url) as api:
+        api.create("s", "t.s", every=60, enabled=False)
+    query(empty_db_url, "UPDATE pg_beat_schedules SET run_once_at = now()")
+    migrate.downgrade(empty_db_url, "0002_failures_owners_release")
+    assert present() == (False, False)
+    assert query(empty_db_url, "SELECT count(*) FROM pg_beat_schedules") == [(1,)]
+    migrate.upgrade(empty_db_url)
+    assert present() == (True, True)
+    assert query(empty_db_url, "SELECT run_once_at FROM pg_beat_schedules") == [(None,)]
+    migrate.check(empty_db_url)
 
 
 def test_check_reports_drift(empty_db_url: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from support.env import require_module
 
 from pg_beat.config import Settings
-from pg_beat.dispatch.planner import Planner, expiry
+from pg_beat.dispatch.planner import Plan, Planner, expiry
 from pg_beat.downtime import Term
 from pg_beat.publish.ticks import task_id_for
 
@@ -47,6 +47,7 @@ def row(name: str = "s", **values: Any) -> dict[str, Any]:
         "next_run_at": NOW,
         "last_due_at": None,
         "resume_at": None,
+        "run_once_at": None,
         "updated_at": NOW - timedelta(days=1),
     }
     base.update(values)
@@ -126,6 +127,92 @@ def test_a_run_now_tick_resumes_the_grid(planner: Planner) -> None:
     plan = planner.claim([row(next_run_at=NOW, resume_at=planned)], NOW, 1, 500)
     (advance,) = plan.advances
     assert (advance.next_run_at, advance.last_due_at) == (planned, None)
+
+
+# --- run now of a disabled schedule (run_once_at) ----------------------------------------------
+
+
+def test_a_disabled_rows_run_once_tick_is_claimed_and_its_grid_left_alone(
+    planner: Planner,
+) -> None:
+    asked = NOW - timedelta(seconds=2)
+    stale = NOW - timedelta(days=3)  # where its grid stood when it was disabled
+    plan = planner.claim([row(enabled=False, next_run_at=stale, run_once_at=asked)], NOW, 7, 500)
+    assert [(r.due_at, r.status, r.task_id) for r in plan.runs] == [
+        (asked, "claimed", task_id_for("default", "s", asked))
+    ]
+    (claim,) = plan.claims.values()
+    assert (claim.due_at, claim.epoch, claim.late) == (asked, 7, False)
+    (advance,) = plan.advances
+    assert (advance.grid, advance.once, advance.last_due_at) == (False, True, None)
+    assert not plan.behind
+
+
+def test_an_enabled_row_due_on_its_grid_and_asked_once_claims_both_ticks_once(
+    planner: Planner,
+) -> None:
+    asked = NOW - timedelta(seconds=5)
+    plan = planner.claim([row(run_once_at=asked)], NOW, 1, 500)
+    assert [r.due_at for r in plan.runs] == [asked, NOW]  # oldest first
+    assert set(plan.claims) == {(row()["id"], asked), (row()["id"], NOW)}
+    (advance,) = plan.advances
+    assert (advance.grid, advance.once) == (True, True)
+    assert (advance.next_run_at, advance.last_due_at) == (NOW + timedelta(minutes=1), NOW)
+
+
+def test_a_run_once_tick_at_a_grid_due_time_is_one_tick(planner: Planner) -> None:
+    plan = planner.claim([row(run_once_at=NOW)], NOW, 1, 500)
+    assert [r.due_at for r in plan.runs] == [NOW]
+    (advance,) = plan.advances
+    assert (advance.grid, advance.once) == (True, True)
+
+
+def test_an_enabled_row_asked_once_before_its_grid_time_keeps_its_grid(
+    planner: Planner,
+) -> None:
+    """Enabled after a run-now while disabled, before the leader took the tick."""
+    asked = NOW - timedelta(seconds=1)
+    later = NOW + timedelta(minutes=10)
+    plan = planner.claim([row(next_run_at=later, run_once_at=asked)], NOW, 1, 500)
+    assert [r.due_at for r in plan.runs] == [asked]
+    (advance,) = plan.advances
+    assert (advance.grid, advance.once) == (False, True)
+
+
+def test_a_run_once_time_still_ahead_is_left_for_later(planner: Planner) -> None:
+    ahead = NOW + timedelta(minutes=5)
+    plan = planner.claim([row(run_once_at=ahead)], NOW, 1, 500)
+    assert [r.due_at for r in plan.runs] == [NOW]
+    (advance,) = plan.advances
+    assert (advance.grid, advance.once) == (True, False)
+    assert planner.claim([row(enabled=False, run_once_at=ahead)], NOW, 1, 500) == Plan()
+
+
+def test_a_run_once_tick_is_sent_whatever_the_misfire_policy_but_expires(
+    planner: Planner,
+) -> None:
+    asked = NOW - timedelta(hours=1)  # waited through downtime (no term: all before is down)
+    skip = row(enabled=False, misfire_policy="skip", run_once_at=asked)
+    plan = planner.claim([skip], NOW, 1, 500)
+    assert [r.status for r in plan.runs] == ["claimed"]
+    (claim,) = plan.claims.values()
+    assert claim.late
+    expiring = row(enabled=False, run_once_at=asked, options={"expires": 60})
+    plan = planner.claim([expiring], NOW, 1, 500)
+    assert [r.status for r in plan.runs] == ["expired"] and plan.claims == {}
+    assert [(a.grid, a.once) for a in plan.advances] == [(False, True)]
+
+
+def test_a_run_once_tick_of_an_invalid_row_is_failed_and_the_row_parked(
+    planner: Planner,
+) -> None:
+    asked = NOW - timedelta(seconds=1)
+    bad = row(enabled=False, run_once_at=asked, options={"task_id": "x"})
+    plan = planner.claim([bad], NOW, 1, 500)
+    assert [(r.due_at, r.status) for r in plan.runs] == [(asked, "failed")]
+    (advance,) = plan.advances
+    assert advance.error is not None and "task_id" in advance.error
+    assert (advance.next_run_at, advance.grid, advance.once) == (None, True, True)
 
 
 def test_planning_parks_an_invalid_definition_and_plans_an_invalid_payload(
