@@ -21,16 +21,13 @@ import contextlib
 import itertools
 import math
 import shutil
-import signal
 import tempfile
-import time
 from pathlib import Path
 
-import redis
 from support import blackhole as kernel_blackhole
-from support.pg import free_port
 from support.procs import ProcessGroup
 from support.rabbitmq import PrivateRabbitMQ, RabbitMQUnavailable, server_path
+from support.redis_server import PrivateRedis, RedisUnavailable
 
 #: The broker goes away for a while and comes back; the leader must ride it out.
 OUTAGE_KINDS = ["redis_kill", "redis_stop", "rabbitmq_restart"]
@@ -75,75 +72,6 @@ def missing_tool(kind: str) -> str | None:
     return None
 
 
-class PrivateRedis:
-    """A redis-server of the benchmark's own. It appends every write to its AOF and fsyncs before
-    answering, so a SIGKILL loses nothing that was acknowledged."""
-
-    def __init__(self, procs: ProcessGroup, datadir: Path) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise BrokerUnavailable("redis-server (Debian package redis-server)")
-        self.procs = procs
-        self.port = free_port()
-        self.argv = [
-            server,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(datadir),
-        ]
-        self.starts = 0
-
-    @property
-    def name(self) -> str:
-        return f"redis-{self.starts}"
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def answers(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def start(self) -> None:
-        self.starts += 1
-        self.procs.spawn(self.name, self.argv)
-        self.wait_answers()
-
-    def wait_answers(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.answers():
-            if not self.procs.is_running(self.name):
-                raise BrokerUnavailable(f"redis-server exited: {self.procs.log(self.name)[-500:]}")
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"redis-server did not answer within {START_TIMEOUT:g}s")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.procs.signal(self.name, signal.SIGKILL)
-        self.procs.wait(self.name, 10)
-
-    def pause(self) -> None:
-        self.procs.signal(self.name, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.procs.signal(self.name, signal.SIGCONT)
-        self.wait_answers()
-
-
 class Outage:
     """A private broker for one cluster: ``url``, ``fail()``, then ``restore()``, which returns
     once the broker answers again."""
@@ -161,8 +89,11 @@ class Outage:
             self.rabbit = PrivateRabbitMQ(self.procs, data)
             self.rabbit.start()
         elif kind in ("redis_kill", "redis_stop"):
-            self.redis = PrivateRedis(self.procs, data)
-            self.redis.start()
+            try:
+                self.redis = PrivateRedis(self.procs, data)
+                self.redis.start()
+            except RedisUnavailable as exc:
+                raise BrokerUnavailable(str(exc)) from exc
         else:
             raise ValueError(kind)
 

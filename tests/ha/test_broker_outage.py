@@ -9,8 +9,6 @@ return within a generous bound (the figure itself is measured by benchmarks/benc
 
 from __future__ import annotations
 
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,13 +17,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from support import pg
 from support.env import unavailable
 from support.ha import ClusterFactory, assert_every_tick_once, settle
 from support.procs import ProcessGroup
 from support.rabbitmq import PrivateRabbitMQ, RabbitMQUnavailable
-from support.waiting import wait_for
+from support.redis_server import PrivateRedis, RedisUnavailable
 
 from examples.cluster import Cluster, utcnow
 
@@ -37,66 +34,16 @@ LINES_PER_REPLICA = 5
 FIRST_PUBLISH_BOUND = 10.0  # seconds after the broker answers again; generous, see the module
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a free port, stopped by its PID. Appends every
-    write before answering, so a SIGKILL loses no message that was acknowledged."""
-
-    def __init__(self, procs: ProcessGroup, datadir: Path) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            unavailable("redis-server (Debian package redis-server) for a Redis of the test's own")
-        self.procs = procs
-        self.port = pg.free_port()
-        self.argv = [
-            server,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(datadir),
-        ]
-        self.starts = 0
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def answers(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def start(self) -> None:
-        self.starts += 1
-        self.procs.spawn(f"redis-{self.starts}", self.argv)
-        wait_for(self.answers, 15, "the test's own Redis")
-
-    def kill(self) -> None:
-        name = f"redis-{self.starts}"
-        self.procs.signal(name, signal.SIGKILL)
-        self.procs.wait(name, 10)
-
-    def signal(self, sig: int) -> None:
-        self.procs.signal(f"redis-{self.starts}", sig)
-
-
 @pytest.fixture
 def private_redis(procs: ProcessGroup, tmp_path: Path) -> Iterator[PrivateRedis]:
     datadir = tmp_path / "redis"
     datadir.mkdir()
-    yield PrivateRedis(procs, datadir)
+    try:
+        server = PrivateRedis(procs, datadir)
+        server.start()
+    except RedisUnavailable as exc:
+        unavailable(f"a Redis of the test's own: {exc}")
+    yield server
 
 
 def first_sent_at_or_after(cluster: Cluster, since: float, timeout: float = 60.0) -> float:
@@ -162,16 +109,16 @@ def ride_out(
 def test_redis_killed_for_30s_then_restarted(
     make_cluster: ClusterFactory, private_redis: PrivateRedis
 ) -> None:
-    cluster = make_cluster(broker_url=private_redis.url)
+    cluster = make_cluster(broker_url=private_redis.url())
     ride_out(cluster, private_redis.kill, private_redis.start)
 
 
 def test_redis_stopped_for_30s(make_cluster: ClusterFactory, private_redis: PrivateRedis) -> None:
-    cluster = make_cluster(broker_url=private_redis.url)
+    cluster = make_cluster(broker_url=private_redis.url())
     ride_out(
         cluster,
-        lambda: private_redis.signal(signal.SIGSTOP),
-        lambda: private_redis.signal(signal.SIGCONT),
+        private_redis.pause,
+        private_redis.resume,
     )
 
 
