@@ -18,6 +18,8 @@ from pg_beat.schedules import MAX_CATCH_UP_LIMIT, MISFIRE_POLICIES
 
 OnHang = Literal["exit", "release"]
 PoolMode = Literal["auto", "session", "transaction"]
+OverlapPolicy = Literal["allow", "skip", "buffer_one"]
+OVERLAP_POLICIES: tuple[str, ...] = get_args(OverlapPolicy)
 ON_HANG_CHOICES: tuple[str, ...] = get_args(OnHang)
 POOL_MODES: tuple[str, ...] = get_args(PoolMode)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -78,6 +80,16 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     liveness_file: str | None = None
     broker_handover_after: float = 30.0
+    # Run outcomes (pg_beat.worker) and overlap; per schedule, a NULL column means these.
+    overlap_policy: OverlapPolicy = "allow"
+    max_runtime: float = 3600.0
+    run_once: bool = False
+    track_runs: bool = False
+    overdue_factor: float = 2.0
+    worker_heartbeat_interval: float = 10.0
+    worker_gone_after: float = 60.0
+    track_queue_size: int = 10_000
+    track_flush_interval: float = 0.1
 
     def __post_init__(self) -> None:
         urls.parse(self.database_url)
@@ -89,13 +101,14 @@ class Settings:
             ("on_hang", ON_HANG_CHOICES),
             ("misfire_policy", MISFIRE_POLICIES),
             ("pool_mode", POOL_MODES),
+            ("overlap_policy", OVERLAP_POLICIES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigurationError(
                     f"pg_beat_{name} must be one of {', '.join(choices)}, "
                     f"got {getattr(self, name)!r}"
                 )
-        for name in ("catch_up_limit", "batch_size", "max_message_bytes"):
+        for name in ("catch_up_limit", "batch_size", "max_message_bytes", "track_queue_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(
@@ -123,6 +136,11 @@ class Settings:
             "run_retention",
             "replica_stale_after",
             "poll_interval",
+            "max_runtime",
+            "overdue_factor",
+            "worker_heartbeat_interval",
+            "worker_gone_after",
+            "track_flush_interval",
         ):
             value = getattr(self, name)
             if not _seconds(value) or value == 0:
@@ -133,6 +151,13 @@ class Settings:
             raise ConfigurationError(
                 "pg_beat_broker_handover_after must be a number of seconds >= 0 (0: never hand "
                 f"over), got {self.broker_handover_after!r}"
+            )
+
+        if self.worker_gone_after < 2 * self.worker_heartbeat_interval:
+            raise ConfigurationError(
+                f"pg_beat_worker_gone_after ({self.worker_gone_after:g}s) must be at least 2x "
+                f"pg_beat_worker_heartbeat_interval ({self.worker_heartbeat_interval:g}s), so "
+                "that one late heartbeat does not make a worker's runs lost"
             )
 
     def _check_lease(self) -> None:

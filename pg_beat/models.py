@@ -97,6 +97,17 @@ class Schedule(Base):
             "run_once_at",
             postgresql_where=text("run_once_at IS NOT NULL"),
         ),
+        CheckConstraint(
+            "overlap_policy IS NULL OR overlap_policy IN ('allow', 'skip', 'buffer_one')",
+            name="overlap_policy",
+        ),
+        CheckConstraint("max_runtime IS NULL OR max_runtime > 0", name="max_runtime"),
+        Index(
+            "ix_pg_beat_schedules_buffered",
+            "group_name",
+            "buffered_due_at",
+            postgresql_where=text("buffered_due_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -139,6 +150,16 @@ class Schedule(Base):
     #: One tick asked for by hand while the row is disabled (run now), due at this time; the
     #: claim that records it clears it, leaving ``enabled`` and the grid as they were.
     run_once_at: Mapped[datetime | None] = mapped_column(TZ)
+    #: ``allow``, ``skip`` or ``buffer_one``; NULL: the ``pg_beat_overlap_policy`` setting.
+    overlap_policy: Mapped[str | None] = mapped_column(Text)
+    #: Seconds after which an unfinished run stops blocking this schedule (overlap policies,
+    #: run-once); NULL: the ``pg_beat_max_runtime`` setting.
+    max_runtime: Mapped[float | None] = mapped_column(Double)
+    #: Each tick's task runs once even when the broker delivers it twice; NULL: the
+    #: ``pg_beat_run_once`` setting.
+    run_once: Mapped[bool | None] = mapped_column(Boolean)
+    #: The one tick ``buffer_one`` holds back while the previous run goes on.
+    buffered_due_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
@@ -159,6 +180,11 @@ class Run(Base):
             postgresql_where=text("status = 'claimed'"),
         ),
         Index("ix_pg_beat_runs_claimed_at", "claimed_at"),
+        CheckConstraint(
+            "outcome IS NULL OR outcome IN ('success', 'failure', 'retry', 'revoked', 'lost')",
+            name="outcome",
+        ),
+        Index("ix_pg_beat_runs_task_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -175,6 +201,83 @@ class Run(Base):
     sent_at: Mapped[datetime | None] = mapped_column(TZ)
     status: Mapped[str] = mapped_column(Text, server_default="claimed")
     error: Mapped[str | None] = mapped_column(Text)
+    #: Why the tick was skipped (misfire, overlap) or held back (``buffer_one``).
+    reason: Mapped[str | None] = mapped_column(Text)
+    # What the workers saw (pg_beat.worker); NULL until a tracking worker started the task.
+    worker: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    #: success, failure, retry, revoked or lost; NULL: not finished (or not tracked).
+    outcome: Mapped[str | None] = mapped_column(Text)
+    runtime: Mapped[float | None] = mapped_column(Double)
+    outcome_error: Mapped[str | None] = mapped_column(Text)
+    #: Executions started (the first, retries, redeliveries after a lost one).
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    #: Deliveries of the same execution that did not run (run-once) or ran again (tracking).
+    duplicates: Mapped[int | None] = mapped_column(Integer)
+
+
+class Execution(Base):
+    """One execution of a tick's task that a worker started: a retry, a redelivery and a
+    duplicate delivery each get one (the audit reads them)."""
+
+    __tablename__ = "pg_beat_executions"
+    __table_args__ = (
+        CheckConstraint(
+            "delivery IN ('first', 'retry', 'redelivery', 'duplicate')", name="delivery"
+        ),
+        CheckConstraint(
+            "outcome IS NULL OR outcome IN "
+            "('success', 'failure', 'retry', 'revoked', 'lost', 'duplicate')",
+            name="outcome",
+        ),
+        Index("ix_pg_beat_executions_task_id", "task_id"),
+        Index("ix_pg_beat_executions_started_at", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[str] = mapped_column(Text)
+    group_name: Mapped[str | None] = mapped_column(Text)
+    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer, server_default="0")
+    worker: Mapped[str] = mapped_column(Text)
+    delivery: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    runtime: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleHealth(Base):
+    """Per schedule, its last outcomes and consecutive failures, kept by the workers. No
+    foreign key: a worker's write must never lock a schedule row a claim would then skip."""
+
+    __tablename__ = "pg_beat_schedule_health"
+    __table_args__ = (Index("ix_pg_beat_schedule_health_group_name", "group_name"),)
+
+    schedule_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    group_name: Mapped[str] = mapped_column(Text)
+    last_outcome: Mapped[str | None] = mapped_column(Text)
+    last_finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_success_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_failure_at: Mapped[datetime | None] = mapped_column(TZ)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class Worker(Base):
+    """A worker process that records outcomes, with its heartbeat (``name``: ``host:pid``)."""
+
+    __tablename__ = "pg_beat_workers"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    hostname: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    stopped_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class Lease(Base):

@@ -155,7 +155,7 @@ def blocked_session(
 def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
     assert ok_json(empty_db_url, "db", "current") == {
         "current": None,
-        "head": "0003_schema_compat_broker_health",
+        "head": "0004_run_outcomes_overlap",
         "up_to_date": False,
         "compatible": False,
     }
@@ -165,15 +165,15 @@ def test_db_commands_on_an_empty_database(empty_db_url: str) -> None:
 
     result = cli(empty_db_url, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "0003_schema_compat_broker_health" in result.stdout
+    assert "0004_run_outcomes_overlap" in result.stdout
     assert ok_json(empty_db_url, "db", "current")["up_to_date"] is True
     result = cli(empty_db_url, "db", "check")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "ok: at 0003_schema_compat_broker_health (head), no drift"
+    assert result.stdout.strip() == "ok: at 0004_run_outcomes_overlap (head), no drift"
     assert ok_json(empty_db_url, "db", "check") == {
         "ok": True,
-        "current": "0003_schema_compat_broker_health",
-        "head": "0003_schema_compat_broker_health",
+        "current": "0004_run_outcomes_overlap",
+        "head": "0004_run_outcomes_overlap",
         "reason": None,
     }
 

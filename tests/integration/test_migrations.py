@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-HEAD = "0003_schema_compat_broker_health"
+HEAD = "0004_run_outcomes_overlap"
 
 TABLES = {
     "pg_beat_schema_compat",
@@ -43,6 +43,9 @@ TABLES = {
     "pg_beat_leases",
     "pg_beat_leader_terms",
     "pg_beat_replicas",
+    "pg_beat_executions",
+    "pg_beat_schedule_health",
+    "pg_beat_workers",
 }
 FUNCTIONS = {"pg_beat_schedule_changed", "pg_beat_notify_schedules"}
 TRIGGERS = {"pg_beat_schedule_changed", "pg_beat_notify_schedules"}
@@ -54,6 +57,11 @@ INDEXES = {
     "ix_pg_beat_runs_claimed_at",
     "ix_pg_beat_schedules_failing",
     "ix_pg_beat_schedules_run_once",
+    "ix_pg_beat_schedules_buffered",
+    "ix_pg_beat_runs_task_id",
+    "ix_pg_beat_executions_task_id",
+    "ix_pg_beat_executions_started_at",
+    "ix_pg_beat_schedule_health_group_name",
 }
 
 

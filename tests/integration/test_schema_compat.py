@@ -60,17 +60,20 @@ def cli(url: str, *args: str) -> Result:
 def test_this_codes_chain_ends_at_its_head() -> None:
     chain = migrate.code_revisions()
     assert chain[0] == "0001_initial" and chain[-1] == HEAD
-    assert HEAD == "0003_schema_compat_broker_health"
+    assert HEAD == "0004_run_outcomes_overlap"
 
 
 def test_at_head(db_url: str) -> None:
     assert state_of(db_url).verdict is compat.Verdict.AT_HEAD
-    # 0003 records itself: code from 0002 on may run against it.
+    # 0003 and 0004 record themselves: code from 0002 on may run against them.
     with psycopg.connect(libpq_url(db_url)) as conn:
         rows = conn.execute(
-            "SELECT revision, oldest_code_revision FROM pg_beat_schema_compat"
+            "SELECT revision, oldest_code_revision FROM pg_beat_schema_compat ORDER BY 1"
         ).fetchall()
-    assert rows == [(HEAD, "0002_failures_owners_release")]
+    assert rows == [
+        ("0003_schema_compat_broker_health", "0002_failures_owners_release"),
+        (HEAD, "0002_failures_owners_release"),
+    ]
 
 
 def test_behind_says_upgrade_the_database(empty_db_url: str) -> None:
@@ -174,9 +177,9 @@ def test_the_record_is_written_and_removed_by_the_migrations(empty_db_url: str) 
         assert row is not None
         return int(row[0])
 
-    assert count() == 1
+    assert count() == 2  # 0003 and 0004
     migrate.downgrade(empty_db_url, "0002_failures_owners_release")
     assert state_of(empty_db_url).verdict is compat.Verdict.BEHIND
     migrate.upgrade(empty_db_url)
-    migrate.upgrade(empty_db_url)  # at head: a no-op, the record stays one
-    assert count() == 1
+    migrate.upgrade(empty_db_url)  # at head: a no-op, the records stay two
+    assert count() == 2

@@ -7,7 +7,12 @@ import pytest
 
 from pg_beat.compat import SchemaState, Verdict, judge
 
-CHAIN = ("0001_initial", "0002_failures_owners_release", "0003_schema_compat_broker_health")
+CHAIN = (
+    "0001_initial",
+    "0002_failures_owners_release",
+    "0003_schema_compat_broker_health",
+    "0004_run_outcomes_overlap",
+)
 HEAD = CHAIN[-1]
 
 

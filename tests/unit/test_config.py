@@ -191,6 +191,15 @@ NOT_DEFAULT: dict[str, Any] = {
     "max_message_bytes": 4096,
     "liveness_file": "/run/pg-beat/alive.json",
     "broker_handover_after": 12.5,
+    "overlap_policy": "buffer_one",
+    "max_runtime": 120.0,
+    "run_once": True,
+    "track_runs": True,
+    "overdue_factor": 3.0,
+    "worker_heartbeat_interval": 5.0,
+    "worker_gone_after": 30.0,
+    "track_queue_size": 500,
+    "track_flush_interval": 0.05,
 }
 
 
