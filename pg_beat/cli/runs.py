@@ -115,7 +115,7 @@ class Follower:
             click.echo(status.dumps(item, compact=True) if self.as_json else _line(_cells(item)))
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--schedule", "schedule_name", metavar="NAME", help="Only this schedule's runs.")
 @click.option("--since", metavar="AGE|TIME", help="Due since a duration ago (10m) or an ISO time.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
@@ -130,9 +130,11 @@ class Follower:
     ),
 )
 @json_option
+@click.pass_context
 @pass_env
 def runs(
     env: Env,
+    ctx: click.Context,
     schedule_name: str | None,
     since: str | None,
     limit: int,
@@ -144,6 +146,8 @@ def runs(
     JSON: an array of objects with keys id, schedule, due_at, claimed_at, sent_at, status,
     lateness_ms, replica, epoch, task_id, error; with --follow, one such object per line.
     """
+    if ctx.invoked_subcommand is not None:
+        return  # a subcommand (``runs audit``) reads its own options
     if follow:
         _follow(env, schedule_name, since, limit, as_json)
         return
