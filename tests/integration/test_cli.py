@@ -469,7 +469,7 @@ def test_runs(db_url: str) -> None:
 STATUS_KEYS = {
     "group", "db_now", "verdict", "unreadable", "blockers", "lease", "replicas", "lock",
     "locks", "blocked", "leader_backends", "failovers", "next_due", "failing_schedules",
-    "failing_count", "long_transactions",
+    "failing_count", "task_health", "long_transactions",
 }  # fmt: skip
 CHECK_KEYS = {"healthy", "state", "message", "lease", "unreadable"}
 

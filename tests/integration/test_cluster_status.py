@@ -152,13 +152,20 @@ def test_status_and_check_answer_during_an_access_exclusive_lock(db_url: str) ->
         assert (
             f"Failing schedules (?)\n  (could not read: lock timeout after 0.1s: {blocked_by}"
         ) in text
+        assert (
+            "Task health (outcomes from tracking workers)\n  (could not read: lock timeout "
+            f"after 0.1s: {blocked_by}"
+        ) in text
         assert "\nBlocking pg_beat\n" in text
         assert "Lease\n  HOLDER" in text  # the lease is on another table: read as usual
 
         found = json.loads(timed(db_url, "status", "--json"))
         assert found["verdict"]["state"] == "blocked"
-        assert {u["section"] for u in found["unreadable"]} == {"next_due", "failing_schedules"}
+        assert {u["section"] for u in found["unreadable"]} == {
+            "next_due", "failing_schedules", "task_health",
+        }  # fmt: skip
         assert found["next_due"] is None and found["failing_schedules"] is None
+        assert found["task_health"] is None
         assert found["failing_count"] is None
         assert found["lease"]["holder"] == "alpha" and found["lease"]["status"] == "held"
         (blocker,) = found["blockers"]
@@ -185,7 +192,7 @@ def test_every_table_locked_like_a_migration(db_url: str) -> None:
         assert "could not read the lease: lock timeout after" in verdict_line(text)
         found = json.loads(timed(db_url, "status", "--json"))
         assert {u["section"] for u in found["unreadable"]} == {
-            "lease", "replicas", "failovers", "next_due", "failing_schedules",
+            "lease", "replicas", "failovers", "next_due", "failing_schedules", "task_health",
         }  # fmt: skip
         assert found["lease"] is None and found["replicas"] is None
         assert all(f"pid {pid} (alembic" in u["reason"] for u in found["unreadable"])
@@ -234,7 +241,7 @@ def test_a_queued_migration_is_named_with_whom_it_waits_for(db_url: str) -> None
             ), message
             assert f", behind pid {reader}" in message
             assert {u["section"] for u in found["unreadable"]} == {
-                "next_due", "failing_schedules",
+                "next_due", "failing_schedules", "task_health",
             }  # fmt: skip
         finally:
             migration.cancel_safe()
@@ -552,7 +559,9 @@ def test_runs_follow_prints_runs_as_they_are_recorded_until_ctrl_c(
     assert "Traceback" not in err and err == ""
     lines = out.read_text().splitlines()
     assert lines[0].split()[:3] == ["DUE", "SCHEDULE", "STATUS"]
-    events = [(line.split()[3], line.split()[-1]) for line in lines[1:]]
+    # DUE (two words), SCHEDULE, STATUS, OUTCOME, RUNTIME, LATENESS, WORKER, REPLICA, EPOCH,
+    # TASK ID, NOTE
+    events = [(line.split()[3], line.split()[10]) for line in lines[1:]]
     assert events == [
         ("sent", "old-run"),
         ("claimed", "run-1"),
