@@ -123,15 +123,19 @@ def judge(row: Mapping[Any, Any], factor: float, now: datetime) -> ScheduleHealt
 
 
 def label(health: ScheduleHealth) -> str:
-    """Short text for a table: ``ok``, ``failing x3``, ``overdue 2h``, ``failing x3, overdue
-    2h``, ``untracked``, ``disabled`` or ``parked``."""
+    """Short text for a table: ``ok``, ``failing x3``, ``overdue 2h`` (since its reference
+    time, in whole minutes from a minute on), ``failing x3, overdue 2h``, ``untracked``,
+    ``disabled`` or ``parked``."""
     from pg_beat.schedules import format_duration
 
     parts = []
     if health.failing and health.state not in ("disabled", "parked"):
         parts.append(f"failing x{health.consecutive_failures}")
     if health.overdue_for is not None:
-        parts.append(f"overdue {format_duration(round(health.overdue_for))}")
+        # Whole minutes from a minute on: a second more or less says nothing here.
+        late = health.overdue_for
+        late = round(late / 60) * 60 if late >= 60 else round(late)
+        parts.append(f"overdue {format_duration(late)}")
     return ", ".join(parts) if parts else health.state
 
 

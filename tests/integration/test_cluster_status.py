@@ -554,6 +554,22 @@ def test_runs_follow_prints_runs_as_they_are_recorded_until_ctrl_c(
                 "WHERE task_id = 'run-1'"
             )
         wait_for(lambda: out.read_text().count("run-1") == 2)
+        with connect(db_url, "test") as conn:  # a tracking worker: a retry, then a success
+            conn.execute(
+                "UPDATE pg_beat_runs SET outcome = 'retry', worker = 'host:1', runtime = 0.5 "
+                "WHERE task_id = 'run-1'"
+            )
+        wait_for(lambda: out.read_text().count("run-1") == 3)
+        with connect(db_url, "test") as conn:
+            conn.execute(
+                "UPDATE pg_beat_runs SET outcome = 'success', finished_at = now(), runtime = 2 "
+                "WHERE task_id = 'run-1'"
+            )
+        wait_for(lambda: out.read_text().count("run-1") == 4)
+        with connect(db_url, "test") as conn:  # finished: not followed any more
+            conn.execute("UPDATE pg_beat_runs SET runtime = 3 WHERE task_id = 'run-1'")
+        insert_runs(db_url, "run-3")
+        wait_for(lambda: "run-3" in out.read_text())
         code, err = interrupt(proc)
     assert code == 0, err
     assert "Traceback" not in err and err == ""
@@ -561,14 +577,17 @@ def test_runs_follow_prints_runs_as_they_are_recorded_until_ctrl_c(
     assert lines[0].split()[:3] == ["DUE", "SCHEDULE", "STATUS"]
     # DUE (two words), SCHEDULE, STATUS, OUTCOME, RUNTIME, LATENESS, WORKER, REPLICA, EPOCH,
     # TASK ID, NOTE
-    events = [(line.split()[3], line.split()[10]) for line in lines[1:]]
+    events = [tuple(line.split()[i] for i in (3, 4, 5, 7, 10)) for line in lines[1:]]
     assert events == [
-        ("sent", "old-run"),
-        ("claimed", "run-1"),
-        ("claimed", "run-2"),
-        ("sent", "run-1"),
+        ("sent", "-", "-", "-", "old-run"),
+        ("claimed", "-", "-", "-", "run-1"),
+        ("claimed", "-", "-", "-", "run-2"),
+        ("sent", "-", "-", "-", "run-1"),
+        ("sent", "retry", "0.5", "host:1", "run-1"),
+        ("sent", "success", "2.0", "host:1", "run-1"),
+        ("claimed", "-", "-", "-", "run-3"),
     ]
-    assert "250.0" in lines[-1]
+    assert all("250.0" in line for line in lines[4:7])  # run-1 was sent 0.25 s late
 
 
 def following(url: str) -> bool:
