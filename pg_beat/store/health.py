@@ -42,15 +42,17 @@ _JUDGED = """
 HEALTH_OF = text(_JUDGED + " AND s.name = ANY(CAST(:names AS text[]))")
 HEALTH_OF_GROUP = text(_JUDGED)
 
-# The same rule as pg_beat.health.overdue_for, on the database clock.
+# The same rule as pg_beat.health.overdue_for, on the database clock (now(): status and the
+# metrics read it in a transaction of its own; a volatile clock_timestamp() would keep the
+# planner from inlining this into ``bad`` below, the one CTE materialised, which keeps only
+# the failing and overdue rows).
 _FLAGGED = f"""
     WITH j AS ({_JUDGED}),
-    f AS MATERIALIZED (
+    f AS (
         SELECT j.*,
                CASE WHEN j.enabled AND j.next_run_at IS NOT NULL AND j.period > 0
-                         AND clock_timestamp() - j.reference_at
-                             > make_interval(secs => :factor * j.period)
-                    THEN extract(epoch FROM clock_timestamp() - j.reference_at)::double precision
+                         AND now() - j.reference_at > make_interval(secs => :factor * j.period)
+                    THEN extract(epoch FROM now() - j.reference_at)::double precision
                END AS overdue_for
         FROM j
     )
@@ -97,11 +99,12 @@ RECENT_RUNTIMES = text(
 )
 
 # Runs claimed in the last :window seconds (ix_pg_beat_runs_claimed_at bounds the read to
-# the window, whatever the size of the run log) that finished, by outcome.
+# the window, whatever the size of the run log) that finished, by outcome. now(), not
+# clock_timestamp(): a volatile bound would not be an index condition.
 OUTCOME_COUNTS = text(
     """
     SELECT outcome, count(*) AS runs FROM pg_beat_runs
-    WHERE claimed_at >= clock_timestamp() - make_interval(secs => :window)
+    WHERE claimed_at >= now() - make_interval(secs => :window)
       AND group_name = :group AND finished_at IS NOT NULL AND outcome IS NOT NULL
     GROUP BY outcome
     """
