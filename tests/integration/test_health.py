@@ -53,7 +53,7 @@ def tracked(db_url: str, name: str, *, sql: str) -> None:
 CASES = {
     # A new daily schedule that has not run yet: not overdue (one day to its first tick).
     "fresh_daily": ("untracked", False),
-    # Disabled for hours: not expected to run, so never overdue.
+    # Disabled for hours (a next due time kept): not expected to run, so never overdue.
     "disabled_old": ("disabled", False),
     # Runs every minute, but its last 40 runs failed: its last success is 40 minutes old.
     "keeps_failing": ("overdue", True),
@@ -81,7 +81,7 @@ def make_cases(db_url: str) -> None:
     make(db_url, "fresh_daily", every="1d", sql=f"{soon}, created_at = now() - interval '1 h'")
     make(
         db_url, "disabled_old", every="1m", enabled=False,
-        sql="created_at = now() - interval '5 h', last_run_at = now() - interval '4 h'",
+        sql=f"{soon}, created_at = now() - interval '5 h', last_run_at = now() - interval '4 h'",
     )  # fmt: skip
     make(db_url, "keeps_failing", every="1m", sql=f"{soon}, last_run_at = now()")
     tracked(
