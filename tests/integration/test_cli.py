@@ -879,3 +879,23 @@ def test_console_script_database_down() -> None:
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("pg-beat: error: cannot reach")
     assert "s3cret" not in done.stderr
+
+
+def test_follow_with_failed_prints_only_failed_runs_but_follows_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pg_beat.cli.runs import Follower, RunFilter
+
+    def run(run_id: int, status: str, outcome: str | None = None) -> dict[str, Any]:
+        finished = datetime.now(timezone.utc) if outcome in ("success", "failure") else None
+        return dict.fromkeys(RUN_KEYS - {"lateness_ms", "schedule"}) | {
+            "id": run_id, "schedule_name": "tick", "status": status, "outcome": outcome,
+            "finished_at": finished, "task_id": f"t-{run_id}", "lateness": None,
+        }  # fmt: skip
+
+    follower = Follower("default", None, True, keeps=RunFilter(failed=True).keeps)
+    follower.start(0, [run(1, "sent"), run(2, "failed"), run(3, "claimed")])
+    follower.show([run(1, "sent", "failure"), run(3, "sent", "success")])
+    printed = [json.loads(line)["task_id"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["t-2", "t-1"]  # t-1 once it failed; t-3 succeeded
+    assert follower.pending == {} and follower.after == 3
