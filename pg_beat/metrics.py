@@ -135,6 +135,7 @@ class SchedulerCollector:
         self._health_lock = threading.Lock()
         self._health: dict[str, Any] | None = None
         self._health_at = float("-inf")
+        self._health_failing = False
         self._hooked: Dispatcher | None = None
         self.hook_dispatcher()
 
@@ -204,6 +205,7 @@ class SchedulerCollector:
                         overdue_only=True,
                     )  # fmt: skip
                     conn.rollback()
+                self._health_failing = False
                 self._health = {
                     "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
                     "failing": found.failing,
@@ -213,11 +215,13 @@ class SchedulerCollector:
             except DBAPIError as exc:
                 self.scrape_errors += 1
                 self._health = None
-                logger.warning(
-                    "metrics: cannot read the task health: %s",
-                    store.connections.first_line(exc),
-                    extra={"action": "metrics_db_error", "replica": settings.replica_name},
-                )
+                if not self._health_failing:  # once per outage, not per read
+                    self._health_failing = True
+                    logger.warning(
+                        "metrics: cannot read the task health: %s",
+                        store.connections.first_line(exc),
+                        extra={"action": "metrics_db_error", "replica": settings.replica_name},
+                    )
             return self._health
 
     def close(self) -> None:

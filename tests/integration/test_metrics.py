@@ -300,3 +300,24 @@ def test_task_health_gauges_bounded_and_read_at_most_once_per_ttl(
         samples = scrape(server.port)
         assert value(samples, "pg_beat_schedules_failing", "h") == 0
         assert len(reads) == 2
+
+
+def test_a_failing_health_read_leaves_its_gauges_out_and_logs_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with connect(db_url, "test") as conn:
+        conn.execute("ALTER TABLE pg_beat_schedule_health RENAME TO gone")
+    monkeypatch.setattr(metrics, "HEALTH_TTL", 0.0)
+    scheduler = Unconnected(settings_for(db_url, replica_name="h"))
+    with metrics_of(scheduler) as server:
+        for expected_errors in (1, 2):
+            samples = scrape(server.port)
+            assert value(samples, "pg_beat_due_backlog", "h") == 0  # the snapshot still works
+            assert value(samples, "pg_beat_schedules_overdue", "h") is None
+            assert value(samples, "pg_beat_runs_finished", "h", outcome="success") is None
+            assert value(samples, "pg_beat_metrics_scrape_errors_total", "h") == expected_errors
+        with connect(db_url, "test") as conn:
+            conn.execute("ALTER TABLE gone RENAME TO pg_beat_schedule_health")
+        assert value(scrape(server.port), "pg_beat_schedules_overdue", "h") == 0
+    said = [r for r in caplog.records if "cannot read the task health" in r.getMessage()]
+    assert len(said) == 1, said
