@@ -3,7 +3,12 @@
 Needs the ``metrics`` extra (``pip install 'pg-beat[metrics]'``). Every metric carries the
 labels ``group`` and ``replica``. Values are read from the running scheduler at scrape time;
 the two that need the database (backlog, and a standby's view of the leader's heartbeat) come
-from one query on a connection of the metrics' own, cached for one second.
+from one query on a connection of the metrics' own, cached for one second. The task health
+figures (outcomes recorded by tracking workers) come from two more queries, run at most once
+per ``HEALTH_TTL`` seconds whatever the scrape rate, each bounded at 100,000 schedules: one
+pass over the schedules (no per-schedule query) and the run log's last ``RUNS_WINDOW``
+seconds (by its ``claimed_at`` index). No per-schedule series but the ``TOP_OVERDUE`` most
+overdue.
 
 ===================================== ========= =================================================
 Metric                                Type      Meaning
@@ -34,6 +39,16 @@ Metric                                Type      Meaning
 ``pg_beat_ticks_waiting``             gauge     leader: ticks claimed and not yet published
                                                 (they wait, in order, through a broker outage)
 ``pg_beat_metrics_scrape_errors_total`` counter database reads for a scrape that failed
+``pg_beat_runs_finished``             gauge     runs claimed in the last hour that finished,
+                                                by ``outcome`` (success, failure, retry,
+                                                revoked, lost); retry: a retry is pending
+``pg_beat_schedules_failing``         gauge     enabled schedules whose last run failed
+                                                (consecutive failures > 0)
+``pg_beat_schedules_overdue``         gauge     enabled schedules with no success (untracked:
+                                                no run) for over pg_beat_overdue_factor periods
+``pg_beat_schedule_overdue_seconds``  gauge     seconds since the last success of each of the
+                                                ten most overdue schedules (label
+                                                ``schedule``), relative to their period
 ===================================== ========= =================================================
 
 A sample is left out when its value is unknown (e.g. the database is unreachable).
@@ -68,6 +83,10 @@ logger = logging.getLogger("pg_beat.metrics")
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SNAPSHOT_TTL = 1.0  # seconds a database read serves scrapes
 SNAPSHOT_BACKOFF = 5.0  # seconds before retrying after a failed database read
+HEALTH_TTL = 30.0  # seconds the task health figures serve scrapes (read or failed)
+RUNS_WINDOW = 3600.0  # seconds of the run log counted by outcome
+TOP_OVERDUE = 10  # schedules with a series of their own: the most overdue
+OUTCOMES = ("success", "failure", "retry", "revoked", "lost")
 
 
 class SchedulerLike(Protocol):
@@ -113,6 +132,10 @@ class SchedulerCollector:
         self._snapshot_at = float("-inf")
         self._retry_at = 0.0
         self.scrape_errors = 0
+        self._health_lock = threading.Lock()
+        self._health: dict[str, Any] | None = None
+        self._health_at = float("-inf")
+        self._health_failing = False
         self._hooked: Dispatcher | None = None
         self.hook_dispatcher()
 
@@ -163,6 +186,43 @@ class SchedulerCollector:
                     extra={"action": "metrics_db_error", "replica": settings.replica_name},
                 )
             return self._snapshot
+
+    def health(self) -> dict[str, Any] | None:
+        """Finished runs by outcome and the failing and overdue schedules, read at most once
+        per ``HEALTH_TTL`` seconds (a failed read too: the database is not asked again
+        sooner); None when unknown. Read only after :meth:`snapshot` could connect."""
+        with self._health_lock:
+            now = time.monotonic()
+            if now - self._health_at < HEALTH_TTL or self._engine is None:
+                return self._health
+            self._health_at = now
+            settings = self.scheduler.settings
+            try:
+                with self._engine.connect() as conn:
+                    outcomes = store.health.outcome_counts(conn, settings.group, RUNS_WINDOW)
+                    found = store.health.unhealthy(
+                        conn, settings.group, settings.overdue_factor, TOP_OVERDUE,
+                        overdue_only=True,
+                    )  # fmt: skip
+                    conn.rollback()
+                self._health_failing = False
+                self._health = {
+                    "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
+                    "failing": found.failing,
+                    "overdue": found.overdue,
+                    "top": [(str(r["name"]), float(r["overdue_for"])) for r in found.worst],
+                }
+            except DBAPIError as exc:
+                self.scrape_errors += 1
+                self._health = None
+                if not self._health_failing:  # once per outage, not per read
+                    self._health_failing = True
+                    logger.warning(
+                        "metrics: cannot read the task health: %s",
+                        store.connections.first_line(exc),
+                        extra={"action": "metrics_db_error", "replica": settings.replica_name},
+                    )
+            return self._health
 
     def close(self) -> None:
         if self._engine is not None:
@@ -254,11 +314,47 @@ class SchedulerCollector:
             "Leader: ticks claimed and not yet published",
             health.waiting if held is not None else None,
         )
+        yield from self._health_families(names, values, snapshot is not None)
         yield counter(
             "pg_beat_metrics_scrape_errors",
             "Database reads for a scrape that failed",
             self.scrape_errors,
         )
+
+    def _health_families(
+        self, names: list[str], values: list[str], reachable: bool
+    ) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        found = self.health() if reachable else None
+        finished = GaugeMetricFamily(
+            "pg_beat_runs_finished",
+            f"Runs claimed in the last {RUNS_WINDOW:g}s that finished, by outcome",
+            labels=[*names, "outcome"],
+        )
+        failing = GaugeMetricFamily(
+            "pg_beat_schedules_failing",
+            "Enabled schedules whose last run failed (consecutive failures > 0)",
+            labels=names,
+        )
+        overdue = GaugeMetricFamily(
+            "pg_beat_schedules_overdue",
+            "Enabled schedules without a success for over pg_beat_overdue_factor periods",
+            labels=names,
+        )
+        top = GaugeMetricFamily(
+            "pg_beat_schedule_overdue_seconds",
+            f"Seconds since the last success of the {TOP_OVERDUE} most overdue schedules",
+            labels=[*names, "schedule"],
+        )
+        if found is not None:
+            for outcome, count in found["outcomes"].items():
+                finished.add_metric([*values, outcome], float(count))
+            failing.add_metric(values, float(found["failing"]))
+            overdue.add_metric(values, float(found["overdue"]))
+            for schedule, late in found["top"]:
+                top.add_metric([*values, schedule], late)
+        yield from (finished, failing, overdue, top)
 
 
 class MetricsServer:

@@ -25,6 +25,7 @@ from pg_beat.cli.errors import (
     database_error,
     driver_errors,
 )
+from pg_beat.cli.health import overdue_factor_option
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -190,6 +191,15 @@ def _say_unreachable(problem: DatabaseUnreachable) -> None:
     help="How many failing schedules (last_error set) to list; all are counted.",
 )
 @click.option(
+    "--unhealthy",
+    "unhealthy_limit",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many failing or overdue schedules (task outcomes) to list; all are counted.",
+)
+@overdue_factor_option
+@click.option(
     "--show-queries",
     is_flag=True,
     help="Show other sessions' query text in full (default: its first 40 characters).",
@@ -218,18 +228,22 @@ def status_command(
     long_transaction: float,
     failover_limit: int,
     failing_limit: int,
+    unhealthy_limit: int,
+    overdue_factor: float,
     show_queries: bool,
     watch: bool,
     interval: float,
 ) -> None:
     """Verdict, who blocks pg_beat, lease, replicas, lock holder and waiters, blocked
-    backends, failovers, failing schedules, next due.
+    backends, failovers, failing schedules, task health, next due.
 
     The verdict is one of: healthy, no leader, leader stale, blocked, unknown (the lease
-    could not be read). Each part is read with its own ~1 s lock and statement timeout; a
-    part that could not be read says why (in JSON: null, and listed under "unreadable").
-    With --watch the report is redrawn until Ctrl-C, which exits 0; with --json as well,
-    one JSON object per line.
+    could not be read). It is about the scheduler: schedules whose tasks fail or are overdue
+    (outcomes from tracking workers) are counted and listed under Task health, and named on a
+    line of their own under the verdict, but do not change it (nor the exit status). Each
+    part is read with its own ~1 s lock and statement timeout; a part that could not be read
+    says why (in JSON: null, and listed under "unreadable"). With --watch the report is
+    redrawn until Ctrl-C, which exits 0; with --json as well, one JSON object per line.
     """
 
     def draw(conn: Connection, *, clear: bool) -> None:
@@ -242,6 +256,8 @@ def status_command(
             next_limit=next_limit,
             failover_limit=failover_limit,
             failing_limit=failing_limit,
+            unhealthy_limit=unhealthy_limit,
+            overdue_factor=overdue_factor,
             long_transaction=long_transaction,
             show_queries=show_queries,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,11 +19,19 @@ if TYPE_CHECKING:
 #: Seconds between two reads of the run log with --follow (the dispatcher does not NOTIFY
 #: on runs, so there is nothing to LISTEN for).
 FOLLOW_POLL = 0.5
-#: Runs followed while still 'claimed', to print them again once sent (or failed).
+#: Runs followed while unfinished, to print them again once sent, failed or finished (the
+#: oldest are let go first: without tracking workers, a sent run never finishes).
 MAX_PENDING = 1000
+#: Characters of a skipped run's reason or a failed run's error in the NOTE column.
+NOTE_CHARS = 60
 
-HEADERS = ("DUE", "SCHEDULE", "STATUS", "LATENESS MS", "REPLICA", "EPOCH", "TASK ID")
-_WIDTHS = (24, 20, 8, 11, 16, 5)  # --follow cannot align on rows it has not seen yet
+HEADERS = (
+    "DUE", "SCHEDULE", "STATUS", "OUTCOME", "RUNTIME S", "LATENESS MS", "WORKER", "REPLICA",
+    "EPOCH", "TASK ID", "NOTE",
+)  # fmt: skip
+# --follow cannot align on rows it has not seen yet.
+_WIDTHS = (24, 20, 8, 8, 9, 11, 16, 16, 5, 36)
+_NUMERIC = {4, 5}
 
 
 def run_item(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -41,7 +49,32 @@ def run_item(row: Mapping[Any, Any]) -> dict[str, Any]:
         "epoch": row["epoch"],
         "task_id": row["task_id"],
         "error": row["error"],
+        "reason": row["reason"],
+        "worker": row["worker"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "outcome": row["outcome"],
+        "runtime": row["runtime"],
+        "outcome_error": row["outcome_error"],
+        "attempts": row["attempts"],
+        "duplicates": row["duplicates"],
     }
+
+
+def _state(row: Mapping[Any, Any]) -> str | None:
+    """What --follow prints a run again for when it changes; None once it cannot change
+    (not sent and never will be, or finished)."""
+    if row["status"] not in ("claimed", "sent") or row["finished_at"] is not None:
+        return None
+    return f"{row['status']}/{row['outcome']}"
+
+
+def _note(item: Mapping[Any, Any]) -> str | None:
+    """Why a run was skipped or held back, or what went wrong (the task's error first)."""
+    from pg_beat import status
+
+    note = item["outcome_error"] or item["error"] or item["reason"]
+    return None if note is None else status.shorten(" ".join(str(note).split()), NOTE_CHARS)
 
 
 def _cells(item: Mapping[Any, Any]) -> list[Any]:
@@ -51,10 +84,14 @@ def _cells(item: Mapping[Any, Any]) -> list[Any]:
         status.utc(item["due_at"]),
         item["schedule"],
         item["status"],
+        item["outcome"],
+        None if item["runtime"] is None else round(item["runtime"], 3),
         item["lateness_ms"],
+        item["worker"],
         item["replica"],
         item["epoch"],
         item["task_id"],
+        _note(item),
     ]
 
 
@@ -64,7 +101,7 @@ def _line(cells: Sequence[Any]) -> str:
     for i, value in enumerate(cells):
         text = "-" if value is None else str(value)
         if i < len(_WIDTHS):
-            numeric = isinstance(value, (int, float)) or i == 3
+            numeric = isinstance(value, (int, float)) or i in _NUMERIC
             text = text.rjust(_WIDTHS[i]) if numeric else text.ljust(_WIDTHS[i])
         parts.append(text)
     return "  ".join(parts).rstrip()
@@ -72,14 +109,16 @@ def _line(cells: Sequence[Any]) -> str:
 
 @dataclass
 class Follower:
-    """What ``runs --follow`` has printed: the last run id seen, and the runs seen while still
-    'claimed' (printed again when their status changes)."""
+    """What ``runs --follow`` has printed: the last run id seen, and the runs seen unfinished
+    (printed again when their status or outcome changes)."""
 
     group: str
     schedule: str | None
     as_json: bool
     after: int | None = None
-    pending: dict[int, str] = field(default_factory=dict)
+    pending: dict[int, str | None] = field(default_factory=dict)
+    #: Which runs to print (--failed, --outcome); every run is still followed.
+    keeps: Callable[[Mapping[Any, Any]], bool] = lambda row: True
 
     def start(self, after: int, rows: Sequence[Mapping[Any, Any]]) -> None:
         """Print ``rows`` (the most recent runs, oldest first), then follow the runs after
@@ -102,15 +141,17 @@ class Follower:
         from pg_beat import status
 
         for row in rows:
-            run_id, state = int(row["id"]), str(row["status"])
+            run_id, state = int(row["id"]), _state(row)
             if run_id in self.pending and self.pending[run_id] == state:
-                continue  # still claimed: said already
+                continue  # unchanged: said already
             self.pending.pop(run_id, None)
-            if state == "claimed":
+            if state is not None:
                 self.pending[run_id] = state
                 while len(self.pending) > MAX_PENDING:
                     del self.pending[next(iter(self.pending))]
             self.after = max(self.after or 0, run_id)
+            if not self.keeps(row):
+                continue
             item = run_item(row)
             click.echo(status.dumps(item, compact=True) if self.as_json else _line(_cells(item)))
 
@@ -118,6 +159,16 @@ class Follower:
 @click.group(invoke_without_command=True)
 @click.option("--schedule", "schedule_name", metavar="NAME", help="Only this schedule's runs.")
 @click.option("--since", metavar="AGE|TIME", help="Due since a duration ago (10m) or an ISO time.")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Only runs whose task failed or was lost, or whose tick could not be sent.",
+)
+@click.option(
+    "--outcome",
+    type=click.Choice(["success", "failure", "retry", "revoked", "lost"]),
+    help="Only runs with this outcome (recorded by tracking workers).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option(
     "--follow",
@@ -137,24 +188,33 @@ def runs(
     ctx: click.Context,
     schedule_name: str | None,
     since: str | None,
+    failed: bool,
+    outcome: str | None,
     limit: int,
     follow: bool,
     as_json: bool,
 ) -> None:
-    """The run log, newest first: due time, status, lateness, replica, epoch, task id.
+    """The run log, newest first: due time, status, outcome, runtime, lateness, worker,
+    replica, epoch, task id, and a note (why skipped, or the error).
+
+    OUTCOME, RUNTIME (seconds, of the last execution) and WORKER are recorded by workers with
+    pg_beat_track_runs on; '-' until the run finishes (or without tracking).
 
     JSON: an array of objects with keys id, schedule, due_at, claimed_at, sent_at, status,
-    lateness_ms, replica, epoch, task_id, error; with --follow, one such object per line.
+    lateness_ms, replica, epoch, task_id, error, reason, worker, started_at, finished_at,
+    outcome, runtime, outcome_error, attempts, duplicates; with --follow, one such object per
+    line.
     """
     if ctx.invoked_subcommand is not None:
         return  # a subcommand (``runs audit``) reads its own options
+    filters = RunFilter(schedule_name, since, outcome, failed)
     if follow:
-        _follow(env, schedule_name, since, limit, as_json)
+        _follow(env, filters, limit, as_json)
         return
     from pg_beat import status
 
     with env.connect() as conn:
-        rows = _recent_runs(conn, env, schedule_name, since, limit)
+        rows = _recent_runs(conn, env, filters, limit)
     items = [run_item(r) for r in rows]
     if as_json:
         print_json(items)
@@ -165,32 +225,56 @@ def runs(
     click.echo(status.render_table(HEADERS, [_cells(i) for i in items]))
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to show: of one schedule, due since, with an outcome, failed only."""
+
+    schedule: str | None = None
+    since: str | None = None
+    outcome: str | None = None
+    failed: bool = False
+
+    def keeps(self, row: Mapping[Any, Any]) -> bool:
+        """Whether --follow prints ``row`` (the schedule is filtered by the query)."""
+        if self.outcome is not None and row["outcome"] != self.outcome:
+            return False
+        return not self.failed or (
+            row["outcome"] in ("failure", "lost") or row["status"] == "failed"
+        )
+
+
 def _recent_runs(
-    conn: Connection, env: Env, schedule_name: str | None, since: str | None, limit: int
+    conn: Connection, env: Env, filters: RunFilter, limit: int
 ) -> Sequence[Mapping[Any, Any]]:
-    """The newest ``limit`` runs (of ``schedule_name``, due ``since``), newest first."""
+    """The newest ``limit`` runs kept by ``filters``, newest first."""
     from pg_beat import schedules, store
 
     start: datetime | None = None
-    if since is not None:
+    if filters.since is not None:
         try:
             start = store.connections.db_now(conn) - timedelta(
-                seconds=schedules.parse_duration(since)
+                seconds=schedules.parse_duration(filters.since)
             )
         except ValueError:
-            start = parse_time(since, "--since")
+            start = parse_time(filters.since, "--since")
     if (
-        schedule_name is not None
-        and store.schedules.get_schedule(conn, env.group, schedule_name) is None
+        filters.schedule is not None
+        and store.schedules.get_schedule(conn, env.group, filters.schedule) is None
     ):
-        raise ScheduleNotFound(schedule_name)
-    return store.runs.list_runs(conn, env.group, schedule=schedule_name, since=start, limit=limit)
+        raise ScheduleNotFound(filters.schedule)
+    return store.runs.list_runs(
+        conn,
+        env.group,
+        schedule=filters.schedule,
+        since=start,
+        outcome=filters.outcome,
+        failed=filters.failed,
+        limit=limit,
+    )
 
 
-def _follow(
-    env: Env, schedule_name: str | None, since: str | None, limit: int, as_json: bool
-) -> None:
-    follower = Follower(env.group, schedule_name, as_json)
+def _follow(env: Env, filters: RunFilter, limit: int, as_json: bool) -> None:
+    follower = Follower(env.group, filters.schedule, as_json, keeps=filters.keeps)
 
     def step(conn: Connection) -> None:
         if follower.after is not None:
@@ -200,7 +284,7 @@ def _follow(
 
         # The last id first: a run recorded while the recent ones are read is not lost.
         after = store.runs.last_run_id(conn)
-        recent = _recent_runs(conn, env, schedule_name, since, limit)
+        recent = _recent_runs(conn, env, filters, limit)
         follower.start(after, list(reversed(recent)))
 
     repeat_until_interrupted(env, step, FOLLOW_POLL)

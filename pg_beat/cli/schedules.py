@@ -27,10 +27,12 @@ from pg_beat.cli.context import (
     warn,
 )
 from pg_beat.cli.errors import CliError, CliUsageError
+from pg_beat.cli.health import overdue_factor_option
 from pg_beat.exceptions import ScheduleError, ScheduleNotFound
 
 if TYPE_CHECKING:
     from pg_beat.api import ScheduleInfo, ScheduleManager
+    from pg_beat.health import ScheduleHealth
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,16 +269,45 @@ def _failing(error: str | None, width: int | None = None) -> str:
     return "FAILING: " + (status.shorten(error, width) if width else error)
 
 
+def _health_of(env: Env, names: list[str] | None, factor: float) -> dict[str, ScheduleHealth]:
+    """The health of the schedules ``names`` (None: all of the group) by name, judged on the
+    database clock, in one query whatever their number."""
+    from pg_beat import health, store
+
+    with env.connect() as conn:
+        now = store.connections.db_now(conn)
+        rows = (
+            store.health.health_of_group(conn, env.group)
+            if names is None
+            else store.health.health_of(conn, env.group, names)
+        )
+    return {name: health.judge(row, factor, now) for name, row in rows.items()}
+
+
+def _health_label(found: ScheduleHealth | None) -> str:
+    from pg_beat import health
+
+    return "-" if found is None else health.label(found)
+
+
+def _with_health(info: ScheduleInfo, found: ScheduleHealth | None) -> dict[str, Any]:
+    return {**info.as_dict(), "health": None if found is None else found.as_dict()}
+
+
 @schedules_group.command("list")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many.")
+@overdue_factor_option
 @json_option
 @pass_env
-def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
+def schedules_list(env: Env, limit: int | None, overdue_factor: float, as_json: bool) -> None:
     """Every schedule of the group, soonest due first.
 
     LAST ERROR says FAILING for a schedule whose last tick could not be sent or whose row is
-    invalid. An empty group in which no scheduler ever ran is warned about on stderr (a typo
-    in --group?). JSON: an array of 'show' objects.
+    invalid. HEALTH is what tracking workers recorded: ok, 'failing xN' (its last N runs
+    failed), 'overdue 2h' (no success for 2h, over --overdue-factor times its period),
+    untracked (no outcome recorded), disabled or parked. An empty group in which no
+    scheduler ever ran is warned about on stderr (a typo in --group?). JSON: an array of
+    'show' objects (without health.runtime).
     """
     from pg_beat import status, store
 
@@ -284,13 +315,14 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
         now = store.connections.db_now(conn)
     with env.manager() as manager:
         infos = manager.list(limit=limit)
+    healths = _health_of(env, None if limit is None else [i.name for i in infos], overdue_factor)
     if not infos:
         with env.connect() as conn:
             warning = unknown_group_warning(conn, env.group)
         if warning:
             warn(warning)
     if as_json:
-        print_json([info.as_dict() for info in infos])
+        print_json([_with_health(info, healths.get(info.name)) for info in infos])
         return
     if not infos:
         click.echo(f"no schedules in group {env.group!r}")
@@ -301,7 +333,17 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
 
     click.echo(
         status.render_table(
-            ("NAME", "TASK", "SCHEDULE", "ENABLED", "NEXT DUE", "LAST RUN", "RUNS", "LAST ERROR"),
+            (
+                "NAME",
+                "TASK",
+                "SCHEDULE",
+                "ENABLED",
+                "NEXT DUE",
+                "LAST RUN",
+                "RUNS",
+                "HEALTH",
+                "LAST ERROR",
+            ),
             [
                 [
                     i.name,
@@ -311,6 +353,7 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
                     status.relative(until(i.next_run_at)) if i.enabled else "-",
                     status.relative(until(i.last_run_at)) if i.last_run_at else "never",
                     i.total_run_count,
+                    _health_label(healths.get(i.name)),
                     _failing(i.last_error, 40),
                 ]
                 for i in infos
@@ -321,23 +364,34 @@ def schedules_list(env: Env, limit: int | None, as_json: bool) -> None:
 
 @schedules_group.command("show")
 @click.argument("name")
+@overdue_factor_option
 @json_option
 @pass_env
-def schedules_show(env: Env, name: str, as_json: bool) -> None:
-    """One schedule in full.
+def schedules_show(env: Env, name: str, overdue_factor: float, as_json: bool) -> None:
+    """One schedule in full, with its health.
 
     JSON keys: name, task, kind, schedule, schedule_text, args, kwargs, options, enabled,
     one_off, description, misfire_policy, catch_up_limit, next_run_at, last_run_at,
-    total_run_count, last_error, source, created_at, updated_at.
+    total_run_count, last_error, source, created_at, updated_at, health (state, label,
+    tracked, last_outcome, last_finished_at, last_success_at, consecutive_failures,
+    last_error, overdue, overdue_for, reference_at, period, runtime: runs, p50, p95 in
+    seconds over its last 100 finished runs).
     """
-    from pg_beat import status, store
+    from pg_beat import health, status, store
 
     with env.connect() as conn:
         now = store.connections.db_now(conn)
+        row = store.health.health_of(conn, env.group, [name]).get(name)
+        runtimes = [] if row is None else store.health.recent_runtimes(conn, int(row["id"]))
     with env.manager() as manager, _in_cli_words(env):
         info = manager.get(name)
+    found = None if row is None else health.judge(row, overdue_factor, now)
+    runtime = health.runtime_summary(runtimes)
     if as_json:
-        print_json(info.as_dict())
+        out = _with_health(info, found)
+        if out["health"] is not None:
+            out["health"]["runtime"] = runtime
+        print_json(out)
         return
     spec = info.spec
 
@@ -371,9 +425,49 @@ def schedules_show(env: Env, name: str, as_json: bool) -> None:
         ("created", status.utc(info.created_at)),
         ("updated", status.utc(info.updated_at)),
     ]
+    if found is not None:
+        fields += _health_fields(found, runtime, when)
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
         click.echo(f"{label.ljust(width)}  {value}")
+
+
+def _health_fields(
+    found: ScheduleHealth, runtime: Mapping[str, Any], when: Callable[[datetime | None], str]
+) -> list[tuple[str, Any]]:
+    """The health block of 'show': what tracking workers recorded, and whether it is late."""
+    from pg_beat import health, schedules
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else schedules.format_duration(round(value, 3) or 0.001)
+
+    if not found.tracked:
+        outcome = "untracked (no worker recorded an outcome: pg_beat_track_runs)"
+    else:
+        outcome = found.last_outcome or "-"
+        if found.last_finished_at is not None:
+            outcome += f", finished {when(found.last_finished_at)}"
+    spread = (
+        f"p50 {seconds(runtime['p50'])}, p95 {seconds(runtime['p95'])} "
+        f"(last {runtime['runs']} finished runs)"
+        if runtime["runs"]
+        else "-"
+    )
+    return [
+        ("health", health.label(found)),
+        ("last outcome", outcome),
+        ("last success", when(found.last_success_at) if found.last_success_at else "never"),
+        ("failures in a row", found.consecutive_failures),
+        ("last task error", found.last_error or "-"),
+        ("runtime", spread),
+        (
+            "overdue",
+            "-"
+            if found.period is None
+            else f"{'yes' if found.overdue_for is not None else 'no'} (reference "
+            f"{when(found.reference_at)}, period {seconds(found.period)})",
+        ),
+    ]
 
 
 def _db_now(env: Env) -> datetime:

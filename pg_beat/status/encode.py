@@ -13,7 +13,7 @@ from pg_beat import schedules
 from pg_beat.leadership.lease import LeaseView, lease_state
 from pg_beat.status.judge import broker_state, progress_age, replica_role
 from pg_beat.status.locks import Blocker, describe_blocker, key_rows, lock_target
-from pg_beat.status.report import ClusterStatus, Health
+from pg_beat.status.report import ClusterStatus, Health, TaskHealth
 from pg_beat.status.rows import Row, seconds
 from pg_beat.validation import spec_from_row
 
@@ -29,6 +29,7 @@ __all__ = [
     "lease_dict",
     "lock_dict",
     "replica_dict",
+    "task_health_dict",
 ]
 
 
@@ -150,6 +151,26 @@ def failing_dict(row: Row) -> dict[str, Any]:
     }
 
 
+def task_health_dict(found: TaskHealth, now: datetime) -> dict[str, Any]:
+    """``task_health``: failing and overdue schedules, counted, and the worst of them."""
+    from pg_beat import health
+
+    worst = []
+    for row in found.worst:
+        judged = health.judge(row, found.overdue_factor, now)
+        worst.append(
+            {"name": row["name"], "task": row["task"]}
+            | {k: jsonable(v) for k, v in judged.as_dict().items()}
+        )
+    return {
+        "failing_count": found.failing_count,
+        "overdue_count": found.overdue_count,
+        "unhealthy_count": found.unhealthy_count,
+        "overdue_factor": found.overdue_factor,
+        "schedules": worst,
+    }
+
+
 def due_dict(row: Row) -> dict[str, Any]:
     return {
         "name": row["name"],
@@ -185,6 +206,9 @@ def as_json(status: ClusterStatus) -> dict[str, Any]:
         "next_due": _each(status.next_due, due_dict),
         "failing_schedules": _each(status.failing, failing_dict),
         "failing_count": status.failing_count,
+        "task_health": None
+        if status.task_health is None
+        else task_health_dict(status.task_health, now),
         "long_transactions": _each(
             status.long_transactions,
             lambda r: _pick(r, ("pid", "application_name", "state", "query", "xact_age", "tables")),

@@ -29,7 +29,7 @@ from pg_beat.status.locks import (
     outside_key_holder,
 )
 from pg_beat.status.reader import GATHER_BUDGET, SECTION_TIMEOUT, SectionReader
-from pg_beat.status.report import ClusterStatus, Health
+from pg_beat.status.report import ClusterStatus, Health, TaskHealth
 from pg_beat.status.rows import Row, cut_queries
 
 __all__ = [
@@ -38,11 +38,20 @@ __all__ = [
     "gather",
     "gather_leader_backends",
     "read_clock_and_locks",
+    "read_task_health",
 ]
 
 
 #: Seconds a transaction may hold locks on pg_beat's tables before status lists it.
 DEFAULT_LONG_TRANSACTION = 5.0
+#: pg_beat_overdue_factor's default.
+DEFAULT_OVERDUE_FACTOR = 2.0
+
+
+def read_task_health(conn: Connection, group: str, factor: float, limit: int) -> TaskHealth:
+    """Failing and overdue schedules: counted, and the worst ``limit`` of them."""
+    found = store.health.unhealthy(conn, group, factor, limit)
+    return TaskHealth(found.failing, found.overdue, found.either, found.worst, factor)
 
 
 def read_clock_and_locks(
@@ -98,6 +107,8 @@ def gather(
     failover_limit: int = 5,
     failing_limit: int = 10,
     long_transaction: float = DEFAULT_LONG_TRANSACTION,
+    overdue_factor: float = DEFAULT_OVERDUE_FACTOR,
+    unhealthy_limit: int = 10,
     show_queries: bool = False,
     timeout: float = SECTION_TIMEOUT,
     budget: float = GATHER_BUDGET,
@@ -119,6 +130,9 @@ def gather(
     )
     failing = reader.read_table(
         "failing_schedules", lambda c: store.diagnostics.schedule_failures(c, group, failing_limit)
+    )
+    task_health = reader.read_table(
+        "task_health", lambda c: read_task_health(c, group, overdue_factor, unhealthy_limit)
     )
     long_transactions = reader.read(
         "long_transactions", lambda c: store.diagnostics.long_transactions(c, long_transaction)
@@ -156,6 +170,7 @@ def gather(
         failing=None if failing is None else failing[1],
         failing_count=None if failing is None else failing[0],
         long_transactions=cut_queries(long_transactions, show_queries),
+        task_health=task_health,
         max_stall=max_stall,
         unreadable=unreadable,
         show_queries=show_queries,

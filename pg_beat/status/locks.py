@@ -53,6 +53,7 @@ SECTION_TABLES = {
     "failovers": "pg_beat_leader_terms",
     "next_due": "pg_beat_schedules",
     "failing_schedules": "pg_beat_schedules",
+    "task_health": "pg_beat_schedules",
 }
 
 

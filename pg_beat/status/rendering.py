@@ -169,6 +169,56 @@ def _failing_section(status: ClusterStatus) -> str:
     return text
 
 
+def _task_health_line(status: ClusterStatus) -> str | None:
+    """One line under the verdict when tasks fail or are overdue: said apart from the
+    verdict, which is about the scheduler (a task failing does not make it unhealthy)."""
+    found = status.task_health
+    if found is None or found.clean:
+        return None
+    return (
+        f"tasks: {found.failing_count} schedule(s) failing, {found.overdue_count} overdue "
+        "(see Task health; not part of the verdict, which is about the scheduler)"
+    )
+
+
+def _task_health_section(status: ClusterStatus) -> str:
+    from pg_beat import health
+
+    found = status.task_health
+    title = "Task health (outcomes from tracking workers)"
+    rows = None
+    if found is not None:
+        title += (
+            f": {found.failing_count} failing, {found.overdue_count} overdue "
+            f"(no success for over {found.overdue_factor:g} periods)"
+        )
+        rows = []
+        for r in found.worst:
+            judged = health.judge(r, found.overdue_factor, status.now)
+            rows.append(
+                [
+                    r["name"],
+                    health.label(judged),
+                    ago(seconds(status.now - judged.last_success_at))
+                    if judged.last_success_at
+                    else "never",
+                    shorten(judged.last_error or "", 60),
+                ]
+            )
+    text = _section(
+        title,
+        ("NAME", "HEALTH", "LAST SUCCESS", "LAST ERROR"),
+        rows,
+        "none failing or overdue",
+        status.unreadable.get("task_health"),
+    )
+    if found is not None:
+        more = found.unhealthy_count - len(found.worst)
+        if found.worst and more > 0:
+            text += f"\n  ... and {more} more (pg-beat schedules list)"
+    return text
+
+
 def _history_sections(status: ClusterStatus) -> list[str]:
     failovers = _section(
         "Recent terms (failovers)",
@@ -208,7 +258,7 @@ def _history_sections(status: ClusterStatus) -> list[str]:
         "nothing planned",
         status.unreadable.get("next_due"),
     )
-    return [failovers, _failing_section(status), next_due]
+    return [failovers, _failing_section(status), _task_health_section(status), next_due]
 
 
 def _session_sections(status: ClusterStatus) -> list[str]:
@@ -271,10 +321,11 @@ def _session_sections(status: ClusterStatus) -> list[str]:
 
 def render(status: ClusterStatus) -> str:
     """The human ``pg-beat status`` report, verdict first."""
-    sections = [
-        f"verdict: {status.verdict.message}",
-        f"group {status.group!r}, database clock {utc(status.now)}",
-    ]
+    sections = [f"verdict: {status.verdict.message}"]
+    tasks = _task_health_line(status)
+    if tasks is not None:
+        sections[0] += f"\n{tasks}"
+    sections.append(f"group {status.group!r}, database clock {utc(status.now)}")
     if status.unreadable:
         sections[-1] += "\ncould not read: " + ", ".join(status.unreadable)
     if status.blockers:

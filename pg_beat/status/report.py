@@ -13,7 +13,26 @@ from pg_beat.status.judge import DEFAULT_MAX_STALL, Verdict, replica_gone_after
 from pg_beat.status.locks import Blocker
 from pg_beat.status.rows import Row
 
-__all__ = ["ClusterStatus", "Health"]
+__all__ = ["ClusterStatus", "Health", "TaskHealth"]
+
+
+@dataclass(frozen=True)
+class TaskHealth:
+    """What the tracking workers' outcomes say of the group's schedules: how many are failing
+    (enabled, their last run failed) and overdue (:mod:`pg_beat.health`), and the worst of
+    them (each a :data:`pg_beat.store.health.HEALTH_OF` row). Not part of the verdict: a
+    failing task is the task's problem, not the scheduler's."""
+
+    failing_count: int
+    overdue_count: int
+    #: Failing, overdue or both.
+    unhealthy_count: int
+    worst: Sequence[Row]
+    overdue_factor: float
+
+    @property
+    def clean(self) -> bool:
+        return self.failing_count == 0 and self.overdue_count == 0
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,8 @@ class ClusterStatus:
     failing: Sequence[Row] | None
     failing_count: int | None
     long_transactions: Sequence[Row] | None
+    #: None when it could not be read (named in ``unreadable``) or was not asked for.
+    task_health: TaskHealth | None = None
     max_stall: float = DEFAULT_MAX_STALL
     unreadable: Mapping[str, str] = field(default_factory=dict)
     show_queries: bool = False

@@ -9,6 +9,7 @@ that what runs is what a DBA reads in ``pg_stat_activity``. One module per conce
 - :mod:`.claims`: the fence, due rows, planning and claiming ticks;
 - :mod:`.runs`: the run log (sent, failed, orphaned claims, pruning);
 - :mod:`.schedules`: schedule management and the ``beat_schedule`` sync;
+- :mod:`.health`: outcomes read back: schedule health, runtimes, counts by outcome;
 - :mod:`.diagnostics`: sessions, locks and blockers, replicas, status and metrics figures;
 - :mod:`.revisions`: the schema's compatibility records and invalid indexes;
 - :mod:`.appnames`: the ``application_name`` of every pg_beat session;
@@ -26,6 +27,7 @@ from pg_beat.store import (
     connections,
     diagnostics,
     grants,
+    health,
     lease,
     revisions,
     runs,
@@ -38,6 +40,7 @@ __all__ = [
     "connections",
     "diagnostics",
     "grants",
+    "health",
     "lease",
     "revisions",
     "runs",

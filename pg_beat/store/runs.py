@@ -16,6 +16,13 @@ RUN_COLUMNS = (
     "id, group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, claimed_at, "
     "sent_at, status, error"
 )
+#: What ``pg-beat runs`` shows besides: why skipped, and what the workers saw.
+LOG_COLUMNS = (
+    RUN_COLUMNS + ", reason, worker, started_at, finished_at, outcome, runtime, outcome_error, "
+    "attempts, duplicates, sent_at - due_at AS lateness"
+)
+#: ``pg-beat runs --failed``: the task failed or was lost, or the tick could not be sent.
+FAILED = "(outcome IN ('failure', 'lost') OR status = 'failed')"
 
 MARK_SENT = text(
     """
@@ -149,22 +156,28 @@ def list_runs(
     *,
     schedule: str | None = None,
     since: datetime | None = None,
+    outcome: str | None = None,
+    failed: bool = False,
     limit: int = 50,
 ) -> Sequence[RowMapping]:
+    """The newest ``limit`` runs, with :data:`LOG_COLUMNS`; only those with ``outcome``, and
+    with ``failed`` only the failed ones (:data:`FAILED`)."""
     sql = (
-        f"SELECT {RUN_COLUMNS}, sent_at - due_at AS lateness "
-        "FROM pg_beat_runs WHERE group_name = :group"
+        f"SELECT {LOG_COLUMNS} FROM pg_beat_runs WHERE group_name = :group"
         + (" AND schedule_name = :schedule" if schedule else "")
         + (" AND due_at >= :since" if since else "")
+        + (" AND outcome = :outcome" if outcome else "")
+        + (f" AND {FAILED}" if failed else "")
         + " ORDER BY due_at DESC, id DESC LIMIT :limit"
     )
-    return (
-        conn.execute(
-            text(sql), {"group": group, "schedule": schedule, "since": since, "limit": limit}
-        )
-        .mappings()
-        .all()
-    )
+    params = {
+        "group": group,
+        "schedule": schedule,
+        "since": since,
+        "outcome": outcome,
+        "limit": limit,
+    }
+    return conn.execute(text(sql), params).mappings().all()
 
 
 # --- the run log, followed (``pg-beat runs --follow``) ---------------------------------------
@@ -173,7 +186,7 @@ LAST_RUN_ID = text("SELECT coalesce(max(id), 0) FROM pg_beat_runs")
 
 RUNS_AFTER = text(
     f"""
-    SELECT {RUN_COLUMNS}, sent_at - due_at AS lateness FROM pg_beat_runs
+    SELECT {LOG_COLUMNS} FROM pg_beat_runs
     WHERE group_name = :group
       AND (id > :after OR id = ANY(CAST(:pending AS bigint[])))
       AND (CAST(:schedule AS text) IS NULL OR schedule_name = CAST(:schedule AS text))
@@ -197,8 +210,8 @@ def runs_after(
     schedule: str | None = None,
     limit: int = 1000,
 ) -> Sequence[RowMapping]:
-    """Runs recorded after run id ``after``, and the runs ``pending`` (ids seen still
-    ``claimed``) as they are now, oldest first, with ``lateness`` (an interval)."""
+    """Runs recorded after run id ``after``, and the runs ``pending`` (ids seen unfinished)
+    as they are now, oldest first, with :data:`LOG_COLUMNS` (``lateness``: an interval)."""
     params = {
         "group": group,
         "after": after,

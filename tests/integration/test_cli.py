@@ -291,7 +291,7 @@ def test_schedules_happy_path(db_url: str) -> None:
         "added schedule 'report': reports.nightly, cron '0 3 * * *' Europe/Berlin"
     )
     shown = ok_json(db_url, "schedules", "show", "report")
-    assert set(shown) == SCHEDULE_KEYS
+    assert set(shown) == SCHEDULE_KEYS | {"health"}
     assert shown["kind"] == "crontab"
     assert shown["args"] == [1, 2] and shown["kwargs"] == {"full": True}
     assert shown["options"] == {"queue": "reports", "priority": 3, "expires": 600.0}
@@ -329,10 +329,11 @@ def test_schedules_happy_path(db_url: str) -> None:
 
     listed = ok_json(db_url, "schedules", "list")
     assert sorted(item["name"] for item in listed) == ["dusk", "once", "report", "tick"]
-    assert all(set(item) == SCHEDULE_KEYS for item in listed)
+    assert all(set(item) == SCHEDULE_KEYS | {"health"} for item in listed)
     table = cli(db_url, "schedules", "list").stdout.splitlines()
     assert table[0].split() == [
-        "NAME", "TASK", "SCHEDULE", "ENABLED", "NEXT", "DUE", "LAST", "RUN", "RUNS", "LAST", "ERROR"
+        "NAME", "TASK", "SCHEDULE", "ENABLED", "NEXT", "DUE", "LAST", "RUN", "RUNS", "HEALTH",
+        "LAST", "ERROR",
     ]  # fmt: skip
     assert any(line.startswith("tick ") and "every 30s" in line for line in table)
 
@@ -434,6 +435,13 @@ def test_update_of_a_locked_schedule_names_the_problem(db_url: str) -> None:
 # --- runs ----------------------------------------------------------------------------------------
 
 
+RUN_KEYS = {
+    "id", "schedule", "due_at", "claimed_at", "sent_at", "status", "lateness_ms", "replica",
+    "epoch", "task_id", "error", "reason", "worker", "started_at", "finished_at", "outcome",
+    "runtime", "outcome_error", "attempts", "duplicates",
+}  # fmt: skip
+
+
 def test_runs(db_url: str) -> None:
     assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
     with connect(db_url, "test") as conn:
@@ -450,18 +458,167 @@ def test_runs(db_url: str) -> None:
         )
     rows = ok_json(db_url, "runs", "--since", "10m")
     assert [r["task_id"] for r in rows] == [f"task-{n}" for n in range(1, 10)]
-    assert set(rows[0]) == {
-        "id", "schedule", "due_at", "claimed_at", "sent_at", "status", "lateness_ms",
-        "replica", "epoch", "task_id", "error",
-    }  # fmt: skip
+    assert set(rows[0]) == RUN_KEYS
     assert rows[0]["lateness_ms"] == 250.0 and rows[0]["epoch"] == 7
     assert len(ok_json(db_url, "runs", "--limit", "3", "--schedule", "tick")) == 3
     assert len(ok_json(db_url, "runs", "--since", "2000-01-01T00:00Z")) == 30
     table = cli(db_url, "runs", "--limit", "2").stdout.splitlines()
-    assert table[0].split() == ["DUE", "SCHEDULE", "STATUS", "LATENESS", "MS", "REPLICA", "EPOCH",
-                                "TASK", "ID"]  # fmt: skip
+    assert table[0].split() == ["DUE", "SCHEDULE", "STATUS", "OUTCOME", "RUNTIME", "S",
+                                "LATENESS", "MS", "WORKER", "REPLICA", "EPOCH", "TASK", "ID",
+                                "NOTE"]  # fmt: skip
     assert "250.0" in table[1] and "task-1" in table[1]
     assert_one_line_error(cli(db_url, "runs", "--since", "yesterday"), 1, "--since")
+
+
+def insert_outcomes(url: str) -> None:
+    """Runs of 'tick' as the workers and the leader's overlap policy record them: a success,
+    a failure, a lost run, a pending retry, a skipped tick, a tick that could not be sent."""
+    with connect(url, "test") as conn:
+        conn.execute(
+            """
+            INSERT INTO pg_beat_runs
+                (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status,
+                 claimed_at, sent_at, error, reason, worker, started_at, finished_at, outcome,
+                 runtime, outcome_error, attempts, duplicates)
+            SELECT 'default', s.id, s.name, now() - make_interval(mins => n), t, 3, 'r1', st,
+                   now() - make_interval(mins => n), now() - make_interval(mins => n), err, why,
+                   w, now() - make_interval(mins => n),
+                   CASE WHEN o IN ('success', 'failure', 'lost') THEN now() END, o, rt, oe, a, d
+            FROM pg_beat_schedules s, (VALUES
+                (1, 'ok-1', 'sent', NULL, NULL, 'host:11', 'success', 1.25, NULL, 1, 0),
+                (2, 'bad-2', 'sent', NULL, NULL, 'host:11', 'failure', 0.5,
+                 'ZeroDivisionError: division by zero', 1, 0),
+                (3, 'lost-3', 'sent', NULL, NULL, 'host:12', 'lost', NULL, NULL, 1, 0),
+                (4, 'retry-4', 'sent', NULL, NULL, 'host:11', 'retry', 0.1, 'Retry in 5s', 2, 1),
+                (5, 'skip-5', 'skipped', NULL, 'overlap: previous run ok-1 still running', NULL,
+                 NULL, NULL, NULL, NULL, NULL),
+                (6, 'fail-6', 'failed', 'message too large', NULL, NULL, NULL, NULL, NULL, NULL,
+                 NULL)
+            ) AS v(n, t, st, err, why, w, o, rt, oe, a, d)
+            WHERE s.name = 'tick'
+            """
+        )
+
+
+def test_runs_show_outcomes_and_filter_failed(db_url: str) -> None:
+    assert cli(db_url, "schedules", "add", "tick", "app.tick", "--every", "1h").exit_code == 0
+    insert_outcomes(db_url)
+    rows = {r["task_id"]: r for r in ok_json(db_url, "runs")}
+    assert all(set(r) == RUN_KEYS for r in rows.values())
+    ok, bad, retry = rows["ok-1"], rows["bad-2"], rows["retry-4"]
+    assert (ok["outcome"], ok["runtime"], ok["worker"], ok["attempts"]) == (
+        "success", 1.25, "host:11", 1,
+    )  # fmt: skip
+    assert ok["started_at"] is not None and ok["finished_at"] is not None
+    assert bad["outcome_error"] == "ZeroDivisionError: division by zero"
+    assert (retry["outcome"], retry["finished_at"], retry["duplicates"]) == ("retry", None, 1)
+    assert rows["skip-5"]["reason"] == "overlap: previous run ok-1 still running"
+
+    failed = ok_json(db_url, "runs", "--failed")
+    assert [r["task_id"] for r in failed] == ["bad-2", "lost-3", "fail-6"]
+    assert [r["task_id"] for r in ok_json(db_url, "runs", "--outcome", "success")] == ["ok-1"]
+    assert ok_json(db_url, "runs", "--outcome", "revoked") == []
+    assert [r["task_id"] for r in ok_json(db_url, "runs", "--failed", "--limit", "1")] == ["bad-2"]
+
+    table = {line.split()[10]: line for line in cli(db_url, "runs").stdout.splitlines()[1:]}
+    assert table["ok-1"].split()[3:7] == ["sent", "success", "1.25", "0.0"]
+    assert table["ok-1"].split()[7] == "host:11"
+    assert table["bad-2"].endswith("ZeroDivisionError: division by zero")
+    assert table["skip-5"].endswith("overlap: previous run ok-1 still running")
+    assert table["fail-6"].endswith("message too large")
+    assert table["lost-3"].split()[3:6] == ["sent", "lost", "-"]
+
+
+def make_unhealthy(url: str) -> None:
+    """'flaky' failed 3 times in a row, its last success 5 minutes ago (every 1m: overdue);
+    'steady' succeeded 20 s ago; 'quiet' is not tracked."""
+    for name in ("flaky", "steady", "quiet"):
+        assert cli(url, "schedules", "add", name, f"app.{name}", "--every", "1m").exit_code == 0
+    with connect(url, "test") as conn:
+        conn.execute(
+            "UPDATE pg_beat_schedules SET next_run_at = now() + interval '30 s', "
+            "last_run_at = now() - interval '20 s'"
+        )
+        conn.execute(
+            """
+            INSERT INTO pg_beat_schedule_health (schedule_id, group_name, last_outcome,
+                last_finished_at, last_success_at, last_failure_at, consecutive_failures,
+                last_error)
+            SELECT id, group_name, o, now() - interval '20 s', ls, lf, c, e
+            FROM pg_beat_schedules JOIN (VALUES
+                ('flaky', 'failure', now() - interval '5 min', now() - interval '20 s', 3,
+                 'KeyError: ''account'''),
+                ('steady', 'success', now() - interval '20 s', NULL, 0, NULL)
+            ) AS v(n, o, ls, lf, c, e) ON v.n = name
+            """
+        )
+        # steady's runtimes: 1..10 s over its last ten finished runs
+        conn.execute(
+            """
+            INSERT INTO pg_beat_runs (group_name, schedule_id, schedule_name, due_at, task_id,
+                                      epoch, replica, status, finished_at, outcome, runtime)
+            SELECT 'default', id, name, now() - make_interval(mins => n), 's-' || n, 1, 'r',
+                   'sent', now(), 'success', n
+            FROM pg_beat_schedules, generate_series(1, 10) AS n WHERE name = 'steady'
+            """
+        )
+
+
+def test_schedules_list_and_show_health(db_url: str) -> None:
+    make_unhealthy(db_url)
+    table = cli(db_url, "schedules", "list").stdout.splitlines()
+    health_at = table[0].index("HEALTH")
+    column = {line.split()[0]: line[health_at:].split("  ")[0] for line in table[1:]}
+    assert column == {"flaky": "failing x3, overdue 5m", "steady": "ok", "quiet": "untracked"}
+    # A factor large enough forgives the 5 minutes.
+    listed = {
+        i["name"]: i["health"]
+        for i in ok_json(db_url, "schedules", "list", "--overdue-factor", "10")
+    }
+    assert listed["flaky"]["state"] == "failing" and listed["flaky"]["overdue"] is False
+    assert listed["flaky"]["consecutive_failures"] == 3
+    assert listed["steady"]["state"] == "ok" and listed["quiet"]["tracked"] is False
+    assert "runtime" not in listed["steady"]
+    limited = ok_json(db_url, "schedules", "list", "--limit", "1")
+    assert len(limited) == 1 and limited[0]["health"] is not None
+
+    shown = ok_json(db_url, "schedules", "show", "steady")["health"]
+    assert shown["runtime"] == {"runs": 10, "p50": 5.5, "p95": pytest.approx(9.55)}
+    assert shown["last_outcome"] == "success" and shown["period"] == 60.0
+    flaky = ok_json(db_url, "schedules", "show", "flaky")["health"]
+    assert flaky["overdue"] is True and 290 < flaky["overdue_for"] < 400
+    assert flaky["last_error"] == "KeyError: 'account'" and flaky["runtime"]["runs"] == 0
+
+    text = cli(db_url, "schedules", "show", "flaky").stdout
+    assert "\nhealth             failing x3, overdue 5m\n" in text
+    assert "\nfailures in a row  3\n" in text
+    assert "\nlast task error    KeyError: 'account'\n" in text
+    assert "\noverdue            yes (reference " in text and "period 1m)" in text
+    steady = cli(db_url, "schedules", "show", "steady").stdout
+    assert "\nruntime            p50 5.5s, p95 9.55s (last 10 finished runs)" in steady
+    quiet = cli(db_url, "schedules", "show", "quiet").stdout
+    assert "untracked (no worker recorded an outcome" in quiet
+
+
+def test_failing_tasks_do_not_change_the_cluster_verdict(db_url: str) -> None:
+    make_unhealthy(db_url)
+    with leader(db_url, "alpha"):
+        found = ok_json(db_url, "status")
+        assert found["verdict"]["state"] == "healthy", found["verdict"]
+        tasks = found["task_health"]
+        assert (tasks["failing_count"], tasks["overdue_count"]) == (1, 1)
+        assert [s["name"] for s in tasks["schedules"]] == ["flaky"]
+        result = cli(db_url, "status")
+        assert result.exit_code == 0
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("verdict: healthy")
+        assert lines[1].startswith("tasks: 1 schedule(s) failing, 1 overdue")
+        assert "failing x3, overdue 5m" in result.stdout
+        assert cli(db_url, "check").exit_code == 0
+        found = ok_json(db_url, "status", "--overdue-factor", "10", "--unhealthy", "0")
+        assert (found["task_health"]["overdue_count"], found["task_health"]["schedules"]) == (
+            0, [],
+        )  # fmt: skip
 
 
 # --- status and check ----------------------------------------------------------------------------
@@ -469,7 +626,7 @@ def test_runs(db_url: str) -> None:
 STATUS_KEYS = {
     "group", "db_now", "verdict", "unreadable", "blockers", "lease", "replicas", "lock",
     "locks", "blocked", "leader_backends", "failovers", "next_due", "failing_schedules",
-    "failing_count", "long_transactions",
+    "failing_count", "task_health", "long_transactions",
 }  # fmt: skip
 CHECK_KEYS = {"healthy", "state", "message", "lease", "unreadable"}
 
@@ -722,3 +879,23 @@ def test_console_script_database_down() -> None:
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("pg-beat: error: cannot reach")
     assert "s3cret" not in done.stderr
+
+
+def test_follow_with_failed_prints_only_failed_runs_but_follows_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pg_beat.cli.runs import Follower, RunFilter
+
+    def run(run_id: int, status: str, outcome: str | None = None) -> dict[str, Any]:
+        finished = datetime.now(timezone.utc) if outcome in ("success", "failure") else None
+        return dict.fromkeys(RUN_KEYS - {"lateness_ms", "schedule"}) | {
+            "id": run_id, "schedule_name": "tick", "status": status, "outcome": outcome,
+            "finished_at": finished, "task_id": f"t-{run_id}", "lateness": None,
+        }  # fmt: skip
+
+    follower = Follower("default", None, True, keeps=RunFilter(failed=True).keeps)
+    follower.start(0, [run(1, "sent"), run(2, "failed"), run(3, "claimed")])
+    follower.show([run(1, "sent", "failure"), run(3, "sent", "success")])
+    printed = [json.loads(line)["task_id"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["t-2", "t-1"]  # t-1 once it failed; t-3 succeeded
+    assert follower.pending == {} and follower.after == 3

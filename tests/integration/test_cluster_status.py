@@ -152,13 +152,20 @@ def test_status_and_check_answer_during_an_access_exclusive_lock(db_url: str) ->
         assert (
             f"Failing schedules (?)\n  (could not read: lock timeout after 0.1s: {blocked_by}"
         ) in text
+        assert (
+            "Task health (outcomes from tracking workers)\n  (could not read: lock timeout "
+            f"after 0.1s: {blocked_by}"
+        ) in text
         assert "\nBlocking pg_beat\n" in text
         assert "Lease\n  HOLDER" in text  # the lease is on another table: read as usual
 
         found = json.loads(timed(db_url, "status", "--json"))
         assert found["verdict"]["state"] == "blocked"
-        assert {u["section"] for u in found["unreadable"]} == {"next_due", "failing_schedules"}
+        assert {u["section"] for u in found["unreadable"]} == {
+            "next_due", "failing_schedules", "task_health",
+        }  # fmt: skip
         assert found["next_due"] is None and found["failing_schedules"] is None
+        assert found["task_health"] is None
         assert found["failing_count"] is None
         assert found["lease"]["holder"] == "alpha" and found["lease"]["status"] == "held"
         (blocker,) = found["blockers"]
@@ -185,7 +192,7 @@ def test_every_table_locked_like_a_migration(db_url: str) -> None:
         assert "could not read the lease: lock timeout after" in verdict_line(text)
         found = json.loads(timed(db_url, "status", "--json"))
         assert {u["section"] for u in found["unreadable"]} == {
-            "lease", "replicas", "failovers", "next_due", "failing_schedules",
+            "lease", "replicas", "failovers", "next_due", "failing_schedules", "task_health",
         }  # fmt: skip
         assert found["lease"] is None and found["replicas"] is None
         assert all(f"pid {pid} (alembic" in u["reason"] for u in found["unreadable"])
@@ -234,7 +241,7 @@ def test_a_queued_migration_is_named_with_whom_it_waits_for(db_url: str) -> None
             ), message
             assert f", behind pid {reader}" in message
             assert {u["section"] for u in found["unreadable"]} == {
-                "next_due", "failing_schedules",
+                "next_due", "failing_schedules", "task_health",
             }  # fmt: skip
         finally:
             migration.cancel_safe()
@@ -547,19 +554,40 @@ def test_runs_follow_prints_runs_as_they_are_recorded_until_ctrl_c(
                 "WHERE task_id = 'run-1'"
             )
         wait_for(lambda: out.read_text().count("run-1") == 2)
+        with connect(db_url, "test") as conn:  # a tracking worker: a retry, then a success
+            conn.execute(
+                "UPDATE pg_beat_runs SET outcome = 'retry', worker = 'host:1', runtime = 0.5 "
+                "WHERE task_id = 'run-1'"
+            )
+        wait_for(lambda: out.read_text().count("run-1") == 3)
+        with connect(db_url, "test") as conn:
+            conn.execute(
+                "UPDATE pg_beat_runs SET outcome = 'success', finished_at = now(), runtime = 2 "
+                "WHERE task_id = 'run-1'"
+            )
+        wait_for(lambda: out.read_text().count("run-1") == 4)
+        with connect(db_url, "test") as conn:  # finished: not followed any more
+            conn.execute("UPDATE pg_beat_runs SET runtime = 3 WHERE task_id = 'run-1'")
+        insert_runs(db_url, "run-3")
+        wait_for(lambda: "run-3" in out.read_text())
         code, err = interrupt(proc)
     assert code == 0, err
     assert "Traceback" not in err and err == ""
     lines = out.read_text().splitlines()
     assert lines[0].split()[:3] == ["DUE", "SCHEDULE", "STATUS"]
-    events = [(line.split()[3], line.split()[-1]) for line in lines[1:]]
+    # DUE (two words), SCHEDULE, STATUS, OUTCOME, RUNTIME, LATENESS, WORKER, REPLICA, EPOCH,
+    # TASK ID, NOTE
+    events = [tuple(line.split()[i] for i in (3, 4, 5, 7, 10)) for line in lines[1:]]
     assert events == [
-        ("sent", "old-run"),
-        ("claimed", "run-1"),
-        ("claimed", "run-2"),
-        ("sent", "run-1"),
+        ("sent", "-", "-", "-", "old-run"),
+        ("claimed", "-", "-", "-", "run-1"),
+        ("claimed", "-", "-", "-", "run-2"),
+        ("sent", "-", "-", "-", "run-1"),
+        ("sent", "retry", "0.5", "host:1", "run-1"),
+        ("sent", "success", "2.0", "host:1", "run-1"),
+        ("claimed", "-", "-", "-", "run-3"),
     ]
-    assert "250.0" in lines[-1]
+    assert all("250.0" in line for line in lines[4:7])  # run-1 was sent 0.25 s late
 
 
 def following(url: str) -> bool:

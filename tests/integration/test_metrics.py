@@ -7,12 +7,15 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import pg
 from support.inproc import replica, settings_for
+from support.waiting import connect
 
+from pg_beat import metrics, store
 from pg_beat.api import ScheduleManager
 from pg_beat.config import Settings
 from pg_beat.dispatch.loop import Dispatcher
@@ -223,3 +226,98 @@ def test_ticks_that_can_never_be_published_are_counted(db_url: str) -> None:
 
 def refuse(claim: object, epoch: int) -> None:
     raise TypeError("got multiple values for keyword argument 'task_id' (test)")
+
+
+def test_task_health_gauges_bounded_and_read_at_most_once_per_ttl(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(db_url, "test") as conn:
+        # late-n: every minute, its last run 2 + n minutes ago: all overdue (factor 2).
+        conn.execute(
+            """
+            INSERT INTO pg_beat_schedules (name, task, kind, interval_seconds, next_run_at,
+                                           last_run_at)
+            SELECT 'late-' || n, 'app.t', 'interval', 60, now() + interval '30 s',
+                   now() - make_interval(mins => 2 + n)
+            FROM generate_series(1, 12) AS n
+            UNION ALL
+            SELECT 'flaky', 'app.t', 'interval', 60, now() + interval '30 s', now()
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO pg_beat_schedule_health (schedule_id, group_name, last_outcome,
+                last_finished_at, last_success_at, consecutive_failures, last_error)
+            SELECT id, group_name, 'failure', now(), now() - interval '10 s', 2, 'boom'
+            FROM pg_beat_schedules WHERE name = 'flaky'
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO pg_beat_runs (group_name, schedule_id, schedule_name, due_at, task_id,
+                                      epoch, replica, status, finished_at, outcome)
+            SELECT 'default', s.id, s.name, now() - make_interval(secs => n), 'x-' || n, 1,
+                   'r', 'sent', now(), CASE WHEN n % 4 = 0 THEN 'failure' ELSE 'success' END
+            FROM pg_beat_schedules s, generate_series(1, 20) AS n WHERE s.name = 'flaky'
+            """
+        )
+    reads: list[int] = []
+    real = store.health.unhealthy
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.health, "unhealthy", counted)
+    scheduler = Unconnected(settings_for(db_url, replica_name="h"))
+    with metrics_of(scheduler) as server:
+        samples = scrape(server.port)
+        assert value(samples, "pg_beat_schedules_overdue", "h") == 12
+        assert value(samples, "pg_beat_schedules_failing", "h") == 1
+        finished = {
+            o: value(samples, "pg_beat_runs_finished", "h", outcome=o)
+            for o in ("success", "failure", "retry", "revoked", "lost")
+        }
+        assert finished == {"success": 15, "failure": 5, "retry": 0, "revoked": 0, "lost": 0}
+        top = {
+            dict(labels)["schedule"]: v
+            for (name, labels), v in samples.items()
+            if name == "pg_beat_schedule_overdue_seconds"
+        }
+        assert set(top) == {f"late-{n}" for n in range(3, 13)}  # the ten most overdue
+        assert 14 * 60 - 5 < top["late-12"] < 14 * 60 + 30
+
+        # Scrapes within HEALTH_TTL are served from the last read, changes or not.
+        with connect(db_url, "test") as conn:
+            conn.execute("UPDATE pg_beat_schedule_health SET consecutive_failures = 0")
+        for _ in range(5):
+            samples = scrape(server.port)
+        assert value(samples, "pg_beat_schedules_failing", "h") == 1
+        assert len(reads) == 1
+        assert value(samples, "pg_beat_metrics_scrape_errors_total", "h") == 0
+
+        monkeypatch.setattr(metrics, "HEALTH_TTL", 0.0)
+        samples = scrape(server.port)
+        assert value(samples, "pg_beat_schedules_failing", "h") == 0
+        assert len(reads) == 2
+
+
+def test_a_failing_health_read_leaves_its_gauges_out_and_logs_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with connect(db_url, "test") as conn:
+        conn.execute("ALTER TABLE pg_beat_schedule_health RENAME TO gone")
+    monkeypatch.setattr(metrics, "HEALTH_TTL", 0.0)
+    scheduler = Unconnected(settings_for(db_url, replica_name="h"))
+    with metrics_of(scheduler) as server:
+        for expected_errors in (1, 2):
+            samples = scrape(server.port)
+            assert value(samples, "pg_beat_due_backlog", "h") == 0  # the snapshot still works
+            assert value(samples, "pg_beat_schedules_overdue", "h") is None
+            assert value(samples, "pg_beat_runs_finished", "h", outcome="success") is None
+            assert value(samples, "pg_beat_metrics_scrape_errors_total", "h") == expected_errors
+        with connect(db_url, "test") as conn:
+            conn.execute("ALTER TABLE gone RENAME TO pg_beat_schedule_health")
+        assert value(scrape(server.port), "pg_beat_schedules_overdue", "h") == 0
+    said = [r for r in caplog.records if "cannot read the task health" in r.getMessage()]
+    assert len(said) == 1, said

@@ -629,7 +629,7 @@ def test_render_table_aligns_and_right_justifies_numbers() -> None:
 STATUS_KEYS = {
     "group", "db_now", "verdict", "unreadable", "blockers", "lease", "replicas", "lock",
     "locks", "blocked", "leader_backends", "failovers", "next_due", "failing_schedules",
-    "failing_count", "long_transactions",
+    "failing_count", "task_health", "long_transactions",
 }  # fmt: skip
 
 
@@ -774,14 +774,15 @@ def test_unreadable_sections_are_null_in_json_and_said_in_text() -> None:
         locks=[ACCESS_EXCLUSIVE],
         blockers=status.find_blockers([ACCESS_EXCLUSIVE], None),
         unreadable={"lease": reason, "next_due": reason, "failing_schedules": reason,
-                    "replicas": "statement timeout after 1.0s"},
+                    "replicas": "statement timeout after 1.0s", "task_health": reason},
     )  # fmt: skip
     data = json.loads(status.dumps(status.as_json(found)))
     assert set(data) == STATUS_KEYS
     assert data["lease"] is None and data["next_due"] is None and data["replicas"] is None
     assert data["failing_schedules"] is None and data["failing_count"] is None
+    assert data["task_health"] is None
     assert {u["section"] for u in data["unreadable"]} == {
-        "lease", "next_due", "failing_schedules", "replicas",
+        "lease", "next_due", "failing_schedules", "replicas", "task_health",
     }  # fmt: skip
     assert data["blockers"][0]["pid"] == 4242 and data["blockers"][0]["why"] == "table lock"
     assert data["blockers"][0]["description"].startswith("pid 4242 (psql, user alice) holds")
@@ -790,8 +791,79 @@ def test_unreadable_sections_are_null_in_json_and_said_in_text() -> None:
     assert f"Next due\n  (could not read: {reason})" in text
     assert "Replicas\n  (could not read: statement timeout after 1.0s)" in text
     assert "Failing schedules (?)\n  (could not read:" in text
-    assert "could not read: lease, next_due, failing_schedules, replicas" in text
+    assert f"Task health (outcomes from tracking workers)\n  (could not read: {reason})" in text
+    assert "could not read: lease, next_due, failing_schedules, replicas, task_health" in text
     assert "\nBlocking pg_beat\n" in text and "holds AccessExclusiveLock" in text
+
+
+def health_row(name: str, **overrides: Any) -> dict[str, Any]:
+    """A row of store.health.unhealthy: an enabled minutely schedule, tracked."""
+    values: dict[str, Any] = {
+        "name": name, "task": f"app.{name}", "enabled": True, "next_run_at": ago(-30),
+        "tracked": True, "last_outcome": "failure", "last_finished_at": ago(5),
+        "last_success_at": ago(60), "consecutive_failures": 2, "last_error": "KeyError: 'x'",
+        "reference_at": ago(60), "period": 60.0,
+    }  # fmt: skip
+    values.update(overrides)
+    return values
+
+
+LATE = health_row(
+    "late",
+    consecutive_failures=0,
+    last_outcome="success",
+    last_success_at=ago(600),
+    reference_at=ago(600),
+)
+
+
+def test_failing_and_overdue_tasks_are_said_apart_from_the_verdict() -> None:
+    found = stale_cluster(
+        task_health=status.TaskHealth(
+            failing_count=2,
+            overdue_count=1,
+            unhealthy_count=12,
+            worst=[LATE, health_row("flaky")],
+            overdue_factor=2.0,
+        )
+    )
+    text = status.render(found)
+    lines = text.splitlines()
+    assert lines[0] == f"verdict: {found.verdict.message}"  # the verdict stays the cluster's
+    assert lines[1] == (
+        "tasks: 2 schedule(s) failing, 1 overdue (see Task health; not part of the verdict, "
+        "which is about the scheduler)"
+    )
+    section = text.split("\nTask health")[1].split("\n\n")[0].splitlines()
+    assert section[0] == (
+        " (outcomes from tracking workers): 2 failing, 1 overdue (no success for over 2 periods)"
+    )
+    assert section[1].split() == ["NAME", "HEALTH", "LAST", "SUCCESS", "LAST", "ERROR"]
+    assert section[2].split()[:4] == ["late", "overdue", "10m", "10m00s"]
+    assert section[3].split()[:5] == ["flaky", "failing", "x2", "1m00s", "ago"]
+    assert section[4] == "  ... and 10 more (pg-beat schedules list)"
+
+    data = json.loads(status.dumps(status.as_json(found)))["task_health"]
+    assert {k: data[k] for k in ("failing_count", "overdue_count", "unhealthy_count")} == {
+        "failing_count": 2, "overdue_count": 1, "unhealthy_count": 12,
+    }  # fmt: skip
+    assert data["overdue_factor"] == 2.0
+    late, flaky = data["schedules"]
+    assert (late["name"], late["state"], late["overdue"], late["overdue_for"]) == (
+        "late", "overdue", True, 600.0,
+    )  # fmt: skip
+    assert (flaky["state"], flaky["label"], flaky["last_error"]) == (
+        "failing", "failing x2", "KeyError: 'x'",
+    )  # fmt: skip
+    assert flaky["last_success_at"] == "2026-12-01T08:59:00+00:00"
+
+
+def test_no_task_line_when_every_task_is_fine() -> None:
+    clean = status.TaskHealth(0, 0, 0, [], 2.0)
+    text = status.render(stale_cluster(task_health=clean))
+    assert "\ntasks:" not in text
+    assert "Task health (outcomes from tracking workers): 0 failing, 0 overdue" in text
+    assert "  none failing or overdue" in text
 
 
 def test_dumps_compact_is_one_line() -> None:
