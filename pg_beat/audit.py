@@ -352,7 +352,7 @@ def _missing(schedule: ScheduleView, due: datetime, window: Window, gaps: Sequen
         due,
         task_id_for(window.group, schedule.name, due),
         "no run row for this due time",
-        _leaderless(gaps, due, due + timedelta(seconds=window.grace)),
+        _leaderless(gaps, due, due),  # a leader alive at its due time claims it at once
     )
 
 
@@ -373,16 +373,17 @@ _Item = tuple[str, str, str]  # (kind, what, why)
 
 def _status_findings(run: RunView, window: Window, gaps: Sequence[Gap]) -> Iterator[_Item]:
     """What the scheduler recorded instead of sending it."""
-    grace = timedelta(seconds=window.grace)
+    # What it waited through before it was decided (claimed), or until now if never sent.
+    waited = _leaderless(gaps, run.due_at, run.claimed_at)
     if run.status == "skipped":
         why = run.reason or "misfire: it waited longer than the grace time (misfire policy)"
-        yield "skipped", "recorded skipped, not sent", _join(why, _near(gaps, run, grace))
+        yield "skipped", "recorded skipped, not sent", _join(why, waited)
     elif run.status == "expired":
-        yield "expired", "past its expiry before it could be sent", _near(gaps, run, grace)
+        yield "expired", "past its expiry before it could be sent", waited
     elif run.status == "failed":
         yield "failed", f"not published: {run.error or 'no error recorded'}", ""
     elif run.status == "claimed" and run.claimed_at <= window.now - _seconds(window.settle):
-        why = _near(gaps, run, grace, run.claimed_at)
+        why = _leaderless(gaps, run.due_at, window.now)
         yield "unsent", f"claimed at {_at(run.claimed_at)}, never sent", why
 
 
@@ -420,12 +421,6 @@ def _outcome_findings(run: RunView) -> Iterator[_Item]:
         yield "lost", f"its execution{where} was lost", why
     elif run.outcome == "revoked":
         yield "revoked", "revoked before it finished", run.outcome_error or ""
-
-
-def _near(
-    gaps: Sequence[Gap], run: RunView, grace: timedelta, until: datetime | None = None
-) -> str:
-    return _leaderless(gaps, run.due_at, until or (run.due_at + grace))
 
 
 def _info(schedule: ScheduleView, kind: str, what: str) -> Finding:
