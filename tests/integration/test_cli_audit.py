@@ -17,6 +17,7 @@ from support.pg import libpq_url as libpq
 from support.waiting import wait_for
 
 from pg_beat.api import ScheduleManager
+from pg_beat.cli import audit as cli_audit
 from pg_beat.cli import main
 from pg_beat.cli.audit import EXIT_FINDINGS
 
@@ -47,13 +48,16 @@ def sent_runs(url: str, name: str) -> list[tuple[datetime, str]]:
     ]
 
 
-def produce(url: str, name: str = "beat", every: float = 0.2, **create: Any) -> list[Any]:
-    """A schedule ticked by a real replica until TICKS of its runs are sent."""
+def produce(url: str, *names: str, every: float = 0.2, **create: Any) -> list[Any]:
+    """Schedules (``beat`` by default) ticked by a real replica until TICKS runs of each are
+    sent; the sent runs of the first."""
+    names = names or ("beat",)
     with ScheduleManager(url) as api:
-        api.create(name, f"t.{name}", every=every, **create)
+        for name in names:
+            api.create(name, f"t.{name}", every=every, **create)
     with replica(url) as rep:
-        rep.run_until(lambda: len(sent_runs(url, name)) >= TICKS, timeout=20)
-    return sent_runs(url, name)
+        rep.run_until(lambda: all(len(sent_runs(url, n)) >= TICKS for n in names), timeout=20)
+    return sent_runs(url, names[0])
 
 
 def audit(url: str, *args: str) -> Result:
@@ -116,18 +120,33 @@ def track(url: str, task_ids: list[str], worker: str = "w1:100") -> None:
     )
 
 
-def test_a_clean_window_is_clean_and_exits_0(db_url: str) -> None:
-    runs = produce(db_url)
-    track(db_url, [task_id for _, task_id in runs])  # tracked, and every run started
+def test_a_clean_window_is_clean_and_exits_0(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of one schedule and pages of two runs: the paging is what runs at 100k rows.
+    monkeypatch.setattr(cli_audit, "SCHEDULE_BATCH", 1)
+    monkeypatch.setattr(cli_audit, "RUN_PAGE", 2)
+    runs = produce(db_url, "beat", "other")
+    track(db_url, [r[0] for r in sql(db_url, "SELECT task_id FROM pg_beat_runs")])
     until = runs[-1][0]
+    settled(db_url)
     result = audit(db_url, "--since", "1m", "--until", until.isoformat(), "--settle", str(SETTLE))
     assert result.exit_code == 0, result.output
-    assert "clean: every due time checked in 1 schedule(s) has its run" in result.stdout
+    assert "clean: every due time checked in 2 schedule(s) has its run" in result.stdout
     code, document = audit_json(db_url, until)
     assert code == 0
     assert document["clean"] is True and document["total"] == 0 and document["findings"] == []
     # Created inside the window: checked from one interval after that, said as info.
-    assert document["info_counts"]["partly_checked"] == 1
+    assert document["info_counts"]["partly_checked"] == 2
+    # A run row deleted on a page boundary of the second schedule is found.
+    (task_id,) = sql(
+        db_url,
+        "SELECT task_id FROM pg_beat_runs WHERE schedule_name = 'other' AND due_at <= %s "
+        "ORDER BY due_at OFFSET 2 LIMIT 1",
+        until,
+    )[0]
+    sql(db_url, "DELETE FROM pg_beat_runs WHERE task_id = %s", task_id)
+    code, document = audit_json(db_url, until)
+    assert code == EXIT_FINDINGS
+    assert [(f["kind"], f["task_id"]) for f in document["findings"]] == [("missing", task_id)]
 
 
 def test_a_run_row_deleted_by_hand_is_missing(db_url: str) -> None:

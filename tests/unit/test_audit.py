@@ -106,11 +106,12 @@ def test_missing_ticks_at_both_ends_of_the_window() -> None:
 
 
 def test_due_times_before_the_schedule_was_created_are_not_missing() -> None:
-    # Created at minute 20 (an interval first runs one interval later): nothing before 21.
-    schedule = every_minute(created_at=at(20), updated_at=at(20))
+    # Created just before minute 20 and planned at 20 (an interval first runs one interval
+    # after it is planned): nothing is due before 21, though the grid passes 20.
+    schedule = every_minute(created_at=at(19.99), updated_at=at(19.99))
     found = run_audit(schedule, [sent(m) for m in range(21, 61)])
     assert kinds(found) == ["partly_checked"]
-    assert "from 2026-12-01 12:21:00Z" in found[0].what
+    assert "from 2026-12-01 12:20:59.400Z" in found[0].what
 
 
 def test_an_edit_in_the_window_moves_where_checking_starts() -> None:
