@@ -201,10 +201,14 @@ def test_ticks_sent_but_never_started_after_the_worker_died(db_url: str) -> None
     never = findings(document, "never_started")
     assert [f["task_id"] for f in never] == [task_id for _, task_id in lost_ones]
     assert document["total"] == len(lost_ones)
-    # Untracked schedules (no executions, no health row) are not judged on starts.
+    # A worker that recorded outcomes before the window (a health row) and was down all
+    # through it: every tick of the window was sent, none started.
     sql(db_url, "DELETE FROM pg_beat_executions")
-    sql(db_url, "DELETE FROM pg_beat_schedule_health")
     sql(db_url, "UPDATE pg_beat_runs SET worker = NULL, started_at = NULL, outcome = NULL")
+    code, document = audit_json(db_url, runs[-1][0])
+    assert document["counts"]["never_started"] == len(runs), document["counts"]
+    # Untracked schedules (no executions, no health row) are not judged on starts.
+    sql(db_url, "DELETE FROM pg_beat_schedule_health")
     code, document = audit_json(db_url, runs[-1][0])
     assert (code, document["clean"]) == (0, True)
 

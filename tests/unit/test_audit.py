@@ -114,6 +114,13 @@ def test_due_times_before_the_schedule_was_created_are_not_missing() -> None:
     assert "from 2026-12-01 12:20:59.400Z" in found[0].what
 
 
+def test_a_row_inserted_by_hand_with_an_older_updated_at_is_checked_from_its_creation() -> None:
+    schedule = every_minute(
+        spec=ScheduleSpec("tick", "crontab"), created_at=at(30.5), updated_at=at(-600)
+    )
+    assert kinds(run_audit(schedule, [sent(m) for m in range(31, 61)])) == ["partly_checked"]
+
+
 def test_an_edit_in_the_window_moves_where_checking_starts() -> None:
     # A crontab edited at minute 30.5: due times before it are not compared with anything.
     schedule = every_minute(
