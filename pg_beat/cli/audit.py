@@ -196,17 +196,17 @@ class _RunStream:
     """The run rows of a batch of schedules (ordered by schedule id, then due time), handed
     out one schedule at a time."""
 
-    def __init__(self, rows: Iterator[Mapping[Any, Any]]) -> None:
+    def __init__(self, rows: Iterator[Sequence[Any]]) -> None:
         self._rows = rows
         self._next = next(rows, None)
 
     def of(self, schedule_id: int) -> Iterator[RunView]:
         from pg_beat.audit import RunView
 
-        while self._next is not None and self._next["schedule_id"] <= schedule_id:
+        while self._next is not None and self._next[0] <= schedule_id:
             row, self._next = self._next, next(self._rows, None)
-            if row["schedule_id"] == schedule_id:
-                yield RunView(**{k: v for k, v in row.items() if k != "schedule_id"})
+            if row[0] == schedule_id:
+                yield RunView(*row[1:])
 
 
 def _schedule_view(row: Mapping[Any, Any]) -> ScheduleView:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, Row, RowMapping
 
 #: The schedule columns the audit reads: the definition, and what bounds its expected ticks.
 #: ``tracked``: workers record this schedule's outcomes (a health row, or a run in the window
@@ -41,6 +42,7 @@ SCHEDULES = text(
 #: One page of run rows of some schedules due in (since, until], ordered by schedule then due
 #: time, after the key (after_id, after_due); with the count of their executions that ran the
 #: body (first delivery or a redelivery) and of the duplicate deliveries acknowledged unrun.
+#: The columns after schedule_id are in the order of :class:`pg_beat.audit.RunView`'s fields.
 RUNS = text(
     """
     SELECT r.schedule_id, r.due_at, r.task_id, r.status, r.claimed_at, r.sent_at, r.reason,
@@ -98,9 +100,9 @@ def runs(
     until: datetime,
     *,
     page: int = 5000,
-) -> Iterator[RowMapping]:
+) -> Iterator[Row[Any]]:
     """The run rows of ``schedule_ids`` due in (``since``, ``until``], ordered by schedule id
-    then due time, read ``page`` rows at a time."""
+    then due time, read ``page`` rows at a time (tuples: the audit reads millions)."""
     after: tuple[int, datetime] = (-1, _BEFORE_ALL)
     while True:
         params = {
@@ -111,11 +113,11 @@ def runs(
             "after_due": after[1],
             "limit": page,
         }
-        rows = conn.execute(RUNS, params).mappings().all()
+        rows = conn.execute(RUNS, params).all()
         yield from rows
         if len(rows) < page:
             return
-        after = (rows[-1]["schedule_id"], rows[-1]["due_at"])
+        after = (rows[-1][0], rows[-1][1])
 
 
 def terms(
