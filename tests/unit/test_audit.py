@@ -181,6 +181,13 @@ def test_crontab_due_times_follow_the_timezone_across_dst() -> None:
     ]
 
 
+def test_a_definition_broken_by_hand_checks_the_run_rows_only() -> None:
+    broken = every_minute(spec=ScheduleSpec("tick", "crontab", cron_minute="61"))
+    found = run_audit(broken, [sent(5, status="failed", sent_at=None, error="InvalidSchedule")])
+    assert kinds(found) == ["partly_checked", "failed"]
+    assert "due times not checked" in found[0].what and "'61'" in found[0].what
+
+
 def test_a_run_at_a_time_the_schedule_does_not_produce_is_info() -> None:
     run_now = sent(30.25)
     found = run_audit(every_minute(), sorted([*clean_runs(), run_now], key=lambda r: r.due_at))
