@@ -4,12 +4,13 @@ arguments; :mod:`pg_beat.store.audit` reads them.
 
 Which due times are expected (we keep no edit history, so the rule never guesses):
 
-- only those strictly after ``max(since, created_at, updated_at)``: a schedule created or
-  edited in the window (any edit through SQL or the API bumps ``updated_at``: a definition,
-  ``enabled``, its arguments, a run-now) is checked from its last edit on. An interval with no
-  ``start_time`` starts one interval after it was planned, so it is checked from one interval
-  after that edit; its grid is the one through ``last_due_at`` (else ``resume_at``, else
-  ``next_run_at``), exactly as the scheduler extends it;
+- only those strictly after ``since`` and after the schedule was planned: a schedule created
+  or edited in the window (any edit through SQL or the API bumps ``updated_at``: a
+  definition, ``enabled``, its arguments, a run-now) is checked from its last edit on, or from
+  the end of the leaderless gap it was made in (no leader could plan it before). An interval
+  with no ``start_time`` is first due one interval after it was planned, so it is checked from
+  one interval after that; its grid is the one through ``last_due_at`` (else ``resume_at``,
+  else ``next_run_at``), exactly as the scheduler extends it;
 - only up to ``min(until, now - settle)``: a tick due less than ``settle`` ago may still be on
   its way; a schedule that is disabled, parked or not yet planned is checked only up to its
   ``last_due_at`` (when the scheduler stopped it, or it was disabled, is not recorded);
@@ -17,10 +18,10 @@ Which due times are expected (we keep no edit history, so the rule never guesses
   (timezone, DST, ``start_time``, ``end_time``).
 
 Limits: ticks before a schedule's last edit are not compared with any definition (their run
-rows are still checked: failed, lost, started twice...); a schedule first planned long after it
-was created (no leader then) shows the due times before that as missing, explained as
-leaderless; a schedule deleted takes its run rows with it. Run rows at due times the math does
-not produce (run now, an earlier definition) are info, not findings.
+rows are still checked: failed, lost, started twice...); an interval planned more than one
+interval after its edit by a live leader (a claim that far behind) shows the grid times in
+between as missing; a schedule deleted takes its run rows with it. Run rows at due times
+the math does not produce (run now, an earlier definition) are info, not findings.
 
 Findings per tick: ``missing`` (no run row), ``late`` (sent more than the grace after its due
 time, unless its reason says it was held back on purpose: ``buffered: ...``), ``unsent``
@@ -244,14 +245,18 @@ def _leaderless(gaps: Sequence[Gap], low: datetime, high: datetime) -> str:
 # --------------------------------------------------------------------------- expected ticks
 
 
-def checked_range(schedule: ScheduleView, window: Window) -> tuple[datetime, datetime] | None:
+def checked_range(
+    schedule: ScheduleView, window: Window, gaps: Sequence[Gap] = ()
+) -> tuple[datetime, datetime] | None:
     """(low, high): the due times in (low, high] that must have a run row; None: none must."""
-    low = max(window.since, schedule.created_at, schedule.updated_at)
+    planned = planned_at(max(schedule.created_at, schedule.updated_at), gaps)
+    if planned is None:
+        return None  # no leader since its last edit: nothing planned it
+    low = max(window.since, planned)
     spec = schedule.spec
     if spec.kind == "interval" and spec.start_time is None and spec.interval_seconds:
-        # First planned one interval after the edit (schedules.first_due).
-        edit = max(schedule.created_at, schedule.updated_at)
-        low = max(low, edit + timedelta(seconds=spec.interval_seconds))
+        # First due one interval after it was planned (schedules.first_due).
+        low = max(low, planned + timedelta(seconds=spec.interval_seconds))
     high = min(window.until, window.now - timedelta(seconds=window.settle))
     if not schedule.enabled or schedule.next_run_at is None:
         # Stopped (disabled, parked, done) or not planned yet: when is not recorded.
@@ -259,6 +264,16 @@ def checked_range(schedule: ScheduleView, window: Window) -> tuple[datetime, dat
             return None
         high = min(high, schedule.last_due_at)
     return (low, high) if low < high else None
+
+
+def planned_at(edit: datetime, gaps: Sequence[Gap]) -> datetime | None:
+    """The earliest a leader can have planned a schedule edited at ``edit``: then, or when the
+    leaderless gap around it ended (None: it has not ended). A gap starts at the last proof of
+    life, so this errs late: fewer due times expected, never one that did not exist."""
+    for gap in gaps:
+        if gap.overlaps(edit, edit):
+            return gap.end
+    return edit
 
 
 def expected_due_times(schedule: ScheduleView, low: datetime, high: datetime) -> Iterator[datetime]:
@@ -315,7 +330,7 @@ def audit_schedule(
 ) -> Iterator[Finding]:
     """Findings and info of one schedule; ``runs``: its run rows due in the window, oldest
     first (read lazily: both sides are merged as they come, nothing is held)."""
-    bounds = checked_range(schedule, window)
+    bounds = checked_range(schedule, window, gaps)
     try:
         schedules.validate(schedule.spec)
     except InvalidSchedule as exc:  # edited by hand into something the scheduler parks

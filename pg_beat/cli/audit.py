@@ -99,8 +99,9 @@ def audit_command(
 
     \b
     Which due times are checked (no edit history is kept): those after the schedule was
-    created and last edited (any edit: definition, enabled, arguments, run now), and for an
-    interval without start_time one interval after that; those due at least --settle ago;
+    created and last edited (any edit: definition, enabled, arguments, run now), or after
+    the leaderless time it was edited in ended, and for an interval without start_time one
+    interval after that; those due at least --settle ago;
     for a disabled, parked or unplanned schedule only up to its last due time. Ticks before
     the last edit are not compared with a definition, but their run rows are still checked.
 

@@ -114,6 +114,17 @@ def test_due_times_before_the_schedule_was_created_are_not_missing() -> None:
     assert "from 2026-12-01 12:20:59.400Z" in found[0].what
 
 
+def test_a_schedule_created_while_no_leader_ran_is_checked_from_the_takeover() -> None:
+    # Created at 10 with no leader until 25: planned at 25, first due at 26 (on that grid).
+    schedule = every_minute(created_at=at(10), updated_at=at(10))
+    gaps = [Gap(at(5), at(25))]
+    found = run_audit(schedule, [sent(m) for m in range(26, 61)], gaps=gaps)
+    assert kinds(found) == ["partly_checked"]
+    assert "from 2026-12-01 12:26:00Z" in found[0].what
+    # No leader since: nothing planned it, nothing is expected.
+    assert run_audit(schedule, [], gaps=[Gap(at(5), None)]) == []
+
+
 def test_a_row_inserted_by_hand_with_an_older_updated_at_is_checked_from_its_creation() -> None:
     schedule = every_minute(
         spec=ScheduleSpec("tick", "crontab"), created_at=at(30.5), updated_at=at(-600)
