@@ -340,7 +340,7 @@ def audit_schedule(
         yield _info(
             schedule,
             "partly_checked",
-            f"due times checked from {_at(bounds[0])} only (created or last edited then)",
+            f"due times checked from {_at(bounds[0])} only (created, edited or first planned then)",
         )
     expected = iter(expected_due_times(schedule, *bounds)) if bounds else iter(())
     due = next(expected, None)
