@@ -116,3 +116,8 @@ class ScheduleLocked(ScheduleError):
 
 class MessageTooLarge(PgBeatError):
     """Raised when a tick's message is larger than ``pg_beat_max_message_bytes``."""
+
+
+class AuditTooLarge(PgBeatError):
+    """Raised by ``pg-beat runs audit`` when one schedule would have more due times in the
+    window than :data:`pg_beat.audit.MAX_DUE_TIMES`."""

@@ -11,6 +11,7 @@ Exit codes, for scripts:
 2  usage: unknown option, missing argument, no database URL
 3  the database is unreachable (refused, unknown host, authentication, no such database,
    connection lost)
+4  ``runs audit``: the audit found something (missing, late, failed... ticks)
 == =====================================================================================
 
 ``status`` exits 0 whatever its verdict (use ``check`` for a yes/no); ``check`` exits 3,
@@ -30,6 +31,9 @@ are ``pg-beat: warning: ...`` lines on stderr and do not change the exit code.
   an array of those. ``schedules remove|run-now``: name, action, ok.
 - ``runs``: an array of id, schedule, due_at, claimed_at, sent_at, status, lateness_ms,
   replica, epoch, task_id, error.
+- ``runs audit``: group, since, until, now, settle, grace, schedules, clean, total, counts
+  and info_counts (kind -> number, every kind present), findings and info (arrays of kind,
+  schedule, due_at, task_id, what, why), truncated.
 - ``status``: group, db_now, verdict {state, message}, lease {status, holder, epoch, host,
   pid, backend_pid, backend_alive, acquired_at, heartbeat_at, heartbeat_age, expires_at,
   expires_in, progress_at, progress_age}, replicas [{name, role, host, pid, version,
@@ -57,7 +61,7 @@ from typing import Any
 import click
 
 from pg_beat import __version__
-from pg_beat.cli import cluster, db, runs, schedules
+from pg_beat.cli import audit, cluster, db, runs, schedules
 from pg_beat.cli.context import Env, parse_time, require_schema
 from pg_beat.cli.errors import (
     EXIT_ERROR,
@@ -191,5 +195,6 @@ def main(
 main.add_command(db.db)
 main.add_command(cluster.status_command)
 main.add_command(cluster.check_command)
+runs.runs.add_command(audit.audit_command)
 main.add_command(runs.runs)
 main.add_command(schedules.schedules_group)

@@ -8,6 +8,7 @@ that what runs is what a DBA reads in ``pg_stat_activity``. One module per conce
 - :mod:`.lease`: the lease row, the advisory lock, takeover, renewal, release;
 - :mod:`.claims`: the fence, due rows, planning and claiming ticks;
 - :mod:`.runs`: the run log (sent, failed, orphaned claims, pruning);
+- :mod:`.audit`: what ``pg-beat runs audit`` reads, in batches and pages;
 - :mod:`.schedules`: schedule management and the ``beat_schedule`` sync;
 - :mod:`.health`: outcomes read back: schedule health, runtimes, counts by outcome;
 - :mod:`.diagnostics`: sessions, locks and blockers, replicas, status and metrics figures;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from pg_beat.store import (
     appnames,
+    audit,
     claims,
     connections,
     diagnostics,
@@ -36,6 +38,7 @@ from pg_beat.store import (
 
 __all__ = [
     "appnames",
+    "audit",
     "claims",
     "connections",
     "diagnostics",
