@@ -69,6 +69,13 @@ class ScheduleInfo:
     description: str
     misfire_policy: str | None
     catch_up_limit: int | None
+    #: None: the scheduler's setting (``pg_beat_overlap_policy``, ``pg_beat_max_runtime`` in
+    #: seconds, ``pg_beat_run_once``).
+    overlap_policy: str | None
+    max_runtime: float | None
+    run_once: bool | None
+    #: The due time of the tick ``buffer_one`` holds back while the previous run goes on.
+    buffered_due_at: datetime | None
     next_run_at: datetime | None
     last_run_at: datetime | None
     total_run_count: int
@@ -172,6 +179,9 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "end_time": None,
     "misfire_policy": None,
     "catch_up_limit": None,
+    "overlap_policy": None,
+    "max_runtime": None,
+    "run_once": None,
     **_DEFAULTS,
 }
 
