@@ -217,6 +217,21 @@ def test_a_failover_keeps_the_held_tick_and_the_skip_decision(db_url: str) -> No
         assert sent_names(second, "f")[0].due_at == held
 
 
+def test_an_orphan_republished_after_a_failover_keeps_its_schedules_run_once(
+    db_url: str,
+) -> None:
+    with ScheduleManager(db_url) as api:
+        api.create("o", "t.o", every=3600, run_once=True)
+        api.run_now("o")
+    with replica(db_url, replica_name="first") as first:
+        first.outbox.fail = True  # the broker is down: claimed, never sent
+        first.run_until(lambda: len(run_rows(db_url, "o")) == 1)
+    with replica(db_url, replica_name="second", run_once=False) as second:
+        second.run_until(lambda: bool(second.outbox.sent), timeout=10)
+        (claim, _), *_ = second.outbox.sent
+    assert claim.run_once is True  # the row's, read with the orphan, not the beat's setting
+
+
 def test_an_invalid_policy_written_by_hand_is_refused_by_the_database(db_url: str) -> None:
     with ScheduleManager(db_url) as api:
         api.create("x", "t.x", every=60)
