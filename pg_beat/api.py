@@ -69,6 +69,13 @@ class ScheduleInfo:
     description: str
     misfire_policy: str | None
     catch_up_limit: int | None
+    #: None: the scheduler's setting (``pg_beat_overlap_policy``, ``pg_beat_max_runtime`` in
+    #: seconds, ``pg_beat_run_once``).
+    overlap_policy: str | None
+    max_runtime: float | None
+    run_once: bool | None
+    #: The due time of the tick ``buffer_one`` holds back while the previous run goes on.
+    buffered_due_at: datetime | None
     next_run_at: datetime | None
     last_run_at: datetime | None
     total_run_count: int
@@ -172,6 +179,9 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "end_time": None,
     "misfire_policy": None,
     "catch_up_limit": None,
+    "overlap_policy": None,
+    "max_runtime": None,
+    "run_once": None,
     **_DEFAULTS,
 }
 
@@ -260,7 +270,14 @@ class ScheduleManager:
     ) -> ScheduleInfo:
         """Add a schedule; exactly one of ``every`` (seconds), ``crontab``, ``clocked``, ``solar``
         (or the raw ``kind`` columns). Raises :class:`InvalidSchedule` or :class:`ScheduleExists`
-        and writes nothing on bad input; ``timezone`` goes with ``crontab`` only."""
+        and writes nothing on bad input; ``timezone`` goes with ``crontab`` only.
+
+        While its previous run is unfinished, ``overlap_policy`` says what a tick does:
+        ``"allow"`` (sent anyway), ``"skip"`` (recorded skipped) or ``"buffer_one"`` (one held
+        back and sent when that run finishes); ``max_runtime`` (seconds > 0) is how long an
+        unfinished run blocks at most; ``run_once`` makes the workers run each tick once
+        however often it is delivered. None (the default) for each: the scheduler's setting
+        (``pg_beat_overlap_policy``, ``pg_beat_max_runtime``, ``pg_beat_run_once``)."""
         kind_from = _kind_from(every=every, crontab=crontab, clocked=clocked, solar=solar)
         with _callers_words({*values, "task"}, kind_from):
             full = {

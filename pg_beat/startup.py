@@ -47,6 +47,7 @@ def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[s
         "options": {k: v for k, v in options.items() if k in MESSAGE_OPTIONS},
         "description": f"from beat_schedule[{name!r}]",
     }
+    values.update(_pg_beat_options(name, entry.get("pg_beat")))
     if isinstance(schedule, (int, float)):
         values.update(kind="interval", interval_seconds=float(schedule))
     elif isinstance(schedule, timedelta):
@@ -74,6 +75,30 @@ def entry_values(name: str, entry: Mapping[str, Any], default_tz: str) -> dict[s
     else:
         raise InvalidSchedule(name, f"unsupported schedule {schedule!r}", field="schedule")
     return values
+
+
+#: What a ``beat_schedule`` entry may set under its ``"pg_beat"`` key (Celery ignores it).
+ENTRY_OPTIONS = ("overlap_policy", "max_runtime", "run_once")
+
+
+def _pg_beat_options(name: str, given: Any) -> dict[str, Any]:
+    """``"pg_beat": {"overlap_policy": "skip", "max_runtime": 600, "run_once": True}``: the
+    per-schedule settings an entry sets (the row keeps NULL, the beat's setting, for the rest);
+    validated with the rest of the row."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise InvalidSchedule(
+            name, f"must be a dict of {', '.join(ENTRY_OPTIONS)}, not {given!r}", field="pg_beat"
+        )
+    unknown = sorted(set(given) - set(ENTRY_OPTIONS))
+    if unknown:
+        raise InvalidSchedule(
+            name,
+            f"unknown key(s) {', '.join(map(repr, unknown))} (one of {', '.join(ENTRY_OPTIONS)})",
+            field="pg_beat",
+        )
+    return dict(given)
 
 
 def _cron_field(value: Any) -> str:

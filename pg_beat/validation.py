@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pg_beat import schedules
+from pg_beat.config import OVERLAP_POLICIES
 from pg_beat.exceptions import InvalidSchedule
 from pg_beat.schedules import ScheduleSpec
 from pg_beat.store.schedules import SCHEDULE_COLUMNS
@@ -127,3 +128,28 @@ def validate_values(name: str, values: Mapping[str, Any]) -> None:
             f"one transaction), got {limit!r}"
         )
         raise InvalidSchedule(name, message, field="catch_up_limit")
+    _validate_overlap(name, values)
+
+
+def _validate_overlap(name: str, values: Mapping[str, Any]) -> None:
+    """``overlap_policy``, ``max_runtime`` and ``run_once``: each None (the setting) or valid."""
+    policy = values.get("overlap_policy")
+    if policy is not None and policy not in OVERLAP_POLICIES:
+        raise InvalidSchedule(
+            name,
+            f"unknown overlap policy {policy!r} (one of {', '.join(OVERLAP_POLICIES)})",
+            field="overlap_policy",
+        )
+    runtime = values.get("max_runtime")
+    if runtime is not None and (
+        isinstance(runtime, bool)
+        or not isinstance(runtime, (int, float))
+        or not math.isfinite(runtime)
+        or runtime <= 0
+    ):
+        raise InvalidSchedule(
+            name, f"must be a number of seconds > 0, got {runtime!r}", field="max_runtime"
+        )
+    once = values.get("run_once")
+    if once is not None and not isinstance(once, bool):
+        raise InvalidSchedule(name, f"must be true or false, got {once!r}", field="run_once")

@@ -26,8 +26,9 @@ are ``pg-beat: warning: ...`` lines on stderr and do not change the exit code.
 
 - ``schedules show|add|update|enable|disable``: name, task, kind, schedule (the timing
   columns that are set), schedule_text, args, kwargs, options, enabled, one_off,
-  description, misfire_policy, catch_up_limit, next_run_at, last_run_at, total_run_count,
-  last_error, source, created_at, updated_at; ``schedules detach`` too. ``schedules list``:
+  description, misfire_policy, catch_up_limit, overlap_policy, max_runtime, run_once,
+  buffered_due_at, next_run_at, last_run_at, total_run_count, last_error, source, created_at,
+  updated_at; ``schedules detach`` too. ``schedules list``:
   an array of those. ``schedules remove|run-now``: name, action, ok.
 - ``runs``: an array of id, schedule, due_at, claimed_at, sent_at, status, lateness_ms,
   replica, epoch, task_id, error.

@@ -58,6 +58,9 @@ OPTION_OF = {
     "end_time": "--end",
     "misfire_policy": "--misfire",
     "catch_up_limit": "--catch-up-limit",
+    "overlap_policy": "--overlap",
+    "max_runtime": "--max-runtime",
+    "run_once": "--run-once/--no-run-once",
     "description": "--description",
     "name": "NAME",
     "task": "TASK",
@@ -119,6 +122,29 @@ def _definition_options(f: F) -> F:
         click.option("--end", metavar="TIME", help="Not after this ISO time ('none' clears)."),
         click.option("--misfire", metavar="POLICY", help="fire_once, skip or catch_up."),
         click.option("--catch-up-limit", type=int, help="Most missed ticks sent by catch_up."),
+        click.option(
+            "--overlap",
+            metavar="POLICY",
+            help="While the previous run is unfinished: allow (send anyway), skip, or "
+            "buffer_one (send once it finishes); 'default' uses the scheduler's "
+            "pg_beat_overlap_policy.",
+        ),
+        click.option(
+            "--max-runtime",
+            metavar="SECONDS",
+            help="Seconds after which an unfinished run stops blocking the next tick (and is "
+            "recorded lost); 'default' uses pg_beat_max_runtime.",
+        ),
+        click.option(
+            "--run-once/--no-run-once",
+            default=None,
+            help="Workers run each tick once even when the broker delivers it twice.",
+        ),
+        click.option(
+            "--run-once-default",
+            is_flag=True,
+            help="Use the scheduler's pg_beat_run_once instead of --run-once/--no-run-once.",
+        ),
         click.option("--description", help="Free text."),
     ]
     for option in reversed(options):
@@ -205,6 +231,7 @@ def _schedule_kwargs(
         "description": opts["description"],
     }
     out.update({k: v for k, v in plain.items() if v is not None})
+    out.update(_overlap_kwargs(name, opts))
     for key, option in (("start_time", "--start"), ("end_time", "--end")):
         given, value = _optional_time(name, option, opts[key.split("_")[0]])
         if given:
@@ -220,6 +247,36 @@ def _schedule_kwargs(
     }
     if extra:
         out["options"] = {**(current_options or {}), **extra}
+    return out
+
+
+def _overlap_kwargs(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """overlap_policy, max_runtime and run_once for the options given ('default': None, the
+    scheduler's setting); their values are checked by the API, in these options' words."""
+    out: dict[str, Any] = {}
+    if opts["overlap"] is not None:
+        policy = opts["overlap"].strip().lower()
+        out["overlap_policy"] = None if policy == "default" else policy
+    if opts["max_runtime"] is not None:
+        text = opts["max_runtime"].strip().lower()
+        if text == "default":
+            out["max_runtime"] = None
+        else:
+            try:
+                out["max_runtime"] = float(text)
+            except ValueError:
+                raise CliUsageError(
+                    f"schedule {name!r}: --max-runtime: {opts['max_runtime']!r} is not a number "
+                    "of seconds (or 'default')"
+                ) from None
+    if opts["run_once_default"]:
+        if opts["run_once"] is not None:
+            raise CliUsageError(
+                f"schedule {name!r}: give --run-once-default or --run-once/--no-run-once, not both"
+            )
+        out["run_once"] = None
+    elif opts["run_once"] is not None:
+        out["run_once"] = opts["run_once"]
     return out
 
 
@@ -371,11 +428,11 @@ def schedules_show(env: Env, name: str, overdue_factor: float, as_json: bool) ->
     """One schedule in full, with its health.
 
     JSON keys: name, task, kind, schedule, schedule_text, args, kwargs, options, enabled,
-    one_off, description, misfire_policy, catch_up_limit, next_run_at, last_run_at,
-    total_run_count, last_error, source, created_at, updated_at, health (state, label,
-    tracked, last_outcome, last_finished_at, last_success_at, consecutive_failures,
-    last_error, overdue, overdue_for, reference_at, period, runtime: runs, p50, p95 in
-    seconds over its last 100 finished runs).
+    one_off, description, misfire_policy, catch_up_limit, overlap_policy, max_runtime,
+    run_once, buffered_due_at, next_run_at, last_run_at, total_run_count, last_error, source,
+    created_at, updated_at, health (state, label, tracked, last_outcome, last_finished_at,
+    last_success_at, consecutive_failures, last_error, overdue, overdue_for, reference_at,
+    period, runtime: runs, p50, p95 in seconds over its last 100 finished runs).
     """
     from pg_beat import health, status, store
 
@@ -414,6 +471,10 @@ def schedules_show(env: Env, name: str, overdue_factor: float, as_json: bool) ->
         ("options", json.dumps(info.options)),
         ("misfire policy", info.misfire_policy or "(scheduler default)"),
         ("catch-up limit", info.catch_up_limit or "(scheduler default)"),
+        ("overlap policy", info.overlap_policy or "(scheduler default)"),
+        ("max runtime", _seconds_or_default(info.max_runtime)),
+        ("run once", _yes_no_or_default(info.run_once)),
+        ("buffered tick", when(info.buffered_due_at) if info.buffered_due_at else "-"),
         ("start", when(spec.start_time)),
         ("end", when(spec.end_time)),
         ("next due", when(info.next_run_at) if info.enabled else "- (disabled)"),
@@ -468,6 +529,14 @@ def _health_fields(
             f"{when(found.reference_at)}, period {seconds(found.period)})",
         ),
     ]
+
+
+def _seconds_or_default(value: float | None) -> str:
+    return "(scheduler default)" if value is None else f"{value:g}s"
+
+
+def _yes_no_or_default(value: bool | None) -> str:
+    return "(scheduler default)" if value is None else ("yes" if value else "no")
 
 
 def _db_now(env: Env) -> datetime:

@@ -164,7 +164,7 @@ class Dispatcher:
         ):
             # The common case, nothing due: one cheap read, no fenced transaction.
             with self.keeper.transaction() as conn:
-                wake = store.claims.wake(conn, self.settings.group)
+                wake = store.claims.wake(conn, self.settings.group, overlap=self._overlap)
             if not wake.unplanned and (wake.next_due is None or wake.next_due > wake.now):
                 return min(self._until(wake), self._orphan_check_at - now, self._prune_at - now)
         claims, wait = self._claim(epoch)
@@ -181,6 +181,10 @@ class Dispatcher:
             self.recorder.record()
         self._housekeeping()
         return max(0.0, min(wake_at, self._orphan_check_at) - clock.now())
+
+    @property
+    def _overlap(self) -> store.claims.Overlap:
+        return store.claims.Overlap(self.settings.max_runtime, self.settings.worker_gone_after)
 
     def _until(self, wake: store.claims.Wake) -> float:
         """Seconds until the next due time, at most a heartbeat interval."""
@@ -233,8 +237,16 @@ class Dispatcher:
         store.claims.set_planned(conn, plans)
         store.claims.park_schedules(conn, parked)
         left = len(unplanned) - len(plans) - len(parked)
-        due = store.claims.select_due(conn, group, now, self._limit, settings.misfire_grace_time)
-        plan = self.planner.claim(due, now, epoch, self._limit, term)
+        overlap = self._overlap
+        due = store.claims.select_due(
+            conn, group, now, self._limit, settings.misfire_grace_time, overlap
+        )
+        # Overlap is decided in this fenced transaction, so it holds across failovers: the
+        # unfinished runs of the skip and buffer_one rows only (allow rows read nothing more).
+        gated = [row["id"] for row in due if self.planner.gated(row)]
+        blockers = store.claims.blockers(conn, gated, now, overlap)
+        plan = self.planner.claim(due, now, epoch, self._limit, term, blockers)
+        store.claims.mark_lost(conn, plan.lost)
         new = store.claims.claim_ticks(
             conn, group, epoch, settings.replica_name, plan.runs, plan.advances
         )
@@ -247,7 +259,7 @@ class Dispatcher:
         self._behind = self._full or left > 0 or len(unplanned) >= settings.batch_size
         if self._behind:
             return claims, 0.0
-        wake = store.claims.wake(conn, group, after=now)
+        wake = store.claims.wake(conn, group, after=now, overlap=overlap)
         return claims, 0.0 if wake.unplanned else self._until(wake)
 
     def _term_of(self, conn: Connection, epoch: int, now: datetime) -> downtime.Term:

@@ -19,6 +19,16 @@ never a misfire, however long the leader's own queue kept it.
 A tick asked for by hand on a disabled schedule (run now: ``run_once_at``) is one tick due at
 that time, claimed whether or not the row is enabled and without moving its grid; a row that
 is also due on its grid (it was enabled meanwhile) gets both, each once.
+
+Overlap policies (``overlap_policy``, NULL: ``pg_beat_overlap_policy``) are decided here too,
+from the newest unfinished run of each ``skip`` or ``buffer_one`` row (its :class:`Blocker`,
+read in the same fenced transaction). A blocker blocks until it finishes, until
+``max_runtime`` after it started, or at once when its worker is GONE; one that stopped blocking
+unfinished is recorded lost. While one blocks, ``skip`` records each tick that would have gone
+out as skipped, with the reason; ``buffer_one`` holds the first one back
+(``buffered_due_at``: the grid moves on) and records the others skipped. The held tick is sent,
+with its own due time and a reason, by the first claim that finds the blocker gone: late by
+design, so never a misfire (its ``expires`` still applies). ``allow`` reads nothing more.
 """
 
 from __future__ import annotations
@@ -26,14 +36,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pg_beat import downtime, schedules
-from pg_beat.config import Settings
+from pg_beat.config import OVERLAP_POLICIES, Settings
 from pg_beat.publish.ticks import Claim, task_id_for
-from pg_beat.store.claims import Advance, RunRow
+from pg_beat.store.claims import Advance, Blocker, RunRow
 from pg_beat.store.schedules import SCHEDULE_COLUMNS
 from pg_beat.validation import spec_from_row, validate_values
 
@@ -62,6 +72,19 @@ class Plan:
     #: A schedule is still due after this claim, or rows were left for the next one.
     behind: bool = False
     parked: list[tuple[str, str]] = field(default_factory=list)  # (schedule, error)
+    #: Unfinished runs that stopped blocking (max_runtime passed, worker gone): record lost.
+    lost: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Gate:
+    """One row's overlap state while its ticks are decided."""
+
+    policy: str
+    #: Task id of the unfinished run the next tick would overlap, None when there is none.
+    blocker: str | None
+    #: The tick held back (buffered_due_at) as it stands now.
+    buffered: datetime | None
 
 
 class Planner:
@@ -120,6 +143,16 @@ class Planner:
 
     # --- due rows ------------------------------------------------------------------------
 
+    def overlap_policy(self, row: Row) -> str:
+        """The row's effective overlap policy. A value the CHECK constraint would refuse
+        counts as ``allow`` here (the row itself is parked as invalid by :meth:`check`)."""
+        policy = row.get("overlap_policy") or self.settings.overlap_policy
+        return policy if policy in OVERLAP_POLICIES else "allow"
+
+    def gated(self, row: Row) -> bool:
+        """Whether deciding this row needs its :class:`Blocker` (skip or buffer_one)."""
+        return self.overlap_policy(row) != "allow"
+
     def claim(
         self,
         rows: Sequence[Row],
@@ -127,59 +160,91 @@ class Planner:
         epoch: int,
         max_ticks: int,
         term: downtime.Term | None = None,
+        blockers: Mapping[int, Blocker] | None = None,
     ) -> Plan:
         """Decide the due rows in order, within the time budget, until ``max_ticks`` are
         recorded (a row of ``catch_up`` may record several). ``term``: the current term, whose
         start bounds what counts as late (None: as if it began at ``now``, nothing watched
-        before it)."""
+        before it). ``blockers``: the unfinished newest run of each :meth:`gated` row that has
+        one, by schedule id."""
         plan = Plan()
         term = term or downtime.Term(now)
+        blockers = blockers or {}
         started = self.clock()
         for index, row in enumerate(rows):
             if index and (len(plan.runs) >= max_ticks or self.clock() - started > PLAN_BUDGET):
                 plan.behind = True  # the rest is released at commit and claimed next time
                 break
-            self._claim_row(plan, row, now, epoch, term)
+            self._claim_row(plan, row, now, epoch, term, blockers.get(row["id"]))
         return plan
 
     def _claim_row(
-        self, plan: Plan, row: Row, now: datetime, epoch: int, term: downtime.Term
+        self,
+        plan: Plan,
+        row: Row,
+        now: datetime,
+        epoch: int,
+        term: downtime.Term,
+        blocker: Blocker | None = None,
     ) -> None:
         once = _run_once(row, now)
         on_grid = bool(row["enabled"]) and _due_by(row["next_run_at"], now)
+        buffered: datetime | None = row.get("buffered_due_at") if row["enabled"] else None
         due = row["next_run_at"] if on_grid else once
-        if due is None:
-            return  # neither due on its grid nor asked for: not a due row
+        if due is None and buffered is None:
+            return  # neither due on its grid nor asked for nor held back: not a due row
         error = self.check(row)
         decision = None
         if error is None:
             try:
-                decision = self._decide(row, due, now, term) if on_grid else ((), None, None)
+                grid = ((), None, None)
+                decision = self._decide(row, row["next_run_at"], now, term) if on_grid else grid
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
         if decision is None:
             # Recorded as a failed run, and parked until someone edits the row.
             assert error is not None
+            failed = due if due is not None else buffered
+            assert failed is not None
             self._log_parked(row["name"], error)
             plan.parked.append((row["name"], error))
             plan.runs.append(
-                RunRow(row["id"], row["name"], due, self._task_id(row, due), "failed", error)
+                RunRow(row["id"], row["name"], failed, self._task_id(row, failed), "failed", error)
             )
-            plan.advances.append(Advance(row["id"], None, None, error, once=once is not None))
+            plan.advances.append(
+                Advance(
+                    row["id"],
+                    None,
+                    None,
+                    error,
+                    once=once is not None,
+                    buffer=due is None,  # the held tick was the one failed
+                )
+            )
             return
         ticks, next_due, last_due = decision
         if once is not None and all(once != due_at for due_at, _ in ticks):
             # The tick asked for by hand: sent whatever the misfire policy (it was asked for
             # now), past its expiry recorded expired; the grid's own ticks are decided above.
             ticks = tuple(sorted(((once, True), *ticks)))
+        gate = self._gate(plan, row, blocker, buffered, now)
+        if gate.buffered is not None and gate.blocker is None:
+            # The tick held back while the previous run went on: it goes out now, at once
+            # (late by design: no misfire policy, not the late lane), unless it expired.
+            self._record(plan, row, gate, gate.buffered, True, now, epoch, held=True)
+            gate.buffered = None
         for due_at, send in ticks:
-            status = self._status(row, due_at, send, now)
-            task_id = self._task_id(row, due_at)
-            plan.runs.append(RunRow(row["id"], row["name"], due_at, task_id, status))
-            if status == "claimed":
-                plan.claims[(row["id"], due_at)] = self._claim(row, due_at, task_id, now, epoch)
+            self._record(plan, row, gate, due_at, send, now, epoch)
         plan.advances.append(
-            Advance(row["id"], next_due, last_due, grid=on_grid, once=once is not None)
+            Advance(
+                row["id"],
+                next_due,
+                last_due,
+                grid=on_grid,
+                once=once is not None,
+                buffer=gate.buffered != buffered,
+                buffered_due_at=gate.buffered,
+            )
         )
         if on_grid and next_due is not None and next_due <= now:
             plan.behind = True
@@ -205,6 +270,67 @@ class Planner:
         )
         return misfire.ticks, misfire.next_due, misfire.ticks[-1][0]
 
+    def _gate(
+        self,
+        plan: Plan,
+        row: Row,
+        blocker: Blocker | None,
+        buffered: datetime | None,
+        now: datetime,
+    ) -> _Gate:
+        """The row's overlap state before its ticks: the blocker, if it still blocks (one that
+        stopped blocking unfinished is recorded lost), and the tick held back."""
+        policy = self.overlap_policy(row)
+        if policy == "allow" or blocker is None:
+            return _Gate(policy, None, buffered)
+        max_runtime = row.get("max_runtime") or self.settings.max_runtime
+        overdue = blocker.since + timedelta(seconds=max_runtime) <= now
+        if not (overdue or blocker.worker_gone):
+            return _Gate(policy, blocker.task_id, buffered)
+        why = "its worker is gone" if blocker.worker_gone else f"over max_runtime {max_runtime:g}s"
+        logger.warning(
+            "dispatch: schedule %r: run %s no longer blocks the next tick (%s): recorded lost",
+            row["name"],
+            blocker.task_id,
+            why,
+            extra={"action": "run_lost", "schedule": row["name"], "task_id": blocker.task_id},
+        )
+        plan.lost.append(blocker.run_id)
+        return _Gate(policy, None, buffered)
+
+    def _record(
+        self,
+        plan: Plan,
+        row: Row,
+        gate: _Gate,
+        due_at: datetime,
+        send: bool,
+        now: datetime,
+        epoch: int,
+        held: bool = False,
+    ) -> None:
+        """Record one tick, through the overlap policy (``held``: the tick buffer_one held
+        back, sent now that its blocker is gone)."""
+        status = self._status(row, due_at, send, now)
+        task_id = self._task_id(row, due_at)
+        reason = "buffered: sent when the previous run finished" if held else None
+        if status == "claimed" and gate.blocker is not None:
+            if gate.policy == "buffer_one" and gate.buffered is None:
+                gate.buffered = due_at  # held back: no run row until it goes out
+                return
+            status = "skipped"
+            reason = (
+                "overlap: a tick is already buffered"
+                if gate.policy == "buffer_one"
+                else f"overlap: previous run {gate.blocker} still running"
+            )
+        plan.runs.append(RunRow(row["id"], row["name"], due_at, task_id, status, reason=reason))
+        if status == "claimed":
+            claim = self._claim(row, due_at, task_id, now, epoch)
+            plan.claims[(row["id"], due_at)] = replace(claim, late=False) if held else claim
+            if gate.policy != "allow":
+                gate.blocker = task_id  # the next tick of this claim would overlap it
+
     def _status(self, row: Row, due_at: datetime, send: bool, now: datetime) -> str:
         if not send:
             return "skipped"
@@ -228,7 +354,13 @@ class Planner:
             epoch=epoch,
             late=(now - due_at).total_seconds() > self.settings.misfire_grace_time,
             expires_at=expiry(row["options"], due_at),
+            run_once=self._runs_once(row),
         )
+
+    def _runs_once(self, row: Row) -> bool:
+        """The row's ``run_once``, or the setting where it has none."""
+        value = row.get("run_once")
+        return self.settings.run_once if value is None else bool(value)
 
     # --- orphans -------------------------------------------------------------------------
 
@@ -275,6 +407,7 @@ class Planner:
                     epoch=row["epoch"],
                     late=True,
                     expires_at=expires_at,
+                    run_once=self._runs_once(row),
                 )
             )
         return send, statuses

@@ -24,7 +24,8 @@ class Claim:
     ``epoch`` is the epoch that claimed it (an orphan keeps its own); ``late`` ticks (a backlog
     after downtime, orphans of a dead epoch) go out after the ticks that are on time;
     ``expires_at`` is the absolute expiry the message carries (its due time plus the schedule's
-    ``expires``), or None.
+    ``expires``), or None. ``run_once``: the schedule's ``run_once``, or the beat's
+    ``pg_beat_run_once`` where the row has none (the message's ``pg_beat_run_once`` header).
     """
 
     run_id: int
@@ -39,6 +40,7 @@ class Claim:
     epoch: int
     late: bool = False
     expires_at: datetime | None = None
+    run_once: bool = False
 
 
 @dataclass

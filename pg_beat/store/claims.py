@@ -71,6 +71,67 @@ SELECT_RUN_ONCE = text(
     """
 )
 
+# A run blocks its schedule's next tick (overlap policies skip and buffer_one) while it is
+# unfinished (claimed or sent, no finished_at), younger than its max_runtime (from when it
+# started, or was sent, or claimed) and its worker is not GONE (stopped, or silent longer than
+# :gone_after seconds). Only the newest run a tick was sent for is looked at, through the
+# unique (schedule_id, due_at) index from its end: the skipped rows after it are few (ticks
+# while it ran), the finished ones before it are never read.
+_NEWEST_SENT = """
+    SELECT r.id, r.task_id, r.worker, r.finished_at,
+           coalesce(r.started_at, r.sent_at, r.claimed_at) AS since
+    FROM pg_beat_runs r
+    WHERE r.schedule_id = s.id AND r.status IN ('claimed', 'sent')
+    ORDER BY r.due_at DESC
+    LIMIT 1
+"""
+_GONE = (
+    "coalesce(w.stopped_at IS NOT NULL "
+    "OR w.last_seen_at < :now - make_interval(secs => :gone_after), false)"
+)
+
+# Rows holding a tick back (buffer_one: buffered_due_at) whose blocker no longer blocks: the
+# held tick is sent now. After the on-time range (it waited for a run, not for us), before
+# the ticks asked for by hand and the backlog; through the partial index on buffered rows.
+SELECT_BUFFERED = text(
+    f"""
+    SELECT {ROW} FROM pg_beat_schedules s
+    WHERE group_name = :group AND buffered_due_at IS NOT NULL AND enabled
+      AND id <> ALL(CAST(:taken AS bigint[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM ({_NEWEST_SENT}) b
+          LEFT JOIN pg_beat_workers w ON w.name = b.worker
+          WHERE b.finished_at IS NULL
+            AND b.since > :now - make_interval(secs => coalesce(s.max_runtime, :max_runtime))
+            AND NOT {_GONE})
+    ORDER BY buffered_due_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# For the due rows whose overlap policy is skip or buffer_one (only those: allow costs
+# nothing), one statement for the batch: the newest run a tick was sent for, if unfinished,
+# with when it began and whether its worker is GONE. The planner decides whether it blocks.
+SELECT_BLOCKERS = text(
+    f"""
+    SELECT s.id AS schedule_id, b.id AS run_id, b.task_id, b.since, {_GONE} AS worker_gone
+    FROM unnest(CAST(:ids AS bigint[])) AS s(id)
+    CROSS JOIN LATERAL ({_NEWEST_SENT}) b
+    LEFT JOIN pg_beat_workers w ON w.name = b.worker
+    WHERE b.finished_at IS NULL
+    """
+)
+
+# Blockers past their max_runtime, or whose worker is gone: lost (a worker that reports a real
+# outcome later overwrites it). Never a run that finished meanwhile.
+MARK_LOST = text(
+    """
+    UPDATE pg_beat_runs SET outcome = 'lost', finished_at = clock_timestamp()
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND finished_at IS NULL
+    """
+)
+
 # When the fenced term began (its takeover transaction's start; the lease's takeover time if
 # the term was never recorded) and what it took over: the lease's expiry at the takeover, and
 # when the term before it (the first existing one below, invariant 17) was recorded as ended.
@@ -100,14 +161,29 @@ SELECT_UNPLANNED = text(
 # row awaits planning: all an idle step reads, and what a claim reads to know how long to
 # sleep. After a claim at time T, rows still due by T are locked by someone else (an admin's
 # open transaction): they must not set the pace, so a claim passes T; they are tried again at
-# the next wake-up.
+# the next wake-up. A tick held back by buffer_one is due when its blocker stops blocking:
+# at once if it finished, else at its max_runtime or when its worker turns GONE, whichever
+# comes first (a finish before then NOTIFYs the leader, which wakes it sooner).
 WAKE = text(
-    """
+    f"""
     SELECT clock_timestamp() AS now,
            least((SELECT min(next_run_at) FROM pg_beat_schedules
                    WHERE group_name = :group AND enabled AND next_run_at > :after),
                  (SELECT min(run_once_at) FROM pg_beat_schedules
-                   WHERE group_name = :group AND run_once_at > :after)) AS next_due,
+                   WHERE group_name = :group AND run_once_at > :after),
+                 (SELECT min(f.at) FROM pg_beat_schedules s
+                   CROSS JOIN LATERAL (SELECT CASE
+                       WHEN b.finished_at IS NOT NULL OR b.id IS NULL THEN s.buffered_due_at
+                       ELSE least(
+                           b.since + make_interval(secs => coalesce(s.max_runtime, :max_runtime)),
+                           w.stopped_at,
+                           w.last_seen_at + make_interval(secs => :gone_after))
+                       END AS at
+                     FROM (SELECT 1) AS one
+                     LEFT JOIN LATERAL ({_NEWEST_SENT}) b ON true
+                     LEFT JOIN pg_beat_workers w ON w.name = b.worker) f
+                   WHERE s.group_name = :group AND s.enabled AND s.buffered_due_at IS NOT NULL
+                     AND f.at > :after)) AS next_due,
            EXISTS (SELECT 1 FROM pg_beat_schedules
              WHERE group_name = :group AND enabled AND next_run_at IS NULL
                AND last_error IS NULL) AS unplanned
@@ -118,26 +194,30 @@ WAKE = text(
 # a tick claimed before is skipped) and, per schedule, its next due time, run count (of the
 # runs this statement inserted) and last run, or its parking (an invalid row). A schedule whose
 # grid did not move (a.grid false: only its run_once_at tick was due) keeps next_run_at,
-# resume_at and enabled; a.once clears the run_once_at whose tick is among the runs. Returns
-# the new runs to publish.
+# resume_at and enabled; a.once clears the run_once_at whose tick is among the runs; a.buffer
+# sets buffered_due_at (buffer_one: the tick held back, or NULL once it is among the runs).
+# Returns the new runs to publish.
 CLAIM_TICKS = text(
     """
     WITH r AS (
         SELECT * FROM unnest(
             CAST(:r_ids AS bigint[]), CAST(:r_names AS text[]), CAST(:r_dues AS timestamptz[]),
-            CAST(:r_task_ids AS text[]), CAST(:r_statuses AS text[]), CAST(:r_errors AS text[])
-        ) AS r(schedule_id, name, due_at, task_id, status, error)
+            CAST(:r_task_ids AS text[]), CAST(:r_statuses AS text[]), CAST(:r_errors AS text[]),
+            CAST(:r_reasons AS text[])
+        ) AS r(schedule_id, name, due_at, task_id, status, error, reason)
     ), a AS (
         SELECT * FROM unnest(
             CAST(:a_ids AS bigint[]), CAST(:a_nexts AS timestamptz[]),
             CAST(:a_last_dues AS timestamptz[]), CAST(:a_errors AS text[]),
-            CAST(:a_grids AS boolean[]), CAST(:a_onces AS boolean[])
-        ) AS a(id, next_run_at, last_due_at, error, grid, once)
+            CAST(:a_grids AS boolean[]), CAST(:a_onces AS boolean[]),
+            CAST(:a_buffers AS boolean[]), CAST(:a_buffereds AS timestamptz[])
+        ) AS a(id, next_run_at, last_due_at, error, grid, once, buffer, buffered_due_at)
     ), runs AS (
         INSERT INTO pg_beat_runs
             (group_name, schedule_id, schedule_name, due_at, task_id, epoch, replica, status,
-             error)
-        SELECT :group, schedule_id, name, due_at, task_id, :epoch, :replica, status, error
+             error, reason)
+        SELECT :group, schedule_id, name, due_at, task_id, :epoch, :replica, status, error,
+               reason
         FROM r
         ON CONFLICT (schedule_id, due_at) DO NOTHING
         RETURNING id, schedule_id, due_at, status
@@ -153,7 +233,9 @@ CLAIM_TICKS = text(
                       AND (NOT a.grid OR a.next_run_at IS NOT NULL OR a.error IS NOT NULL),
             last_error = coalesce(a.error, s.last_error),
             resume_at = CASE WHEN a.grid THEN NULL ELSE s.resume_at END,
-            run_once_at = CASE WHEN a.once THEN NULL ELSE s.run_once_at END
+            run_once_at = CASE WHEN a.once THEN NULL ELSE s.run_once_at END,
+            buffered_due_at = CASE WHEN a.buffer THEN a.buffered_due_at
+                                   ELSE s.buffered_due_at END
         FROM a LEFT JOIN fired f ON f.schedule_id = a.id
         WHERE s.id = a.id
     )
@@ -195,16 +277,37 @@ def fence(conn: Connection, group: str, epoch: int, holder: str) -> datetime | N
     return None if row is None else row[0]
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """The settings that say when a run stops blocking (see SELECT_BLOCKERS): seconds."""
+
+    max_runtime: float = 3600.0  # pg_beat_max_runtime, for rows without their own
+    gone_after: float = 60.0  # pg_beat_worker_gone_after
+
+
 def select_due(
-    conn: Connection, group: str, now: datetime, limit: int, window: float
+    conn: Connection,
+    group: str,
+    now: datetime,
+    limit: int,
+    window: float,
+    overlap: Overlap = Overlap(),
 ) -> Sequence[RowMapping]:
     """Up to ``limit`` rows due at ``now``, each once, locked (rows someone else holds are
-    skipped): those due within the last ``window`` seconds first, then those with a tick asked
-    for by hand (``run_once_at``, enabled or not), then the other due ones; each range oldest
+    skipped): those due within the last ``window`` seconds first, then those holding a tick
+    back (``buffered_due_at``) whose blocker stopped blocking, then those with a tick asked for
+    by hand (``run_once_at``, enabled or not), then the other due ones; each range oldest
     first."""
-    params = {"group": group, "now": now, "limit": limit, "window": window}
+    params = {
+        "group": group,
+        "now": now,
+        "limit": limit,
+        "window": window,
+        "max_runtime": overlap.max_runtime,
+        "gone_after": overlap.gone_after,
+    }
     rows = list(conn.execute(SELECT_ON_TIME, params).mappings().all())
-    for statement in (SELECT_RUN_ONCE, SELECT_BACKLOG):
+    for statement in (SELECT_BUFFERED, SELECT_RUN_ONCE, SELECT_BACKLOG):
         if len(rows) >= limit:
             break
         taken = [row["id"] for row in rows]
@@ -242,16 +345,61 @@ class Wake:
     unplanned: bool
 
 
-def wake(conn: Connection, group: str, after: datetime | None = None) -> Wake:
-    """The database time, the earliest due time after ``after`` (any, when None), and whether a
-    row awaits planning."""
-    row = conn.execute(WAKE, {"group": group, "after": after or _EPOCH_ZERO}).one()
+def wake(
+    conn: Connection,
+    group: str,
+    after: datetime | None = None,
+    overlap: Overlap = Overlap(),
+) -> Wake:
+    """The database time, the earliest due time after ``after`` (any, when None; a held-back
+    tick's is when its blocker stops blocking), and whether a row awaits planning."""
+    params = {
+        "group": group,
+        "after": after or _EPOCH_ZERO,
+        "max_runtime": overlap.max_runtime,
+        "gone_after": overlap.gone_after,
+    }
+    row = conn.execute(WAKE, params).one()
     return Wake(row.now, row.next_due, bool(row.unplanned))
 
 
 @dataclass(frozen=True)
+class Blocker:
+    """The newest run a schedule's tick was sent for, unfinished (see SELECT_BLOCKERS):
+    ``since`` is when it started (or was sent, or claimed)."""
+
+    run_id: int
+    task_id: str
+    since: datetime
+    worker_gone: bool
+
+
+def blockers(
+    conn: Connection,
+    schedule_ids: Sequence[int],
+    now: datetime,
+    overlap: Overlap,
+) -> dict[int, Blocker]:
+    """The unfinished newest run of each of these schedules that has one, by schedule id."""
+    if not schedule_ids:
+        return {}
+    params = {"ids": list(schedule_ids), "now": now, "gone_after": overlap.gone_after}
+    return {
+        row.schedule_id: Blocker(row.run_id, row.task_id, row.since, bool(row.worker_gone))
+        for row in conn.execute(SELECT_BLOCKERS, params)
+    }
+
+
+def mark_lost(conn: Connection, run_ids: Sequence[int]) -> None:
+    """Record these unfinished runs lost (finished now): they no longer block their schedule."""
+    if run_ids:
+        conn.execute(MARK_LOST, {"ids": list(run_ids)})
+
+
+@dataclass(frozen=True)
 class RunRow:
-    """One tick to record: ``status`` claimed (to publish), skipped, expired or failed."""
+    """One tick to record: ``status`` claimed (to publish), skipped, expired or failed;
+    ``reason`` says why a tick was skipped or sent late by design (overlap)."""
 
     schedule_id: int
     schedule: str
@@ -259,6 +407,7 @@ class RunRow:
     task_id: str
     status: str
     error: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +418,8 @@ class Advance:
     ``grid`` False: only the tick asked for by hand was claimed, and the schedule's grid stays
     as it was (``next_run_at``, ``resume_at`` and ``enabled``; ``next_run_at`` here is unused).
     ``once``: that tick is among the runs, so ``run_once_at`` is cleared.
+    ``buffer``: ``buffered_due_at`` is set to ``buffered_due_at`` (buffer_one: a tick held
+    back, or None once it is among the runs); otherwise it stays.
     """
 
     schedule_id: int
@@ -277,6 +428,8 @@ class Advance:
     error: str | None = None
     grid: bool = True
     once: bool = False
+    buffer: bool = False
+    buffered_due_at: datetime | None = None
 
 
 def claim_ticks(
@@ -302,12 +455,15 @@ def claim_ticks(
             "r_task_ids": [r.task_id for r in runs],
             "r_statuses": [r.status for r in runs],
             "r_errors": [_cut(r.error) for r in runs],
+            "r_reasons": [_cut(r.reason) for r in runs],
             "a_ids": [a.schedule_id for a in advances],
             "a_nexts": [a.next_run_at for a in advances],
             "a_last_dues": [a.last_due_at for a in advances],
             "a_errors": [_cut(a.error) for a in advances],
             "a_grids": [a.grid for a in advances],
             "a_onces": [a.once for a in advances],
+            "a_buffers": [a.buffer for a in advances],
+            "a_buffereds": [a.buffered_due_at for a in advances],
         },
     )
     return {(row.schedule_id, row.due_at): row.id for row in rows}

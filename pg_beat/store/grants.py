@@ -21,6 +21,11 @@ TABLES = (
     "pg_beat_leases",
     "pg_beat_leader_terms",
     "pg_beat_replicas",
+    # 0004: the leader reads workers (a run whose worker is gone stops blocking), the worker
+    # side writes all three.
+    "pg_beat_executions",
+    "pg_beat_schedule_health",
+    "pg_beat_workers",
 )
 SEQUENCES = ("pg_beat_schedules_id_seq", "pg_beat_runs_id_seq")
 VERSION_TABLE = "pg_beat_alembic_version"

@@ -33,6 +33,9 @@ SCHEDULE_COLUMNS = (
     "description",
     "misfire_policy",
     "catch_up_limit",
+    "overlap_policy",
+    "max_runtime",
+    "run_once",
 )
 
 #: What a schedule row is read as: named columns, never ``*``, so that a column a later
@@ -50,6 +53,7 @@ ROW_COLUMNS = (
     "config_owner",
     "resume_at",
     "run_once_at",
+    "buffered_due_at",
     "created_at",
     "updated_at",
 )

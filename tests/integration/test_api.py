@@ -1026,3 +1026,55 @@ def test_a_locked_row_raises_schedule_locked(
             admin.rollback()
         assert caught.value.schedule == "s"
         assert snapshot(db_url) == before
+
+
+# --- overlap policy, max_runtime, run_once ----------------------------------------------------
+
+
+def test_overlap_fields_are_stored_read_updated_and_reset(api: ScheduleManager) -> None:
+    info = api.create("o", "t.o", every=10, overlap_policy="buffer_one", max_runtime=90)
+    assert (info.overlap_policy, info.max_runtime, info.run_once) == ("buffer_one", 90.0, None)
+    assert info.as_dict()["overlap_policy"] == "buffer_one"
+    info = api.update("o", overlap_policy="skip", run_once=True)
+    assert (info.overlap_policy, info.max_runtime, info.run_once) == ("skip", 90.0, True)
+    info = api.update("o", overlap_policy=None, max_runtime=None, run_once=None)
+    assert (info.overlap_policy, info.max_runtime, info.run_once) == (None, None, None)
+    assert api.get("o").buffered_due_at is None
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "text"),
+    [
+        ({"overlap_policy": "sometimes"}, "overlap_policy", "unknown overlap policy 'sometimes'"),
+        ({"max_runtime": 0}, "max_runtime", "seconds > 0, got 0"),
+        ({"max_runtime": float("inf")}, "max_runtime", "got inf"),
+        ({"max_runtime": "1h"}, "max_runtime", "got '1h'"),
+        ({"run_once": "yes"}, "run_once", "true or false, got 'yes'"),
+    ],
+)
+def test_invalid_overlap_fields_name_the_field_and_the_value_and_write_nothing(
+    api: ScheduleManager, db_url: str, values: dict[str, Any], field: str, text: str
+) -> None:
+    api.create("keep", "t.k", every=10)
+    before = snapshot(db_url)
+    for write in (
+        lambda: api.create("new", "t.n", every=10, **values),
+        lambda: api.update("keep", **values),
+    ):
+        with pytest.raises(InvalidSchedule) as caught:
+            write()
+        assert caught.value.field == field
+        assert str(caught.value).startswith(f"schedule '{caught.value.schedule}': {field}: ")
+        assert text in str(caught.value)
+    assert snapshot(db_url) == before
+
+
+def test_sync_config_writes_and_resets_the_overlap_fields(api: ScheduleManager) -> None:
+    entry = {"task": "t.c", "kind": "interval", "interval_seconds": 5.0}
+    api.sync_config({"c": {**entry, "overlap_policy": "skip", "max_runtime": 30.0}}, owner="app")
+    assert (api.get("c").overlap_policy, api.get("c").max_runtime) == ("skip", 30.0)
+    api.sync_config({"c": entry}, owner="app")  # taken out of the entry: back to the setting
+    assert (api.get("c").overlap_policy, api.get("c").max_runtime) == (None, None)
+    with pytest.raises(InvalidSchedule) as caught:
+        api.sync_config({"c": {**entry, "overlap_policy": "queue"}}, owner="app")
+    assert caught.value.field == "overlap_policy"

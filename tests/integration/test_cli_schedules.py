@@ -376,3 +376,49 @@ def test_unmigrated_database_is_one_line_for_every_schedule_command(empty_db_url
         ("schedules", "list"),
     ):
         one_line_error(cli(empty_db_url, *args), 1, "not migrated", "'pg-beat db upgrade'")
+
+
+# --- overlap policy, max_runtime, run_once ----------------------------------------------------
+
+
+def test_overlap_options_set_show_and_reset(db_url: str) -> None:
+    ok(db_url, *ADD, "--every", "1m", "--overlap", "skip", "--max-runtime", "90", "--run-once")
+    shown = ok(db_url, "schedules", "show", "bad").output
+    assert re.search(r"overlap policy\s+skip", shown), shown
+    assert re.search(r"max runtime\s+90s", shown) and re.search(r"run once\s+yes", shown)
+    data = json.loads(ok(db_url, "schedules", "show", "bad", "--json").output)
+    assert (data["overlap_policy"], data["max_runtime"], data["run_once"]) == ("skip", 90.0, True)
+    ok(db_url, "schedules", "update", "bad", "--no-run-once", "--overlap", "buffer_one")
+    data = json.loads(ok(db_url, "schedules", "show", "bad", "--json").output)
+    assert (data["overlap_policy"], data["run_once"]) == ("buffer_one", False)
+    ok(
+        db_url,
+        "schedules",
+        "update",
+        "bad",
+        "--overlap",
+        "default",
+        "--max-runtime",
+        "default",
+        "--run-once-default",
+    )
+    shown = ok(db_url, "schedules", "show", "bad").output
+    for label in ("overlap policy", "max runtime", "run once"):
+        assert re.search(rf"{label}\s+\(scheduler default\)", shown), shown
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (("--overlap", "sometimes"), 1, ["--overlap: ", "'sometimes'", "buffer_one"]),
+        (("--max-runtime", "0"), 1, ["--max-runtime: ", "> 0"]),
+        (("--max-runtime", "soon"), 2, ["--max-runtime", "'soon'"]),
+        (("--run-once", "--run-once-default"), 2, ["--run-once-default", "not both"]),
+    ],
+)
+def test_overlap_option_errors_name_the_option(
+    db_url: str, args: tuple[str, ...], code: int, needles: list[str]
+) -> None:
+    line = one_line_error(cli(db_url, *ADD, "--every", "1m", *args), code, *needles)
+    assert "overlap_policy" not in line and "max_runtime" not in line, line
+    assert names(db_url) == []

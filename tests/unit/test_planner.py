@@ -12,6 +12,7 @@ from pg_beat.config import Settings
 from pg_beat.dispatch.planner import Plan, Planner, expiry
 from pg_beat.downtime import Term
 from pg_beat.publish.ticks import task_id_for
+from pg_beat.store.claims import Blocker
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)
@@ -44,6 +45,10 @@ def row(name: str = "s", **values: Any) -> dict[str, Any]:
         "description": "",
         "misfire_policy": None,
         "catch_up_limit": None,
+        "overlap_policy": None,
+        "max_runtime": None,
+        "run_once": None,
+        "buffered_due_at": None,
         "next_run_at": NOW,
         "last_due_at": None,
         "resume_at": None,
@@ -411,3 +416,169 @@ def test_a_catch_up_limit_over_the_bound_set_by_hand_is_failed_and_parked(
     assert run.status == "failed" and run.error is not None
     assert "catch_up_limit" in run.error and "at most 1000" in run.error and "5000" in run.error
     assert [a.next_run_at for a in plan.advances] == [None]
+
+
+# --- overlap policies ----------------------------------------------------------------------
+
+
+def blocker(minutes_ago: float = 1.0, gone: bool = False, task_id: str = "prev") -> Blocker:
+    return Blocker(
+        run_id=77, task_id=task_id, since=NOW - timedelta(minutes=minutes_ago), worker_gone=gone
+    )
+
+
+def claim_with(planner: Planner, r: dict[str, Any], b: Blocker | None) -> Plan:
+    return planner.claim([r], NOW, epoch=1, max_ticks=500, blockers={r["id"]: b} if b else {})
+
+
+def test_skip_records_a_tick_due_while_the_previous_run_goes_on_as_skipped(
+    planner: Planner,
+) -> None:
+    plan = claim_with(planner, row(overlap_policy="skip"), blocker())
+    (run,) = plan.runs
+    assert (run.status, run.reason) == ("skipped", "overlap: previous run prev still running")
+    assert not plan.claims and not plan.lost
+    (advance,) = plan.advances
+    assert advance.next_run_at == NOW + timedelta(minutes=1)  # the grid moves on
+    assert not advance.buffer
+
+
+def test_counter_case_skip_without_an_unfinished_run_sends(planner: Planner) -> None:
+    plan = claim_with(planner, row(overlap_policy="skip"), None)
+    assert [(r.status, r.reason) for r in plan.runs] == [("claimed", None)]
+    assert len(plan.claims) == 1
+
+
+def test_the_setting_gives_the_policy_of_a_row_without_one() -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", overlap_policy="skip"))
+    assert planner.gated(row()) and not planner.gated(row(overlap_policy="allow"))
+    plan = claim_with(planner, row(), blocker())
+    assert [r.status for r in plan.runs] == ["skipped"]
+
+
+def test_allow_reads_no_blocker_and_sends_as_before(planner: Planner) -> None:
+    assert not planner.gated(row())
+    plan = claim_with(planner, row(overlap_policy="allow"), blocker())
+    assert [(r.status, r.reason) for r in plan.runs] == [("claimed", None)]
+    assert not plan.lost
+
+
+@pytest.mark.parametrize(
+    ("values", "b"),
+    [
+        pytest.param({}, blocker(minutes_ago=61), id="past-the-setting"),
+        pytest.param({"max_runtime": 30.0}, blocker(minutes_ago=1), id="past-its-own"),
+        pytest.param({}, blocker(minutes_ago=1, gone=True), id="worker-gone"),
+    ],
+)
+def test_a_run_past_max_runtime_or_of_a_gone_worker_is_lost_and_blocks_no_more(
+    planner: Planner, values: dict[str, Any], b: Blocker
+) -> None:
+    plan = claim_with(planner, row(overlap_policy="skip", **values), b)
+    assert plan.lost == [77]
+    assert [(r.status, r.reason) for r in plan.runs] == [("claimed", None)]
+
+
+def test_counter_case_a_run_within_its_own_max_runtime_still_blocks(planner: Planner) -> None:
+    plan = claim_with(planner, row(overlap_policy="skip", max_runtime=7200.0), blocker(61))
+    assert not plan.lost and [r.status for r in plan.runs] == ["skipped"]
+
+
+def test_buffer_one_holds_the_first_blocked_tick_back_and_skips_the_next(
+    planner: Planner,
+) -> None:
+    plan = claim_with(planner, row(overlap_policy="buffer_one"), blocker())
+    assert not plan.runs and not plan.claims  # held back: no run row yet
+    (advance,) = plan.advances
+    assert (advance.buffer, advance.buffered_due_at) == (True, NOW)
+    assert advance.next_run_at == NOW + timedelta(minutes=1)
+    held = row(overlap_policy="buffer_one", buffered_due_at=NOW - timedelta(minutes=1))
+    plan = claim_with(planner, held, blocker())
+    assert [(r.status, r.reason) for r in plan.runs] == [
+        ("skipped", "overlap: a tick is already buffered")
+    ]
+    assert not plan.advances[0].buffer  # the one held stays
+
+
+def test_a_held_tick_goes_out_with_its_own_due_time_once_the_blocker_is_gone(
+    planner: Planner,
+) -> None:
+    held_at = NOW - timedelta(minutes=10)  # long past the grace: still no misfire
+    r = row(
+        overlap_policy="buffer_one",
+        buffered_due_at=held_at,
+        next_run_at=NOW + timedelta(seconds=20),
+        misfire_policy="skip",
+    )
+    plan = claim_with(planner, r, None)
+    (run,) = plan.runs
+    assert (run.due_at, run.status, run.task_id) == (
+        held_at,
+        "claimed",
+        task_id_for("default", "s", held_at),
+    )
+    assert run.reason == "buffered: sent when the previous run finished"
+    (claim,) = plan.claims.values()
+    assert not claim.late  # sent at once, not behind a backlog
+    (advance,) = plan.advances
+    assert (advance.grid, advance.buffer, advance.buffered_due_at) == (False, True, None)
+
+
+def test_counter_case_a_held_tick_past_its_expiry_is_recorded_expired(planner: Planner) -> None:
+    r = row(
+        overlap_policy="buffer_one",
+        buffered_due_at=NOW - timedelta(minutes=10),
+        next_run_at=NOW + timedelta(seconds=20),
+        options={"expires": 60},
+    )
+    plan = claim_with(planner, r, None)
+    assert [r.status for r in plan.runs] == ["expired"] and not plan.claims
+    assert plan.advances[0].buffer and plan.advances[0].buffered_due_at is None
+
+
+def test_a_held_tick_sent_with_a_grid_tick_due_holds_that_one_back(planner: Planner) -> None:
+    held_at = NOW - timedelta(seconds=20)
+    plan = claim_with(planner, row(overlap_policy="buffer_one", buffered_due_at=held_at), None)
+    assert [(r.due_at, r.status) for r in plan.runs] == [(held_at, "claimed")]
+    assert plan.advances[0].buffered_due_at == NOW  # the grid's tick waits for the held one
+
+
+def test_catch_up_under_skip_sends_the_first_missed_tick_only(planner: Planner) -> None:
+    due = NOW - timedelta(minutes=10)
+    r = row(overlap_policy="skip", misfire_policy="catch_up", next_run_at=due)
+    plan = planner.claim([r], NOW, 1, 500)
+    statuses = [(run.status, run.reason) for run in plan.runs]
+    first = task_id_for("default", "s", due)
+    assert statuses == [
+        ("claimed", None),
+        ("skipped", f"overlap: previous run {first} still running"),
+        ("skipped", f"overlap: previous run {first} still running"),
+    ]
+
+
+def test_a_tick_skipped_by_misfire_and_overlap_is_one_row(planner: Planner) -> None:
+    r = row(overlap_policy="skip", misfire_policy="skip", next_run_at=NOW - timedelta(hours=1))
+    plan = planner.claim([r], NOW, 1, 500, None, {r["id"]: blocker()})
+    assert [(run.status, run.reason) for run in plan.runs] == [("skipped", None)]
+
+
+def test_an_unknown_policy_set_by_hand_is_failed_and_parked(planner: Planner) -> None:
+    r = row(overlap_policy="sometimes")
+    assert not planner.gated(r)
+    plan = planner.claim([r], NOW, epoch=1, max_ticks=500)
+    (run,) = plan.runs
+    assert run.status == "failed" and "overlap policy 'sometimes'" in (run.error or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "setting", "expected"),
+    [(None, True, True), (None, False, False), (False, True, False), (True, False, True)],
+)
+def test_run_once_comes_from_the_row_or_the_setting(
+    value: bool | None, setting: bool, expected: bool
+) -> None:
+    planner = Planner(Settings(database_url="postgresql://x/y", run_once=setting))
+    plan = planner.claim([row(run_once=value)], NOW, epoch=1, max_ticks=500)
+    assert [c.run_once for c in plan.claims.values()] == [expected]
+    sent, _ = planner.orphans([orphan("o", 0.0, 5, run_once=value)], NOW)
+    assert [c.run_once for c in sent] == [expected]
