@@ -23,6 +23,8 @@ from pg_beat.store.runs import ERROR_CHARS
 Outcome = Literal["success", "failure", "retry", "revoked", "lost"]
 Delivery = Literal["first", "retry", "redelivery", "duplicate"]
 #: Outcomes that end a run (``retry`` leaves it unfinished: a retry is pending).
+#: Claims tried when a race made the first answer stale (see CLAIM).
+STALE_TRIES = 3
 FINAL_OUTCOMES: frozenset[str] = frozenset({"success", "failure", "revoked", "lost"})
 
 
@@ -170,17 +172,22 @@ STOPPED = (
 # Run once: ONE statement decides, under the run row's lock, whether this delivery may run,
 # and records it. Two deliveries racing wait on that lock; the second sees the first's claim.
 # - first: no execution started yet; retry: a later attempt than any recorded (self.retry);
-# - redelivery: the run was recorded lost, or its last execution is unfinished and its worker
+# - redelivery: the run was recorded lost (and finished), or its last execution is unfinished and its worker
 #   is gone (stopped, or silent for worker_gone_after) or it started more than max_runtime
 #   ago: that execution and (until this one ends) the run are recorded lost;
-# - duplicate: anything else (the execution is running or finished): not run, counted.
+# - duplicate: anything else (the execution is running or finished): not run, counted;
+# - stale: a claim that waited for the row's lock sees the row as the other claim left it,
+#   but the executions as they were when it began (READ COMMITTED re-reads only the locked
+#   row): their count no longer matches the row's, so nothing is written and the caller asks
+#   again, with a new snapshot (a second round trip, only under such a race).
 CLAIM = """
 WITH r AS (
     SELECT r.id, r.schedule_id, r.group_name,
            CASE
+             WHEN %(check)s AND coalesce(r.attempts, 0) <> x.started THEN 'stale'
              WHEN coalesce(r.attempts, 0) = 0 THEN 'first'
              WHEN %(attempt)s > coalesce(x.last_attempt, -1) THEN 'retry'
-             WHEN r.outcome = 'lost' THEN 'redelivery'
+             WHEN r.outcome = 'lost' AND r.finished_at IS NOT NULL THEN 'redelivery'
              WHEN r.finished_at IS NULL AND (
                  w.stopped_at IS NOT NULL
                  OR w.last_seen_at < now() - make_interval(secs => %(gone_after)s)
@@ -193,7 +200,8 @@ WITH r AS (
     LEFT JOIN pg_beat_schedules s ON s.id = r.schedule_id
     LEFT JOIN pg_beat_workers w ON w.name = r.worker
     LEFT JOIN LATERAL (
-        SELECT max(e.attempt) AS last_attempt, max(e.started_at) AS last_started_at
+        SELECT count(*) AS started, max(e.attempt) AS last_attempt,
+               max(e.started_at) AS last_started_at
         FROM pg_beat_executions e
         WHERE e.task_id = r.task_id AND e.delivery <> 'duplicate'
     ) x ON true
@@ -209,7 +217,7 @@ WITH r AS (
                           ELSE coalesce(u.started_at, %(at)s) END,
         outcome = CASE r.delivery WHEN 'redelivery' THEN 'lost' ELSE u.outcome END,
         finished_at = CASE WHEN r.delivery = 'duplicate' THEN u.finished_at END
-    FROM r WHERE u.id = r.id
+    FROM r WHERE u.id = r.id AND r.delivery <> 'stale'
     RETURNING r.delivery, u.schedule_id, u.group_name
 ), lost AS (
     UPDATE pg_beat_executions e SET outcome = 'lost', finished_at = %(at)s
@@ -224,7 +232,7 @@ WITH r AS (
            CASE WHEN c.delivery = 'duplicate' THEN 'duplicate' END
     FROM claimed c
 )
-SELECT delivery FROM claimed
+SELECT delivery FROM r
 """
 
 
@@ -278,15 +286,20 @@ def claim(
     max_runtime: float,
 ) -> Delivery | None:
     """Claim one execution of a tick's task (see CLAIM); None when the task has no run row."""
-    row = conn.execute(
-        CLAIM,
-        {
-            "task_id": task_id,
-            "attempt": attempt,
-            "worker": worker,
-            "at": at,
-            "gone_after": gone_after,
-            "max_runtime": max_runtime,
-        },
-    ).fetchone()
-    return None if row is None else row[0]
+    params = {
+        "task_id": task_id,
+        "attempt": attempt,
+        "worker": worker,
+        "at": at,
+        "gone_after": gone_after,
+        "max_runtime": max_runtime,
+    }
+    for tries_left in range(STALE_TRIES, 0, -1):
+        # The last try trusts the row alone: executions pruned apart from their run must not
+        # make a tick unclaimable.
+        row = conn.execute(CLAIM, {**params, "check": tries_left > 1}).fetchone()
+        if row is None:
+            return None
+        if row[0] != "stale":
+            return row[0]  # type: ignore[no-any-return]
+    raise AssertionError("unreachable: the last try never answers 'stale'")

@@ -25,7 +25,7 @@ from celery.app.trace import task_has_custom
 from pg_beat import config
 from pg_beat.config import Settings
 from pg_beat.worker import signals
-from pg_beat.worker.writer import Stats
+from pg_beat.worker.outage import Stats
 
 _lock = threading.Lock()
 

@@ -11,7 +11,6 @@ before a backoff (0.5 s doubling to 10 s) so that tasks do not wait on a dead da
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from datetime import datetime
@@ -21,24 +20,24 @@ import psycopg
 
 from pg_beat.config import Settings
 from pg_beat.store import connections, outcomes
-from pg_beat.worker.writer import BACKOFF_MAX, BACKOFF_MIN, Stats, _abandoned
-
-logger = logging.getLogger("pg_beat.worker")
+from pg_beat.worker.outage import Outage
+from pg_beat.worker.writer import BACKOFF_MAX, BACKOFF_MIN, _abandoned
 
 
 class Claimer:
     """Makes run-once claims for one worker process (thread-safe: one claim at a time)."""
 
     def __init__(
-        self, settings: Settings, connector: connections.Connector, worker: str, stats: Stats
+        self, settings: Settings, connector: connections.Connector, worker: str, outage: Outage
     ) -> None:
         self.settings = settings
         self.connector = connector
         self.worker = worker
-        self.stats = stats
+        self.outage = outage
+        self.stats = outage.stats
         self.conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
-        self._outage = False
+        self._failing = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
 
@@ -46,7 +45,7 @@ class Claimer:
         """The delivery kind this execution is, or None: no run row, or the database could
         not be asked (run the task either way)."""
         with self._lock:
-            if self._outage and time.monotonic() < self._retry_at:
+            if self._failing and time.monotonic() < self._retry_at:
                 self.stats.claim_failures += 1
                 return None
             try:
@@ -57,14 +56,8 @@ class Claimer:
             self.stats.claims += 1
             if delivery == "duplicate":
                 self.stats.duplicates += 1
-            if self._outage:
-                self._outage = False
-                logger.warning(
-                    "pg_beat: worker %s makes run-once claims again (%d made without)",
-                    self.worker,
-                    self.stats.claim_failures,
-                    extra={"action": "claim_recovered", "worker": self.worker},
-                )
+            self._failing = False
+            self.outage.recovered()
             self._backoff = BACKOFF_MIN
             return delivery
 
@@ -97,16 +90,8 @@ class Claimer:
                 conn.close()
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-        if not self._outage:
-            self._outage = True
-            logger.warning(
-                "pg_beat: worker %s cannot make run-once claims (%s): tasks run without them "
-                "until the database is back (first: task %s)",
-                self.worker,
-                connections.first_line(exc),
-                task_id,
-                extra={"action": "claim_outage", "worker": self.worker, "task_id": task_id},
-            )
+        self._failing = True
+        self.outage.failed(f"claim task {task_id}", connections.first_line(exc))
 
     def abandon(self) -> None:
         """In a forked child: forget the parent's connection without closing it."""

@@ -26,8 +26,9 @@ from celery.exceptions import Ignore
 
 from pg_beat.config import Settings, default_replica_name
 from pg_beat.store import connections, outcomes
+from pg_beat.worker.outage import Outage, Stats
 from pg_beat.worker.runonce import Claimer
-from pg_beat.worker.writer import Stats, Writer
+from pg_beat.worker.writer import Writer
 
 logger = logging.getLogger("pg_beat.worker")
 
@@ -45,8 +46,9 @@ class Tracking:
         self.worker = default_replica_name()
         self.stats = Stats()
         self.connector = connections.Connector(settings)
-        self.writer = Writer(settings, self.connector, self.worker, self.pid, self.stats)
-        self.claimer = Claimer(settings, self.connector, self.worker, self.stats)
+        self.outage = Outage(self.worker, self.stats)
+        self.writer = Writer(settings, self.connector, self.worker, self.pid, self.outage)
+        self.claimer = Claimer(settings, self.connector, self.worker, self.outage)
         #: task id -> (monotonic start, attempt, claimed delivery or None)
         self.running: dict[str, tuple[float, int, str | None]] = {}
         self._warned_unpatched = False

@@ -2,9 +2,10 @@
 batches on a connection of its own, and heartbeats the process's row in ``pg_beat_workers``.
 
 Task threads only call :meth:`Writer.put`, which never blocks: a full queue drops the event
-and counts it. When the database is away, each batch is dropped and counted; the thread logs
-one warning when the outage starts and one line when writes succeed again, and tries again
-with a backoff (0.5 s doubling to 10 s), never once per task.
+and counts it. When the database is away, each batch is dropped and counted; one warning is
+logged when the outage starts and one line when writes succeed again
+(:mod:`pg_beat.worker.outage`), and the writer tries again with a backoff (0.5 s doubling to
+10 s), never once per task.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from pg_beat.config import Settings
 from pg_beat.store import connections, outcomes
+from pg_beat.worker.outage import Outage
 
 logger = logging.getLogger("pg_beat.worker")
 
@@ -33,18 +34,6 @@ BATCH_MAX = 5000
 IDLE_WAIT = 1.0
 
 
-@dataclass
-class Stats:
-    """Counters of one worker process (see :func:`pg_beat.worker.stats`)."""
-
-    recorded: int = 0  # events written
-    dropped: int = 0  # events lost: queue full or database away
-    outages: int = 0  # times the database became unreachable to the writer
-    claims: int = 0  # run-once claims made
-    duplicates: int = 0  # deliveries acknowledged without running
-    claim_failures: int = 0  # claims that could not reach the database (the task ran)
-
-
 class Writer:
     """Batches events to the database from its own thread, started by :meth:`start`."""
 
@@ -54,18 +43,19 @@ class Writer:
         connector: connections.Connector,
         worker: str,
         pid: int,
-        stats: Stats,
+        outage: Outage,
     ) -> None:
         self.settings = settings
         self.connector = connector
         self.worker = worker
         self.pid = pid
-        self.stats = stats
+        self.outage = outage
+        self.stats = outage.stats
         self.conn: psycopg.Connection[Any] | None = None
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=settings.track_queue_size)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._outage = False
+        self._failing = False
         self._full = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
@@ -154,7 +144,7 @@ class Writer:
         return batch
 
     def _write(self, batch: list[Event], beat: bool, stopping: bool) -> bool:
-        if self._outage and time.monotonic() < self._retry_at and not stopping:
+        if self._failing and time.monotonic() < self._retry_at and not stopping:
             self.stats.dropped += len(batch)
             return False
         try:
@@ -179,14 +169,8 @@ class Writer:
             return False
         self.stats.recorded += len(batch)
         self._full = False
-        if self._outage:
-            self._outage = False
-            logger.warning(
-                "pg_beat: worker %s records task outcomes again (%d dropped so far)",
-                self.worker,
-                self.stats.dropped,
-                extra={"action": "track_recovered", "worker": self.worker},
-            )
+        self._failing = False
+        self.outage.recovered()
         self._backoff = BACKOFF_MIN
         return True
 
@@ -200,16 +184,8 @@ class Writer:
         self._close()
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-        if not self._outage:
-            self._outage = True
-            self.stats.outages += 1
-            logger.warning(
-                "pg_beat: worker %s cannot record task outcomes (%s): dropping them until the "
-                "database is back; tasks run as usual",
-                self.worker,
-                connections.first_line(exc),
-                extra={"action": "track_outage", "worker": self.worker},
-            )
+        self._failing = True
+        self.outage.failed("record outcomes", connections.first_line(exc))
 
     def _close(self) -> None:
         conn, self.conn = self.conn, None
