@@ -172,9 +172,9 @@ STOPPED = (
 # Run once: ONE statement decides, under the run row's lock, whether this delivery may run,
 # and records it. Two deliveries racing wait on that lock; the second sees the first's claim.
 # - first: no execution started yet; retry: a later attempt than any recorded (self.retry);
-# - redelivery: the run was recorded lost (and finished), or its last execution is unfinished and its worker
-#   is gone (stopped, or silent for worker_gone_after) or it started more than max_runtime
-#   ago: that execution and (until this one ends) the run are recorded lost;
+# - redelivery: the run was recorded lost (and finished), or its last execution is unfinished
+#   and its worker is gone (stopped, or silent for worker_gone_after) or it started more than
+#   max_runtime ago: that execution and (until this one ends) the run are recorded lost;
 # - duplicate: anything else (the execution is running or finished): not run, counted;
 # - stale: a claim that waited for the row's lock sees the row as the other claim left it,
 #   but the executions as they were when it began (READ COMMITTED re-reads only the locked
