@@ -2,7 +2,8 @@
 batches on a connection of its own, and heartbeats the process's row in ``pg_beat_workers``.
 
 Task threads only call :meth:`Writer.put`, which never blocks: a full queue drops the event
-and counts it. When the database is away, each batch is dropped and counted; one warning is
+and counts it. When the database is away, each batch tried is dropped and counted (events wait in
+the queue between tries, so a short outage loses little); one warning is
 logged when the outage starts and one line when writes succeed again
 (:mod:`pg_beat.worker.outage`), and the writer tries again with a backoff (0.5 s doubling to
 10 s), never once per task.
@@ -108,6 +109,12 @@ class Writer:
         next_beat = 0.0
         while True:
             stopping = self._stopping.is_set()
+            backing_off = self._retry_at - time.monotonic()
+            if self._failing and backing_off > 0 and not stopping:
+                # Events wait in the queue (bounded) for the next try rather than being
+                # dropped at once: a short outage loses only the batches actually tried.
+                self._stopping.wait(min(backing_off, IDLE_WAIT))
+                continue
             batch = self._take(min(IDLE_WAIT, max(0.0, next_beat - time.monotonic())), stopping)
             beat = time.monotonic() >= next_beat
             if batch or beat or stopping:
@@ -144,9 +151,6 @@ class Writer:
         return batch
 
     def _write(self, batch: list[Event], beat: bool, stopping: bool) -> bool:
-        if self._failing and time.monotonic() < self._retry_at and not stopping:
-            self.stats.dropped += len(batch)
-            return False
         try:
             conn = self._connection()
             with conn.transaction():
