@@ -60,6 +60,10 @@ def cut(error: str | None) -> str | None:
 
 
 # The run row, if any, gives the schedule; a task whose run was pruned is still recorded.
+# A task id names one tick (group, schedule, due time): one run row, found by
+# ix_pg_beat_runs_task_id ("LIMIT 1" without an order, which would tempt the planner into
+# walking the primary key). Each UPDATE also names the task ids as ``= ANY(array)``: an index
+# condition, so the planner never hashes the whole run log to join a batch of a hundred.
 INSERT_STARTED = """
 WITH u AS (
     SELECT * FROM unnest(%(task_ids)s::text[], %(groups)s::text[], %(attempts)s::int[],
@@ -72,7 +76,7 @@ WITH u AS (
            u.delivery, u.started_at
     FROM u LEFT JOIN LATERAL (
         SELECT group_name, schedule_id FROM pg_beat_runs r
-        WHERE r.task_id = u.task_id ORDER BY r.id DESC LIMIT 1
+        WHERE r.task_id = u.task_id LIMIT 1
     ) r ON true
 ), per_task AS (
     SELECT DISTINCT ON (task_id) task_id, worker, count(*) OVER w AS n,
@@ -83,7 +87,8 @@ WITH u AS (
 UPDATE pg_beat_runs r
 SET worker = p.worker, attempts = coalesce(r.attempts, 0) + p.n,
     started_at = coalesce(r.started_at, p.first_at)
-FROM per_task p WHERE r.task_id = p.task_id
+FROM per_task p
+WHERE r.task_id = p.task_id AND r.task_id = ANY(%(task_ids)s::text[])
 """
 
 # The latest outcome per task goes on its run (a real outcome overwrites a 'lost' the leader
@@ -100,7 +105,8 @@ WITH u AS (
     UPDATE pg_beat_executions e
     SET outcome = u.outcome, finished_at = u.finished_at, runtime = u.runtime, error = u.error
     FROM u
-    WHERE e.task_id = u.task_id AND e.attempt = u.attempt AND e.delivery <> 'duplicate'
+    WHERE e.task_id = u.task_id AND e.task_id = ANY(%(task_ids)s::text[])
+      AND e.attempt = u.attempt AND e.delivery <> 'duplicate'
       AND e.finished_at IS NULL
 ), latest AS (
     SELECT DISTINCT ON (task_id) * FROM u ORDER BY task_id, finished_at DESC
@@ -110,13 +116,13 @@ WITH u AS (
         finished_at = CASE WHEN l.outcome = 'retry' THEN NULL ELSE l.finished_at END,
         runtime = coalesce(l.runtime, r.runtime), outcome_error = l.error,
         worker = coalesce(l.worker, r.worker)
-    FROM latest l WHERE r.task_id = l.task_id
+    FROM latest l WHERE r.task_id = l.task_id AND r.task_id = ANY(%(task_ids)s::text[])
     RETURNING r.schedule_id, r.group_name
 ), final AS (
     SELECT r.schedule_id, r.group_name, u.outcome, u.finished_at, u.error
     FROM u JOIN LATERAL (
         SELECT schedule_id, group_name FROM pg_beat_runs r
-        WHERE r.task_id = u.task_id ORDER BY r.id DESC LIMIT 1
+        WHERE r.task_id = u.task_id LIMIT 1
     ) r ON true
     WHERE u.outcome IN ('success', 'failure', 'revoked', 'lost') AND r.schedule_id IS NOT NULL
 ), per_schedule AS (
@@ -206,7 +212,7 @@ WITH r AS (
         WHERE e.task_id = r.task_id AND e.delivery <> 'duplicate'
     ) x ON true
     WHERE r.task_id = %(task_id)s
-    ORDER BY r.id DESC LIMIT 1
+    LIMIT 1
     FOR UPDATE OF r
 ), claimed AS (
     UPDATE pg_beat_runs u SET

@@ -37,7 +37,7 @@ def install(app: Any) -> None:
     :class:`~pg_beat.exceptions.ConfigurationError` for bad ``pg_beat_*`` settings."""
     settings = Settings.from_celery(app.conf)
     with _lock:
-        signals._apps[id(app)] = settings
+        signals._apps[app] = settings
         signals.connect()
     if app.finalized:
         _patch_tasks(app)

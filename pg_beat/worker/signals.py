@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
@@ -49,8 +50,9 @@ class Tracking:
         self.outage = Outage(self.worker, self.stats)
         self.writer = Writer(settings, self.connector, self.worker, self.pid, self.outage)
         self.claimer = Claimer(settings, self.connector, self.worker, self.outage)
-        #: task id -> (monotonic start, attempt, claimed delivery or None)
-        self.running: dict[str, tuple[float, int, str | None]] = {}
+        #: (task id, thread) -> (monotonic start, attempt, claimed delivery or None): by thread
+        #: too, since two deliveries of one task id may run at once in a threads pool.
+        self.running: dict[tuple[str, int], tuple[float, int, str | None]] = {}
         self._warned_unpatched = False
 
     def put(self, event: outcomes.Started | outcomes.Finished) -> None:
@@ -59,13 +61,13 @@ class Tracking:
 
 
 _lock = threading.Lock()
-#: id(app) -> its settings, for each app installed in this process.
-_apps: dict[int, Settings] = {}
+#: Each app installed in this process -> its settings (weak: an id could be reused).
+_apps: weakref.WeakKeyDictionary[Any, Settings] = weakref.WeakKeyDictionary()
 _state: Tracking | None = None
 
 
 def settings_of(app: Any) -> Settings | None:
-    return _apps.get(id(app))
+    return None if app is None else _apps.get(app)
 
 
 def state(settings: Settings) -> Tracking:
@@ -149,7 +151,7 @@ def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, 
         return
     tracking = state(settings)
     attempt = int(getattr(request, "retries", 0) or 0)
-    tracking.running[task_id] = (time.monotonic(), attempt, None)
+    tracking.running[task_id, threading.get_ident()] = (time.monotonic(), attempt, None)
     if run_once(request, settings):
         if getattr(type(task), PATCHED, False):
             return  # before_start claims, and records the start
@@ -197,9 +199,10 @@ def before_start(task: Any, task_id: str) -> None:
     if delivery is None:
         _started(tracking, request, task_id, attempt)  # no run row, or no database
         return
-    started = tracking.running.get(task_id)
+    key = (task_id, threading.get_ident())
+    started = tracking.running.get(key)
     if started is not None:
-        tracking.running[task_id] = (started[0], started[1], delivery)
+        tracking.running[key] = (started[0], started[1], delivery)
     if delivery == "duplicate":
         logger.info(
             "pg_beat: task %s[%s] was delivered again: acknowledged without running (run once)",
@@ -238,7 +241,7 @@ def on_postrun(
     tracking = current()
     if tracking is None:
         return
-    started = tracking.running.pop(task_id, None)
+    started = tracking.running.pop((task_id, threading.get_ident()), None)
     if started is None:
         return
     begun, attempt, delivery = started

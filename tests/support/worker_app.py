@@ -60,3 +60,10 @@ def flaky(self: Task) -> str:
 @app.task(name="wt.noop")
 def noop(*args: Any) -> None:
     return None
+
+
+@app.task(name="wt.mark")
+def mark(path: str) -> None:
+    """The benchmark's first and last message (a solo worker runs them in queue order)."""
+    with open(path, "a") as marks:
+        marks.write(f"{time.time()}\n")
