@@ -186,3 +186,44 @@ def test_lost_is_not_claimed_when_the_first_is_fresh(
         (datetime.now(timezone.utc) - timedelta(seconds=61),),
     )
     assert claim(conn, tick, "w2") == "redelivery"
+
+
+def test_health_counts_failures_and_resets_on_success(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    schedule_id = worker_side.make_schedule(db_url, "h", "t.h")
+    base = worker_side.due(100)
+    ticks = [
+        worker_side.make_run(db_url, schedule_id, "h", base + timedelta(seconds=i))
+        for i in range(6)
+    ]
+
+    def batch(*events: tuple[int, str]) -> tuple[Any, ...]:
+        outcomes.write_finished(
+            conn,
+            [
+                outcomes.Finished(
+                    task_id=ticks[i],
+                    attempt=0,
+                    worker="w1",
+                    outcome=outcome,  # type: ignore[arg-type]
+                    at=base + timedelta(seconds=i, milliseconds=500),
+                    runtime=0.5,
+                    error=None if outcome == "success" else f"E{i}",
+                )
+                for i, outcome in events
+            ],
+        )
+        row = conn.execute(
+            "SELECT last_outcome, consecutive_failures, last_error, last_success_at IS NOT NULL "
+            "FROM pg_beat_schedule_health WHERE schedule_id = %s",
+            (schedule_id,),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert batch((0, "failure")) == ("failure", 1, "E0", False)
+    assert batch((1, "lost"), (2, "retry")) == ("lost", 2, "E1", False)  # a retry is not final
+    assert batch((3, "success")) == ("success", 0, "E1", True)
+    # In one batch: the failures after its last success count.
+    assert batch((4, "failure"), (5, "revoked")) == ("revoked", 1, "E4", True)
