@@ -117,19 +117,46 @@ def run_mode(mode: str, url: str, n: int, workdir: Path, label: str) -> dict[str
             if cpu_start is None and marks.exists():
                 cpu_start = cpu_seconds(worker.pid)
             time.sleep(0.01)
-        time.sleep(0.5)  # the last flush (pg_beat_track_flush_interval is 0.1 s)
-        cpu = cpu_seconds(worker.pid) - (cpu_start or 0.0)
         first, last = (float(x) for x in marks.read_text().split())
+        lag = settle(url, schedule, n) if mode != "off" else 0.0
+        cpu = cpu_seconds(worker.pid) - (cpu_start or 0.0)
     finally:
         worker.terminate()
         worker.wait(30)
     recorded = check(url, schedule)
+    warnings = [
+        line for line in (workdir / f"{label}.log").read_text().splitlines() if "pg_beat" in line
+    ]
+    for line in warnings[:5]:
+        print(f"  worker log: {line}")
     return {
+        "lag": lag,
         "seconds": last - first,
         "throughput": n / (last - first),
         "cpu_us": cpu / n * 1e6,
         **recorded,
     }
+
+
+def settle(url: str, schedule: str, n: int) -> float:
+    """Seconds after the last task until every outcome is written, or nothing more comes for
+    3 s (what was dropped stays missing): the writer's lag behind the tasks."""
+    started = time.monotonic()
+    seen, changed = -1, time.monotonic()
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
+        while time.monotonic() - changed < 3:
+            row = c.execute(
+                "SELECT count(*) FROM pg_beat_runs WHERE schedule_name = %s "
+                "AND finished_at IS NOT NULL",
+                (schedule,),
+            ).fetchone()
+            count = row[0] if row else 0
+            if count >= n:
+                break
+            if count != seen:
+                seen, changed = count, time.monotonic()
+            time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,7 +197,8 @@ def main() -> None:
                     results[mode].append(figures)
                     print(
                         f"round {round_ + 1} {mode:>8}: {figures['throughput']:8.0f} tasks/s "
-                        f"({figures['seconds']:.2f}s), worker CPU {figures['cpu_us']:.0f} us/task, "
+                        f"({figures['seconds']:.2f}s), writer lag {figures['lag']:.1f}s, "
+                        f"worker CPU {figures['cpu_us']:.0f} us/task, "
                         f"run rows recorded {figures['recorded']:.0f}"
                         f"/{args.n}, executions {figures['executions']:.0f}, "
                         f"duplicates {figures['duplicates']:.0f}",

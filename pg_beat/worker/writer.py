@@ -151,25 +151,29 @@ class Writer:
         return batch
 
     def _write(self, batch: list[Event], beat: bool, stopping: bool) -> bool:
+        started = [e for e in batch if isinstance(e, outcomes.Started)]
+        finished = [e for e in batch if isinstance(e, outcomes.Finished)]
+        pending = len(batch)
         try:
             conn = self._connection()
+            # Two transactions: a run row updated twice in one transaction would have its
+            # foreign key checked again, a KEY SHARE lock on the schedule row that the leader's
+            # claim (FOR UPDATE SKIP LOCKED) would skip.
+            if started:
+                with conn.transaction():
+                    self._set_local(conn)
+                    outcomes.write_started(conn, started)
+                pending -= len(started)
             with conn.transaction():
-                if self.connector.transaction_pooled:
-                    conn.execute(
-                        connections.set_statement(
-                            connections.session_settings(self.settings), local=True
-                        )
-                    )
-                outcomes.write_started(conn, [e for e in batch if isinstance(e, outcomes.Started)])
-                outcomes.write_finished(
-                    conn, [e for e in batch if isinstance(e, outcomes.Finished)]
-                )
+                self._set_local(conn)
+                outcomes.write_finished(conn, finished)
                 if stopping:
                     outcomes.stopped(conn, self.worker)
                 elif beat:
                     outcomes.heartbeat(conn, self.worker, socket.gethostname(), self.pid)
         except psycopg.Error as exc:
-            self._failed(exc, len(batch))
+            self.stats.recorded += len(batch) - pending
+            self._failed(exc, pending)
             return False
         self.stats.recorded += len(batch)
         self._full = False
@@ -177,6 +181,12 @@ class Writer:
         self.outage.recovered()
         self._backoff = BACKOFF_MIN
         return True
+
+    def _set_local(self, conn: psycopg.Connection[Any]) -> None:
+        if self.connector.transaction_pooled:
+            conn.execute(
+                connections.set_statement(connections.session_settings(self.settings), local=True)
+            )
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
