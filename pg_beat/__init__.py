@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pg_beat.api import ScheduleInfo, ScheduleManager
     from pg_beat.scheduler import Scheduler
+    from pg_beat.worker import install as track_runs
 
-__all__ = ["ScheduleInfo", "ScheduleManager", "Scheduler", "__version__"]
+__all__ = ["ScheduleInfo", "ScheduleManager", "Scheduler", "__version__", "track_runs"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from pg_beat import api
 
         return getattr(api, name)
+    if name == "track_runs":
+        from pg_beat.worker import install
+
+        return install
     raise AttributeError(f"module 'pg_beat' has no attribute {name!r}")
