@@ -244,6 +244,34 @@ SELECT delivery FROM r
 """
 
 
+# Whether a tick's run is still held by a live execution: started, unfinished, its worker not
+# known gone and younger than its max_runtime (as CLAIM judges them). A redelivered message
+# asks this, without writing anything, while it waits to learn whether the execution it was
+# redelivered after died (see pg_beat.worker.runonce).
+HELD = """
+SELECT r.finished_at IS NULL AND coalesce(r.attempts, 0) > 0
+       AND NOT coalesce(w.stopped_at IS NOT NULL
+                        OR w.last_seen_at < now() - make_interval(secs => %(gone_after)s), false)
+       AND coalesce(r.started_at, r.sent_at, r.claimed_at)
+           >= now() - make_interval(secs => coalesce(s.max_runtime, %(max_runtime)s))
+FROM pg_beat_runs r
+LEFT JOIN pg_beat_schedules s ON s.id = r.schedule_id
+LEFT JOIN pg_beat_workers w ON w.name = r.worker
+WHERE r.task_id = %(task_id)s
+LIMIT 1
+"""
+
+
+def held(
+    conn: psycopg.Connection[Any], *, task_id: str, gone_after: float, max_runtime: float
+) -> bool:
+    """Whether a live execution holds the tick's run (see HELD); False without a run row."""
+    row = conn.execute(
+        HELD, {"task_id": task_id, "gone_after": gone_after, "max_runtime": max_runtime}
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def write_started(conn: psycopg.Connection[Any], started: Sequence[Started]) -> None:
     if not started:
         return

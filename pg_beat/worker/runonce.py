@@ -6,6 +6,15 @@ the commit). It is made on the task's thread, because its answer decides whether
 runs. When the database cannot be reached the task RUNS (availability over run-once): the
 claim is counted as failed, one warning is logged per outage, and no claim is tried again
 before a backoff (0.5 s doubling to 10 s) so that tasks do not wait on a dead database.
+
+A REDELIVERED message (the broker's ``redelivered`` flag: RabbitMQ sets it at once when the
+connection of the worker that held it dies) whose run is still held by an execution nobody
+knows to be dead yet would be a duplicate. Its worker may well be dead, so before claiming,
+the delivery waits (:meth:`Claimer.wait_released`), reading only, until that execution
+finishes (then it is a duplicate), its worker turns GONE (no heartbeat for
+``pg_beat_worker_gone_after``) or its ``max_runtime`` passes (then it runs, the lost one
+recorded ``lost``): at most ``pg_beat_worker_gone_after`` plus a heartbeat. The cost is a
+worker slot held that long, for redeliveries only; a first delivery never waits.
 """
 
 from __future__ import annotations
@@ -61,11 +70,47 @@ class Claimer:
             self._backoff = BACKOFF_MIN
             return delivery
 
+    def wait_released(self, task_id: str, timeout: float, step: float) -> float:
+        """Wait, up to ``timeout`` s, while a live execution holds the run of ``task_id``
+        (reading every ``step`` s); the seconds waited. Returns at once when the database
+        cannot be asked: the claim decides then."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            with self._lock:
+                try:
+                    holding = self._held(task_id)
+                except psycopg.Error as exc:
+                    self._failed(exc, task_id)
+                    break
+            if not holding:
+                break
+            time.sleep(step)
+        return time.monotonic() - started
+
+    def _held(self, task_id: str) -> bool:
+        conn = self._connection()
+        args: dict[str, Any] = {
+            "task_id": task_id,
+            "gone_after": self.settings.worker_gone_after,
+            "max_runtime": self.settings.max_runtime,
+        }
+        if not self.connector.transaction_pooled:
+            return outcomes.held(conn, **args)
+        with conn.transaction():
+            conn.execute(
+                connections.set_statement(connections.session_settings(self.settings), local=True)
+            )
+            return outcomes.held(conn, **args)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            pooled = self.connector.transaction_pooled
+            self.conn = self.connector.connect("claim", autocommit=not pooled)
+        return self.conn
+
     def _claim(self, task_id: str, attempt: int, at: datetime) -> outcomes.Delivery | None:
         pooled = self.connector.transaction_pooled
-        if self.conn is None or self.conn.closed:
-            self.conn = self.connector.connect("claim", autocommit=not pooled)
-        conn = self.conn
+        conn = self._connection()
         args: dict[str, Any] = {
             "task_id": task_id,
             "attempt": attempt,

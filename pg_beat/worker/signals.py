@@ -195,6 +195,22 @@ def before_start(task: Any, task_id: str) -> None:
         return
     tracking = state(settings)
     attempt = int(getattr(request, "retries", 0) or 0)
+    if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
+        # Redelivered after its worker died, perhaps: wait until that is known (runonce).
+        waited = tracking.claimer.wait_released(
+            task_id,
+            settings.worker_gone_after + settings.worker_heartbeat_interval,
+            min(1.0, settings.worker_heartbeat_interval),
+        )
+        if waited >= 1.0:
+            logger.info(
+                "pg_beat: task %s[%s] was redelivered while its run was held: waited %.1fs "
+                "for the holding execution to finish or its worker to be known gone",
+                task.name,
+                task_id,
+                waited,
+                extra={"action": "redelivery_wait", "worker": tracking.worker, "task_id": task_id},
+            )
     delivery = tracking.claimer.claim(task_id, attempt, _now())
     if delivery is None:
         _started(tracking, request, task_id, attempt)  # no run row, or no database
