@@ -1,7 +1,7 @@
 """The schema upgrade under a running replica of a version before it.
 
-A database at an earlier revision (0001, then 0002) with a million schedules and a million runs;
-a real ``celery beat`` running the pg_beat of a commit at that revision (extracted from git)
+A database at an earlier revision (0001, 0002, then 0003) with a million schedules and a million
+runs; a real ``celery beat`` running the pg_beat of a commit at that revision (extracted from git)
 dispatches three 0.5 s schedules; meanwhile the current version runs ``pg-beat db upgrade`` to
 its head. The old replica keeps claiming and sending every tick, on time, throughout and after;
 no statement of it waits long on the migration's locks.
@@ -42,6 +42,9 @@ RELEASES = {
     # A commit at 0002_failures_owners_release, before 0003 (the schema compatibility records
     # and the replicas' broker columns).
     "0002": ("e8a2a42", "0002_failures_owners_release", "beat_schedule of 'e2e_app' synced"),
+    # The last commit at 0003_schema_compat_broker_health, before 0004 (overlap policies, run
+    # outcomes, executions, schedule health, workers).
+    "0003": ("cde58cb", "0003_schema_compat_broker_health", "beat_schedule of 'e2e_app' synced"),
 }
 SCHEDULES = 1_000_000
 RUNS = 1_000_000
