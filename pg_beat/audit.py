@@ -30,7 +30,8 @@ started it, and the schedule is tracked: it has executions or a health row), ``s
 (more than one first or redelivered execution: the body ran twice), ``failed`` (not published,
 or the task failed), ``lost``, ``revoked``, ``skipped`` (with its reason, else a misfire) and
 ``expired``. A finding due while no leader held the lease says so; it is still a finding.
-Duplicate deliveries acknowledged without running are info.
+Ticks an overlap policy did not send (reason ``overlap: ...``: the user asked for that) and
+duplicate deliveries acknowledged without running are info.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ FindingKind = Literal[
     "skipped",
     "expired",
 ]
-InfoKind = Literal["duplicate_delivery", "unplanned_run", "partly_checked"]
+InfoKind = Literal["overlap_skipped", "duplicate_delivery", "unplanned_run", "partly_checked"]
 FINDING_KINDS: tuple[str, ...] = get_args(FindingKind)
 INFO_KINDS: tuple[str, ...] = get_args(InfoKind)
 
@@ -66,6 +67,8 @@ INFO_KINDS: tuple[str, ...] = get_args(InfoKind)
 MAX_DUE_TIMES = 200_000
 #: A run held back by ``buffer_one`` and sent when the previous run finished: late by design.
 BY_DESIGN_PREFIX = "buffered:"
+#: A tick its overlap policy (skip, buffer_one) did not send, as the user asked: info.
+OVERLAP_PREFIX = "overlap:"
 
 
 @dataclass(frozen=True)
@@ -395,7 +398,11 @@ def _status_findings(run: RunView, window: Window, gaps: Sequence[Gap]) -> Itera
     """What the scheduler recorded instead of sending it."""
     # What it waited through before it was decided (claimed), or until now if never sent.
     waited = _leaderless(gaps, run.due_at, run.claimed_at)
-    if run.status == "skipped":
+    if run.status == "skipped" and (run.reason or "").startswith(OVERLAP_PREFIX):
+        # Not sent because the previous run still ran, as its overlap policy asks: listed with
+        # why, not a finding (a misfire's skip is: it follows downtime).
+        yield "overlap_skipped", "not sent: the previous run was still going", run.reason or ""
+    elif run.status == "skipped":
         why = run.reason or "misfire: it waited longer than the grace time (misfire policy)"
         yield "skipped", "recorded skipped, not sent", _join(why, waited)
     elif run.status == "expired":

@@ -39,6 +39,7 @@ TITLES = {
     "revoked": "revoked",
     "skipped": "skipped: recorded, not sent",
     "expired": "expired: past its expiry before it was sent",
+    "overlap_skipped": "info: skipped by the overlap policy (the previous run was still going)",
     "duplicate_delivery": "info: duplicate deliveries acknowledged without running",
     "unplanned_run": "info: runs at due times the schedule does not produce",
     "partly_checked": "info: schedules checked from their last edit on",
@@ -94,8 +95,9 @@ def audit_command(
     started (sent, and no worker started it, on a schedule whose runs are tracked), started
     twice (the task body ran twice), failed (not published, or the task failed), lost,
     revoked, skipped (with why) and expired. A finding while no leader held the lease says
-    so. Info: duplicate deliveries acknowledged without running, runs at due times the
-    schedule does not produce (run now, an earlier definition).
+    so. Info: ticks an overlap policy did not send (the previous run was still going),
+    duplicate deliveries acknowledged without running, runs at due times the schedule does
+    not produce (run now, an earlier definition).
 
     \b
     Which due times are checked (no edit history is kept): those after the schedule was

@@ -273,7 +273,12 @@ def test_json_shape_and_the_usual_errors(db_url: str) -> None:
         "skipped",
         "expired",
     }
-    assert set(document["info_counts"]) == {"duplicate_delivery", "unplanned_run", "partly_checked"}
+    assert set(document["info_counts"]) == {
+        "overlap_skipped",
+        "duplicate_delivery",
+        "unplanned_run",
+        "partly_checked",
+    }
     assert (document["group"], document["schedules"], document["settle"]) == ("default", 1, 0.5)
     assert set(document["info"][0]) == {"kind", "schedule", "due_at", "task_id", "what", "why"}
 

@@ -268,7 +268,7 @@ def test_unsent_claims_after_the_settle_time() -> None:
         ({"status": "skipped", "sent_at": None}, "skipped", "misfire"),
         (
             {"status": "skipped", "sent_at": None, "reason": "overlap: previous run x"},
-            "skipped",
+            "overlap_skipped",
             "overlap: previous run x",
         ),
     ],
@@ -281,6 +281,16 @@ def test_each_recorded_fate_is_a_finding_with_why(
     assert found.kind == expected
     assert why in found.why
     assert found.task_id == run.task_id
+
+
+def test_a_skip_by_the_overlap_policy_is_info_and_a_misfire_skip_a_finding() -> None:
+    """The user asked for overlap skips; a misfire's skip follows downtime."""
+    overlap = sent(5, status="skipped", sent_at=None, reason="overlap: previous run x")
+    (found,) = audit.run_findings(every_minute(), overlap, window(), [])
+    assert found.kind in audit.INFO_KINDS
+    misfire = sent(5, status="skipped", sent_at=None)
+    (found,) = audit.run_findings(every_minute(), misfire, window(), [])
+    assert found.kind in audit.FINDING_KINDS
 
 
 def test_success_and_a_pending_retry_are_no_findings() -> None:
