@@ -62,6 +62,7 @@ WHEEL_FILES = {
     "pg_beat/migrations/env.py",
     "pg_beat/migrations/script.py.mako",
     "pg_beat/migrations/versions/0001_initial.py",
+    "pg_beat/worker/__init__.py",
 }
 
 # The worker's log line for one execution of the task, with what it returned.

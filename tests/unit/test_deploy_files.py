@@ -345,3 +345,17 @@ def test_every_kubernetes_command_exists(manifests: list[dict[str, Any]]) -> Non
     assert len(commands) >= 5
     for argv in commands:
         check_command(argv)
+
+
+def test_every_package_of_the_source_tree_is_packaged() -> None:
+    """setuptools' ``packages`` is a list kept by hand: a new subpackage left out of it is
+    missing from the wheel, and ``import pg_beat.<it>`` fails only once installed."""
+    tomllib = require_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "pg_beat").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
