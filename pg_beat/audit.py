@@ -67,6 +67,8 @@ INFO_KINDS: tuple[str, ...] = get_args(InfoKind)
 MAX_DUE_TIMES = 200_000
 #: A run held back by ``buffer_one`` and sent when the previous run finished: late by design.
 BY_DESIGN_PREFIX = "buffered:"
+#: Outcomes after which a run is over (``retry``: another attempt is pending).
+FINAL_OUTCOMES = frozenset({"success", "failure", "revoked", "lost"})
 #: A tick its overlap policy (skip, buffer_one) did not send, as the user asked: info.
 OVERLAP_PREFIX = "overlap:"
 
@@ -83,6 +85,9 @@ class Window:
     settle: float
     grace: float
     group: str = "default"
+    #: Seconds a started run may go without an outcome (``pg_beat_max_runtime``), for
+    #: schedules without their own ``max_runtime``.
+    max_runtime: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class ScheduleView:
     last_error: str | None = None
     #: Workers record its outcomes: it has executions or a health row.
     tracked: bool = False
+    max_runtime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class RunView:
     bodies: int = 0
     #: Deliveries acknowledged without running (delivery ``duplicate``).
     duplicates: int = 0
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +394,7 @@ def run_findings(
         *_status_findings(run, window, gaps),
         *_delivery_findings(schedule, run, window, gaps),
         *_outcome_findings(run),
+        *_unfinished_findings(schedule, run, window),
     ):
         yield Finding(kind, schedule.name, run.due_at, run.task_id, what, why)
 
@@ -448,6 +456,19 @@ def _outcome_findings(run: RunView) -> Iterator[_Item]:
         yield "lost", f"its execution{where} was lost", why
     elif run.outcome == "revoked":
         yield "revoked", "revoked before it finished", run.outcome_error or ""
+
+
+def _unfinished_findings(schedule: ScheduleView, run: RunView, window: Window) -> Iterator[_Item]:
+    """A run a worker started that has had no final outcome for longer than its max_runtime:
+    lost, though nobody recorded it (the leader records a blocker lost only for schedules
+    under skip or buffer_one). A pending retry counts as unfinished; a recent start does not."""
+    if run.started_at is None or run.finished_at is not None or run.outcome in FINAL_OUTCOMES:
+        return
+    limit = schedule.max_runtime or window.max_runtime
+    if run.started_at <= window.now - _seconds(limit):
+        where = f" on {run.worker}" if run.worker else ""
+        what = f"started at {_at(run.started_at)}{where}, no outcome within {limit:g}s"
+        yield "lost", what, "its worker died, or it runs past max_runtime"
 
 
 def _info(schedule: ScheduleView, kind: str, what: str) -> Finding:

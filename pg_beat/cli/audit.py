@@ -136,6 +136,7 @@ def audit_command(
             settle=settle_seconds,
             grace=env.settings.misfire_grace_time if grace is None else grace,
             group=env.group,
+            max_runtime=env.settings.max_runtime,
         )
         report = collect(conn, env, window, schedule_name, limit)
     if as_json:
@@ -228,6 +229,7 @@ def _schedule_view(row: Mapping[Any, Any]) -> ScheduleView:
         resume_at=row["resume_at"],
         last_error=row["last_error"],
         tracked=row["tracked"],
+        max_runtime=row["max_runtime"],
     )
 
 

@@ -24,7 +24,7 @@ SCHEDULES = text(
            s.cron_day_of_week, s.cron_day_of_month, s.cron_month_of_year, s.timezone,
            s.solar_event, s.latitude, s.longitude, s.clocked_at, s.start_time, s.end_time,
            s.enabled, s.created_at, s.updated_at, s.next_run_at, s.last_due_at, s.resume_at,
-           s.last_error,
+           s.last_error, s.max_runtime,
            EXISTS (SELECT 1 FROM pg_beat_schedule_health h WHERE h.schedule_id = s.id)
            OR EXISTS (SELECT 1 FROM pg_beat_runs r
                       WHERE r.schedule_id = s.id AND r.due_at > :since
@@ -47,7 +47,8 @@ RUNS = text(
     """
     SELECT r.schedule_id, r.due_at, r.task_id, r.status, r.claimed_at, r.sent_at, r.reason,
            r.error, r.worker, r.started_at, r.outcome, r.outcome_error,
-           coalesce(x.bodies, 0) AS bodies, coalesce(x.duplicates, 0) AS duplicates
+           coalesce(x.bodies, 0) AS bodies, coalesce(x.duplicates, 0) AS duplicates,
+           r.finished_at
     FROM pg_beat_runs r
     LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE e.delivery IN ('first', 'redelivery')) AS bodies,

@@ -31,6 +31,7 @@ def window(**overrides: Any) -> Window:
         "now": at(70),
         "settle": 60.0,
         "grace": 10.0,
+        "max_runtime": 86400.0,  # runs left unfinished are not lost unless a test says so
     }
     values.update(overrides)
     return Window(**values)
@@ -291,6 +292,22 @@ def test_a_skip_by_the_overlap_policy_is_info_and_a_misfire_skip_a_finding() -> 
     misfire = sent(5, status="skipped", sent_at=None)
     (found,) = audit.run_findings(every_minute(), misfire, window(), [])
     assert found.kind in audit.FINDING_KINDS
+
+
+def test_a_run_started_and_unfinished_past_max_runtime_is_lost() -> None:
+    """Nobody recorded it lost (an allow schedule's run whose worker died); counter-cases: a
+    recent start, a finished run, the schedule's own max_runtime."""
+    stuck = sent(5, started_at=at(5), worker="w1:42")
+    assert one_run(stuck) == []  # 65 minutes ago, under a max_runtime of a day
+    (found,) = audit.run_findings(every_minute(), stuck, window(max_runtime=600.0), [])
+    assert found.kind == "lost" and "w1:42" in found.what
+    own = every_minute(max_runtime=600.0)
+    assert [f.kind for f in audit.run_findings(own, stuck, window(), [])] == ["lost"]
+    assert one_run(sent(5, started_at=at(65)), own) == []  # 5 minutes ago
+    done = sent(5, started_at=at(5), outcome="success", finished_at=at(6))
+    assert list(audit.run_findings(every_minute(), done, window(max_runtime=600.0), [])) == []
+    retrying = sent(5, started_at=at(5), outcome="retry")
+    assert [f.kind for f in audit.run_findings(own, retrying, window(), [])] == ["lost"]
 
 
 def test_success_and_a_pending_retry_are_no_findings() -> None:
