@@ -355,6 +355,7 @@ class Planner:
             late=(now - due_at).total_seconds() > self.settings.misfire_grace_time,
             expires_at=expiry(row["options"], due_at),
             run_once=self._runs_once(row),
+            overlap=self.overlap_policy(row),
         )
 
     def _runs_once(self, row: Row) -> bool:
@@ -408,6 +409,7 @@ class Planner:
                     late=True,
                     expires_at=expires_at,
                     run_once=self._runs_once(row),
+                    overlap=self.overlap_policy(row),
                 )
             )
         return send, statuses

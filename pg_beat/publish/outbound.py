@@ -1,6 +1,7 @@
 """The broker side of the publish path: a claimed tick made a Celery message (its task id,
 headers naming the schedule, due time, epoch, replica and group, and whether the worker runs
-it once (``pg_beat_run_once``); ``expires`` from the due time) and
+it once (``pg_beat_run_once``) and the schedule's overlap policy (``pg_beat_overlap``);
+``expires`` from the due time) and
 handed to kombu on the scheduler's producer, from the publisher thread. Raises what the
 broker or the message raised, which :mod:`pg_beat.publish.sending` and
 :mod:`pg_beat.publish.broker` classify.
@@ -65,6 +66,7 @@ class Outbound:
             pg_beat_replica=self.settings.replica_name,
             pg_beat_group=self.settings.group,
             pg_beat_run_once=claim.run_once,
+            pg_beat_overlap=claim.overlap,
         )
         options.pop("expire_seconds", None)
         options.pop("expires", None)

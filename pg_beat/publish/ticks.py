@@ -26,6 +26,8 @@ class Claim:
     ``expires_at`` is the absolute expiry the message carries (its due time plus the schedule's
     ``expires``), or None. ``run_once``: the schedule's ``run_once``, or the beat's
     ``pg_beat_run_once`` where the row has none (the message's ``pg_beat_run_once`` header).
+    ``overlap``: the schedule's effective overlap policy (the ``pg_beat_overlap`` header: a
+    worker writes the outcome of a run whose leader may be waiting for it at once).
     """
 
     run_id: int
@@ -41,6 +43,7 @@ class Claim:
     late: bool = False
     expires_at: datetime | None = None
     run_once: bool = False
+    overlap: str = "allow"
 
 
 @dataclass

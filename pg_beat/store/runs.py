@@ -73,7 +73,8 @@ SET_RUN_STATUSES = text(
 ORPHANED_CLAIMS = text(
     """
     SELECT r.id, r.schedule_id, r.schedule_name, r.due_at, r.task_id, r.epoch,
-           s.task, s.args, s.kwargs, s.options, s.misfire_policy, s.catch_up_limit, s.run_once
+           s.task, s.args, s.kwargs, s.options, s.misfire_policy, s.catch_up_limit, s.run_once,
+           s.overlap_policy
     FROM pg_beat_runs r
     JOIN pg_beat_schedules s ON s.id = r.schedule_id
     WHERE r.group_name = :group AND r.status = 'claimed' AND r.epoch < :epoch

@@ -34,6 +34,9 @@ from pg_beat.worker.writer import Writer
 logger = logging.getLogger("pg_beat.worker")
 
 _TRUE = ("1", "true", "yes", "on")
+#: Overlap policies (the ``pg_beat_overlap`` header) under which the leader waits for a run's
+#: outcome: it is written without the batching wait.
+_WAITED_FOR = ("skip", "buffer_one")
 #: Attribute marking a task class whose ``before_start`` makes the run-once claim.
 PATCHED = "_pg_beat_run_once"
 
@@ -55,9 +58,9 @@ class Tracking:
         self.running: dict[tuple[str, int], tuple[float, int, str | None]] = {}
         self._warned_unpatched = False
 
-    def put(self, event: outcomes.Started | outcomes.Finished) -> None:
+    def put(self, event: outcomes.Started | outcomes.Finished, urgent: bool = False) -> None:
         self.writer.start()
-        self.writer.put(event)
+        self.writer.put(event, urgent)
 
 
 _lock = threading.Lock()
@@ -264,6 +267,9 @@ def on_postrun(
     outcome = _OUTCOMES.get(state or "")
     if outcome is None or delivery == "duplicate":
         return  # Ignore / Reject: no outcome (a rejected message comes back)
+    # Under skip or buffer_one the leader may hold a tick until this run ends: no batching
+    # wait (the request is still the task's during task_postrun).
+    urgent = header(getattr(task, "request", None), "pg_beat_overlap") in _WAITED_FOR
     tracking.put(
         outcomes.Finished(
             task_id=task_id,
@@ -273,7 +279,8 @@ def on_postrun(
             at=_now(),
             runtime=time.monotonic() - begun,
             error=None if outcome == "success" else _error(retval),
-        )
+        ),
+        urgent,
     )
 
 

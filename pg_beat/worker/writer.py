@@ -55,6 +55,8 @@ class Writer:
         self.conn: psycopg.Connection[Any] | None = None
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=settings.track_queue_size)
         self._stopping = threading.Event()
+        #: Ends the wait for more events of a batch: set by stop() and by an urgent event.
+        self._flush = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
         self._full = False
@@ -64,10 +66,14 @@ class Writer:
 
     # --- the task side ----------------------------------------------------------------------
 
-    def put(self, event: Event) -> None:
-        """Queue ``event`` for the next batch; never blocks, never raises."""
+    def put(self, event: Event, urgent: bool = False) -> None:
+        """Queue ``event`` for the next batch; never blocks, never raises. ``urgent``: the
+        batch is written without waiting the flush interval for more (a leader may be waiting
+        for this outcome to send a held tick)."""
         try:
             self._queue.put_nowait(event)
+            if urgent:
+                self._flush.set()
         except queue.Full:
             self.stats.dropped += 1
             if not self._full:
@@ -93,6 +99,7 @@ class Writer:
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, mark the worker stopped, close the connection."""
         self._stopping.set()
+        self._flush.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -141,7 +148,9 @@ class Writer:
         except queue.Empty:
             return []
         if not stopping:
-            self._stopping.wait(self.settings.track_flush_interval)
+            self._flush.wait(self.settings.track_flush_interval)
+            if not self._stopping.is_set():
+                self._flush.clear()
         batch = [first]
         while len(batch) < BATCH_MAX:
             try:

@@ -292,7 +292,7 @@ def app(redis_url: str, db_url: str) -> Iterator[Celery]:
         app.close()
 
 
-def test_messages_carry_the_group_and_run_once_and_beat_schedule_sets_the_fields(
+def test_messages_carry_group_run_once_and_overlap_and_beat_schedule_sets_the_fields(
     app: Celery, db_url: str, redis_url: str
 ) -> None:
     scheduler = Scheduler(app)
@@ -322,5 +322,8 @@ def test_messages_carry_the_group_and_run_once_and_beat_schedule_sets_the_fields
     assert headers["cfg"]["pg_beat_group"] == "default"
     assert headers["cfg"]["pg_beat_run_once"] is False  # the row's own
     assert headers["plain"]["pg_beat_run_once"] is True  # NULL: the beat's setting
+    # The worker writes the outcome of a run its leader may wait for without batching.
+    assert headers["cfg"]["pg_beat_overlap"] == "skip"
+    assert headers["plain"]["pg_beat_overlap"] == "allow"  # NULL: the beat's setting
     skipped = sql(db_url, "SELECT count(*) FROM pg_beat_runs WHERE status = 'skipped'")
     assert skipped[0][0] >= 2
